@@ -1,0 +1,131 @@
+"""Soft spectral normalisation of a Linear layer (official iMixer / i-ResNet form).
+
+    W_sn = W / max(1, sigma / coeff),   sigma = u^T W v,
+
+with u, v the persistent power-iteration vectors: randomly initialised and normalised, updated
+``n_power`` times on every training-mode *call* of the layer (the official code runs the power
+iteration in a forward pre-hook, so with ``n_iter`` fixed-point steps the vectors advance
+``n_iter * n_power`` steps per model forward and each step sees its own sigma), never updated in
+evaluation, and carrying no gradient; sigma is differentiated through W.
+
+Written by hand because ``nnx.SpectralNorm`` divides by sigma unconditionally (no soft ``coeff``)
+and has no per-call schedule. Kernels use Flax's ``[in, out]`` layout, i.e. ``kernel = W^T``:
+u has ``out`` entries and v has ``in`` entries, as in PyTorch.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+_EPS = 1e-12  # torch.nn.functional.normalize's default
+_KERNEL_INIT = jax.nn.initializers.xavier_uniform()
+_BIAS_INIT = jax.nn.initializers.normal(1e-6)  # official: Linears inside the token MLP
+
+
+class SpectralVectors(nnx.Variable):
+    """Power-iteration vectors u, v: persistent state, neither parameters nor differentiated."""
+
+
+def _normalize(x: Array) -> Array:
+    return x / jnp.maximum(jnp.linalg.norm(x), _EPS)
+
+
+def power_iteration(kernel: Array, u: Array, v: Array, n_power: int) -> tuple[Array, Array]:
+    """``n_power`` steps of v <- normalize(W^T u), u <- normalize(W v) for W = kernel^T."""
+
+    def step(_, uv):
+        u, v = uv
+        v = _normalize(kernel @ u)
+        u = _normalize(v @ kernel)
+        return u, v
+
+    return jax.lax.fori_loop(0, n_power, step, (u, v))
+
+
+class SpectralNormLinear(nnx.Module):
+    """Linear layer ``y = x @ W_sn + b`` with soft spectral normalisation of its kernel.
+
+    Attributes:
+      kernel: Param ``[in, out]``; bias: Param ``[out]``; u: ``[out]``, v: ``[in]`` SpectralVectors.
+      deterministic: False (training) runs the power iteration; toggled by ``train()``/``eval()``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        coeff: float = 0.9,
+        n_power: int = 8,
+        kernel_init=_KERNEL_INIT,
+        bias_init=_BIAS_INIT,
+        deterministic: bool = False,
+        rngs: nnx.Rngs,
+    ):
+        if coeff <= 0:
+            raise ValueError(f"sn_coeff must be > 0, got {coeff}")
+        if n_power < 1:
+            raise ValueError(f"n_power must be >= 1, got {n_power}")
+        self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, out_features)))
+        self.bias = nnx.Param(bias_init(rngs.params(), (out_features,)))
+        self.u = SpectralVectors(_normalize(jax.random.normal(rngs.params(), (out_features,))))
+        self.v = SpectralVectors(_normalize(jax.random.normal(rngs.params(), (in_features,))))
+        self.coeff = coeff
+        self.n_power = n_power
+        self.deterministic = deterministic
+
+    def sigma(self) -> Array:
+        """Current spectral-norm estimate u^T W v (differentiable in the kernel)."""
+        return _sigma(self.kernel.value, self.u.value, self.v.value)
+
+    def normalized_kernels(self, num_calls: int) -> Array:
+        """Kernels ``[num_calls, in, out]`` seen by ``num_calls`` successive calls of the layer.
+
+        In training mode each call first advances u, v by ``n_power`` steps (official per-call
+        schedule) and the final vectors are stored; in evaluation all calls share one kernel.
+        """
+        kernel = self.kernel.value
+        if self.deterministic:
+            return jnp.broadcast_to(self.current_kernel(), (num_calls, *kernel.shape))
+
+        frozen = jax.lax.stop_gradient(kernel)
+
+        def call(uv, _):
+            u, v = power_iteration(frozen, *uv, self.n_power)
+            return (u, v), _sigma(kernel, u, v)
+
+        (u, v), sigmas = jax.lax.scan(call, (self.u.value, self.v.value), None, length=num_calls)
+        self.u.value, self.v.value = u, v
+        return kernel[None] * jax.vmap(self._scale)(sigmas)[:, None, None]
+
+    def current_kernel(self) -> Array:
+        """``[in, out]`` kernel normalised with the stored u, v (no power-iteration step)."""
+        return self.kernel.value * self._scale(self.sigma())
+
+    def normalized_kernel(self) -> Array:
+        """``[in, out]`` kernel of a single call (advances u, v once in training mode)."""
+        return self.normalized_kernels(1)[0]
+
+    def _scale(self, sigma: Array) -> Array:
+        return 1.0 / jnp.maximum(1.0, sigma / self.coeff)
+
+    def __call__(self, x: Array) -> Array:
+        """``[..., in] -> [..., out]``."""
+        return x @ self.normalized_kernel() + self.bias.value
+
+
+def _sigma(kernel: Array, u: Array, v: Array) -> Array:
+    u, v = jax.lax.stop_gradient(u), jax.lax.stop_gradient(v)
+    return jnp.dot(u, v @ kernel)
+
+
+def spectral_sigmas(module: nnx.Module) -> dict[str, Array]:
+    """Sigma estimate of every ``SpectralNormLinear`` below ``module``, keyed by its path."""
+    return {
+        "/".join(str(p) for p in path): node.sigma()
+        for path, node in nnx.iter_graph(module)
+        if isinstance(node, SpectralNormLinear)
+    }

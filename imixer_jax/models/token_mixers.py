@@ -1,0 +1,285 @@
+"""Token mixers as the reduced visible-layer update of a hierarchical Hopfield network (SPEC 3).
+
+The block input X ``[B, S, D]`` is the visible state, stored channels-first as ``x0 = X^T``
+``[B, D, S]`` so that every synapse contracts the token axis and is shared by the D channels. Its
+Lagrangian is the per-token LayerNorm over channels (g_0 = LN(X)). Each module assembles a
+``HierarchicalNetwork`` from its parameters and returns the network's reduced drive on the
+visible layer, i.e. the token-mixing output y:
+
+* ``TokenMLP`` (two layers, visible LN -> hidden GELU): y = fc2(GELU(fc1(LN X))), MLP-Mixer.
+* ``IMLP`` (three layers, visible LN -> internal GELU -> hidden GELU): y = fc2(GELU(z*)),
+  z* = (1 - F)^{-1}(fc1(LN X)), F = fc_sn2 . GELU . fc_sn1 . GELU, solved by ``n_iter`` fixed-point
+  steps from z0 = fc1(LN X) (official FPA; n_iter = 0 is the vanilla token MLP).
+
+Both return the increment that the block adds to X: ``update='residual'`` gives y (the official
+MetaFormer skip X + y); ``update='euler'`` gives ``step_size * (y - X)``, an explicit Euler step of
+the reduced dynamics (energy-faithful: with tied weights and convex Lagrangians it lowers E~ for a
+small step). ``tied=True`` is the pure Hopfield model: feedback synapses reuse the transposed
+feedforward kernels (fc2 and fc_sn2 keep only their biases) and the LayerNorm gain is a scalar, so
+the energy exists.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from imixer_jax.hopfield import HierarchicalNetwork, Layer, Synapse, lagrangians
+from imixer_jax.models.spectral_norm import SpectralNormLinear, spectral_sigmas
+
+Array = jax.Array
+
+_KERNEL_INIT = jax.nn.initializers.xavier_uniform()
+_BIAS_INIT = jax.nn.initializers.normal(1e-6)  # official: every Linear inside the token MLP
+UPDATES = ("residual", "euler")
+ADJOINTS = ("unrolled", "implicit")
+ACTIVATIONS = ("gelu", "relu", "softplus", "identity")
+
+
+class VisibleNorm(nnx.Module):
+    """Parameters of the visible layer's LayerNorm Lagrangian: scale ``[D]`` (``[]`` if scalar)
+    and bias ``[D]``; eps 1e-6 as the official LayerNorm."""
+
+    def __init__(self, dim: int, *, scalar_scale: bool = False):
+        self.scale = nnx.Param(jnp.ones(() if scalar_scale else (dim,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((dim,), jnp.float32))
+
+    def lagrangian(self) -> lagrangians.LayerNorm:
+        """LayerNorm over the channel axis of a channels-first ``[..., D, S]`` state."""
+        scale = self.scale.value
+        return lagrangians.LayerNorm(
+            gamma=scale if scale.ndim == 0 else scale[:, None],
+            delta=self.bias.value[:, None],
+            eps=1e-6,
+            axis=-2,
+        )
+
+
+class FeedbackBias(nnx.Module):
+    """The bias of a tied feedback synapse (its kernel is the transposed feedforward kernel)."""
+
+    def __init__(self, features: int, *, rngs: nnx.Rngs):
+        self.bias = nnx.Param(_BIAS_INIT(rngs.params(), (features,)))
+
+
+def _linear(n_in: int, n_out: int, rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(n_in, n_out, kernel_init=_KERNEL_INIT, bias_init=_BIAS_INIT, rngs=rngs)
+
+
+def _feedback(n_in: int, n_out: int, tied: bool, rngs: nnx.Rngs) -> nnx.Linear | FeedbackBias:
+    return FeedbackBias(n_out, rngs=rngs) if tied else _linear(n_in, n_out, rngs)
+
+
+def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+class _HopfieldTokenMixer(nnx.Module):
+    """Shared visible layer, update rule and inspection of the token mixers."""
+
+    def _init_visible(self, dim, activation, tied, update, step_size, dtype):
+        _check("activation", activation, ACTIVATIONS)
+        _check("update", update, UPDATES)
+        if step_size <= 0:
+            raise ValueError(f"step_size must be > 0, got {step_size}")
+        self.norm = VisibleNorm(dim, scalar_scale=tied)
+        self.activation = activation
+        self.tied = tied
+        self.update = update
+        self.step_size = step_size
+        self.dtype = dtype
+
+    def _hidden(self, shape) -> Layer:
+        return Layer(lagrangians.get(self.activation), shape)
+
+    def __call__(self, x: Array, *, inspect: bool = False) -> Array | tuple[Array, dict]:
+        """``x: [B, S, D] -> increment [B, S, D]`` (and an inspection dict when ``inspect``)."""
+        x0 = jnp.swapaxes(x, 1, 2)  # [B, D, S]: the visible state, channels-first
+        net, per_step = self._networks(x0.shape[1:])
+        if self.dtype is not None:
+            x0, net, per_step = jax.tree.map(lambda a: a.astype(self.dtype), (x0, net, per_step))
+        fast, solution = self._solve(net, x0, per_step)
+        y = net.reduced_current(x0, fast)
+        increment = y if self.update == "residual" else self.step_size * (y - x0)
+        out = jnp.swapaxes(increment, 1, 2).astype(x.dtype)
+        if not inspect:
+            return out
+        return out, self._inspect(net, x0, fast, increment, solution)
+
+    def _inspect(self, net, x0, fast, increment, solution) -> dict:
+        info: dict = {}
+        if solution is not None:
+            info["residuals"] = solution.residuals
+            info["steps"] = solution.steps
+        sigmas = spectral_sigmas(self)
+        if sigmas:
+            info["sigma"] = sigmas
+        if self.tied:
+            after = x0 + increment
+            fast_after, _ = self._solve(net, after, None)
+            info["energy_before"] = net.reduced_energy(x0, fast)
+            info["energy_after"] = net.reduced_energy(after, fast_after)
+        return info
+
+
+class TokenMLP(_HopfieldTokenMixer):
+    """MLP-Mixer token MLP: the reduced update of a two-layer HHN (LN visible, GELU hidden).
+
+    Params: ``norm`` (scale ``[D]``, bias ``[D]``), ``fc1`` (kernel ``[S, T]``, bias ``[T]``),
+    ``fc2`` (kernel ``[T, S]``, bias ``[S]``; tied: bias only).
+    """
+
+    def __init__(
+        self,
+        num_tokens: int,
+        dim: int,
+        token_dim: int,
+        *,
+        activation: str = "gelu",
+        tied: bool = False,
+        update: str = "residual",
+        step_size: float = 1.0,
+        dtype=None,
+        rngs: nnx.Rngs,
+    ):
+        self._init_visible(dim, activation, tied, update, step_size, dtype)
+        self.fc1 = _linear(num_tokens, token_dim, rngs)
+        self.fc2 = _feedback(token_dim, num_tokens, tied, rngs)
+
+    def _networks(self, visible_shape):
+        dim, num_tokens = visible_shape
+        token_dim = self.fc1.kernel.value.shape[1]
+        net = HierarchicalNetwork(
+            layers=(
+                Layer(self.norm.lagrangian(), (dim, num_tokens)),
+                self._hidden((dim, token_dim)),
+            ),
+            synapses=(_synapse(self.fc1, self.fc2),),
+        )
+        return net, None
+
+    def _solve(self, net, x0, per_step=None):
+        return net.solve_fast_layers(x0, max_steps=0)
+
+
+class IMLP(_HopfieldTokenMixer):
+    """iMixer token mixer: the reduced update of a three-layer HHN (LN -> GELU -> GELU).
+
+    Params: ``norm``, ``fc1`` ``[S, T]``, ``fc2`` ``[T, S]`` (tied: bias only), ``fc_sn1``
+    ``[T, H]`` and ``fc_sn2`` ``[H, T]`` (tied: bias only), H = int(T * hidden_ratio); fc_sn1 and
+    fc_sn2 are softly spectrally normalised (``spectral_norm=True``) with persistent u, v.
+
+    Solver: at most ``n_iter`` iterations, early stop at relative step ``tol`` (0: exactly
+    ``n_iter``, official). ``adjoint='unrolled'`` back-propagates through the iterations (official;
+    in training the spectral norm advances per iteration, as the official per-call hook);
+    ``adjoint='implicit'`` uses implicit-function-theorem gradients (power iteration once per
+    forward so that the map is stationary).
+    """
+
+    def __init__(
+        self,
+        num_tokens: int,
+        dim: int,
+        token_dim: int,
+        *,
+        hidden_ratio: float = 2.0,
+        n_iter: int = 2,
+        n_power: int = 8,
+        sn_coeff: float = 0.9,
+        spectral_norm: bool = True,
+        tied: bool = False,
+        adjoint: str = "unrolled",
+        tol: float = 0.0,
+        activation: str = "gelu",
+        update: str = "residual",
+        step_size: float = 1.0,
+        dtype=None,
+        rngs: nnx.Rngs,
+    ):
+        if n_iter < 0:
+            raise ValueError(f"n_iter must be >= 0, got {n_iter}")
+        if tol < 0:
+            raise ValueError(f"tol must be >= 0, got {tol}")
+        _check("adjoint", adjoint, ADJOINTS)
+        hidden_dim = int(token_dim * hidden_ratio)
+        if hidden_dim < 1:
+            raise ValueError(f"hidden_ratio {hidden_ratio} gives no hidden neurons")
+        self._init_visible(dim, activation, tied, update, step_size, dtype)
+        self.n_iter = n_iter
+        self.tol = tol
+        self.adjoint = adjoint
+        self.fc1 = _linear(num_tokens, token_dim, rngs)
+        self.fc2 = _feedback(token_dim, num_tokens, tied, rngs)
+        if spectral_norm:
+
+            def linear(n_in, n_out):
+                return SpectralNormLinear(n_in, n_out, coeff=sn_coeff, n_power=n_power, rngs=rngs)
+        else:
+
+            def linear(n_in, n_out):
+                return _linear(n_in, n_out, rngs)
+
+        self.fc_sn1 = linear(token_dim, hidden_dim)
+        self.fc_sn2 = FeedbackBias(token_dim, rngs=rngs) if tied else linear(hidden_dim, token_dim)
+        self.spectral_norm = spectral_norm
+
+    def _networks(self, visible_shape):
+        dim, num_tokens = visible_shape
+        token_dim = self.fc1.kernel.value.shape[1]
+        hidden_dim = self.fc_sn1.kernel.value.shape[1]
+        layers = (
+            Layer(self.norm.lagrangian(), (dim, num_tokens)),
+            self._hidden((dim, token_dim)),
+            self._hidden((dim, hidden_dim)),
+        )
+        first = _synapse(self.fc1, self.fc2)
+        k1, k2 = self._sn_kernels()
+        if k1.ndim == 2:
+            second = _synapse(self.fc_sn1, self.fc_sn2, k1, k2)
+            return HierarchicalNetwork(layers, (first, second)), None
+        # Official per-call spectral norm: fixed-point step k uses its own kernels k1[k], k2[k];
+        # every other array of the per-step network is broadcast along the leading step axis.
+        last = _synapse(self.fc_sn1, self.fc_sn2, k1[-1], None if k2 is None else k2[-1])
+        net = HierarchicalNetwork(layers, (first, last))
+        per_step = jax.tree.map(lambda a: jnp.broadcast_to(a, (self.n_iter, *a.shape)), net)
+        second = per_step.synapses[1].replace(weight=k1, feedback=k2)
+        return net, per_step.replace(synapses=(per_step.synapses[0], second))
+
+    def _sn_kernels(self) -> tuple[Array, Array | None]:
+        """Kernels of fc_sn1 and fc_sn2 (None when tied): ``[in, out]`` each, or
+        ``[n_iter, in, out]`` under the official per-call schedule (unrolled, training)."""
+        modules = [self.fc_sn1] if self.tied else [self.fc_sn1, self.fc_sn2]
+        if not self.spectral_norm:
+            kernels = [m.kernel.value for m in modules]
+        elif self.fc_sn1.deterministic or self.n_iter == 0:
+            # Evaluation, or n_iter = 0 (the official layers are never called): u, v stay put.
+            kernels = [m.current_kernel() for m in modules]
+        elif self.adjoint == "unrolled":
+            kernels = [m.normalized_kernels(self.n_iter) for m in modules]
+        else:  # implicit: one power-iteration update per forward keeps the map stationary
+            kernels = [m.normalized_kernels(1)[0] for m in modules]
+        return kernels[0], None if self.tied else kernels[1]
+
+    def _solve(self, net, x0, per_step=None):
+        return net.solve_fast_layers(
+            x0, max_steps=self.n_iter, tol=self.tol, adjoint=self.adjoint, per_step=per_step
+        )
+
+
+def _synapse(forward, feedback, weight: Array | None = None, feedback_weight=None) -> Synapse:
+    """Synapse from a forward Linear and a feedback module (Linear, or FeedbackBias when tied).
+
+    ``weight``/``feedback_weight`` override the modules' raw kernels (spectrally normalised ones).
+    """
+    if weight is None:
+        weight = forward.kernel.value
+    if feedback_weight is None and not isinstance(feedback, FeedbackBias):
+        feedback_weight = feedback.kernel.value
+    return Synapse(
+        weight=weight,
+        feedback=feedback_weight,
+        forward_bias=forward.bias.value,
+        feedback_bias=feedback.bias.value,
+    )
