@@ -51,7 +51,10 @@ class Solution:
 
 def _norm(tree: PyTree) -> jax.Array:
     leaves = jax.tree.leaves(tree)
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
+    # Accumulate in at least float32 (bfloat16 states), in float64 when the states are.
+    return jnp.sqrt(
+        sum(jnp.sum(jnp.square(x.astype(jnp.promote_types(x.dtype, jnp.float32)))) for x in leaves)
+    )
 
 
 def relative_step(z_new: PyTree, z_old: PyTree) -> jax.Array:
@@ -121,7 +124,7 @@ def _last_residual(residuals: jax.Array, steps: jax.Array) -> jax.Array:
 
 def _forward_loop(fn, z0, params, max_steps, tol):
     """while_loop iteration without a tape: (z, steps, residual history)."""
-    history0 = jnp.full((max_steps,), jnp.nan, jnp.float32)
+    history0 = jnp.full((max_steps,), jnp.nan, relative_step(z0, z0).dtype)
 
     def cond(carry):
         _, steps, res, _ = carry
@@ -133,7 +136,7 @@ def _forward_loop(fn, z0, params, max_steps, tol):
         res = relative_step(z_new, z)
         return z_new, steps + 1, res, hist.at[steps].set(res)
 
-    init = (z0, jnp.zeros((), jnp.int32), jnp.asarray(jnp.inf, jnp.float32), history0)
+    init = (z0, jnp.zeros((), jnp.int32), jnp.asarray(jnp.inf, history0.dtype), history0)
     z, steps, _, hist = jax.lax.while_loop(cond, body, init)
     return z, steps, hist
 
