@@ -19,10 +19,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from imixer_jax.models.layers import MLP_BIAS_INIT, MLP_KERNEL_INIT
+
 Array = jax.Array
 _EPS = 1e-12  # torch.nn.functional.normalize's default
-_KERNEL_INIT = jax.nn.initializers.xavier_uniform()
-_BIAS_INIT = jax.nn.initializers.normal(1e-6)  # official: Linears inside the token MLP
 
 
 class SpectralVectors(nnx.Variable):
@@ -60,8 +60,8 @@ class SpectralNormLinear(nnx.Module):
         *,
         coeff: float = 0.9,
         n_power: int = 8,
-        kernel_init=_KERNEL_INIT,
-        bias_init=_BIAS_INIT,
+        kernel_init=MLP_KERNEL_INIT,
+        bias_init=MLP_BIAS_INIT,
         deterministic: bool = False,
         rngs: nnx.Rngs,
     ):
@@ -79,7 +79,7 @@ class SpectralNormLinear(nnx.Module):
 
     def sigma(self) -> Array:
         """Current spectral-norm estimate u^T W v (differentiable in the kernel)."""
-        return _sigma(self.kernel.value, self.u.value, self.v.value)
+        return _sigma(self.kernel[...], self.u[...], self.v[...])
 
     def normalized_kernels(self, num_calls: int) -> Array:
         """Kernels ``[num_calls, in, out]`` seen by ``num_calls`` successive calls of the layer.
@@ -87,7 +87,7 @@ class SpectralNormLinear(nnx.Module):
         In training mode each call first advances u, v by ``n_power`` steps (official per-call
         schedule) and the final vectors are stored; in evaluation all calls share one kernel.
         """
-        kernel = self.kernel.value
+        kernel = self.kernel[...]
         if self.deterministic:
             return jnp.broadcast_to(self.current_kernel(), (num_calls, *kernel.shape))
 
@@ -97,13 +97,14 @@ class SpectralNormLinear(nnx.Module):
             u, v = power_iteration(frozen, *uv, self.n_power)
             return (u, v), _sigma(kernel, u, v)
 
-        (u, v), sigmas = jax.lax.scan(call, (self.u.value, self.v.value), None, length=num_calls)
-        self.u.value, self.v.value = u, v
+        (u, v), sigmas = jax.lax.scan(call, (self.u[...], self.v[...]), None, length=num_calls)
+        self.u[...] = u
+        self.v[...] = v
         return kernel[None] * jax.vmap(self._scale)(sigmas)[:, None, None]
 
     def current_kernel(self) -> Array:
         """``[in, out]`` kernel normalised with the stored u, v (no power-iteration step)."""
-        return self.kernel.value * self._scale(self.sigma())
+        return self.kernel[...] * self._scale(self.sigma())
 
     def normalized_kernel(self) -> Array:
         """``[in, out]`` kernel of a single call (advances u, v once in training mode)."""
@@ -114,7 +115,7 @@ class SpectralNormLinear(nnx.Module):
 
     def __call__(self, x: Array) -> Array:
         """``[..., in] -> [..., out]``."""
-        return x @ self.normalized_kernel() + self.bias.value
+        return x @ self.normalized_kernel() + self.bias[...]
 
 
 def _sigma(kernel: Array, u: Array, v: Array) -> Array:

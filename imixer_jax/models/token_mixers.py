@@ -26,12 +26,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from imixer_jax.hopfield import HierarchicalNetwork, Layer, Synapse, lagrangians
+from imixer_jax.models.layers import MLP_BIAS_INIT, mlp_linear
 from imixer_jax.models.spectral_norm import SpectralNormLinear, spectral_sigmas
 
 Array = jax.Array
 
-_KERNEL_INIT = jax.nn.initializers.xavier_uniform()
-_BIAS_INIT = jax.nn.initializers.normal(1e-6)  # official: every Linear inside the token MLP
 UPDATES = ("residual", "euler")
 ADJOINTS = ("unrolled", "implicit")
 ACTIVATIONS = ("gelu", "relu", "softplus", "identity")
@@ -47,10 +46,10 @@ class VisibleNorm(nnx.Module):
 
     def lagrangian(self) -> lagrangians.LayerNorm:
         """LayerNorm over the channel axis of a channels-first ``[..., D, S]`` state."""
-        scale = self.scale.value
+        scale = self.scale[...]
         return lagrangians.LayerNorm(
             gamma=scale if scale.ndim == 0 else scale[:, None],
-            delta=self.bias.value[:, None],
+            delta=self.bias[...][:, None],
             eps=1e-6,
             axis=-2,
         )
@@ -60,15 +59,11 @@ class FeedbackBias(nnx.Module):
     """The bias of a tied feedback synapse (its kernel is the transposed feedforward kernel)."""
 
     def __init__(self, features: int, *, rngs: nnx.Rngs):
-        self.bias = nnx.Param(_BIAS_INIT(rngs.params(), (features,)))
-
-
-def _linear(n_in: int, n_out: int, rngs: nnx.Rngs) -> nnx.Linear:
-    return nnx.Linear(n_in, n_out, kernel_init=_KERNEL_INIT, bias_init=_BIAS_INIT, rngs=rngs)
+        self.bias = nnx.Param(MLP_BIAS_INIT(rngs.params(), (features,)))
 
 
 def _feedback(n_in: int, n_out: int, tied: bool, rngs: nnx.Rngs) -> nnx.Linear | FeedbackBias:
-    return FeedbackBias(n_out, rngs=rngs) if tied else _linear(n_in, n_out, rngs)
+    return FeedbackBias(n_out, rngs=rngs) if tied else mlp_linear(n_in, n_out, rngs=rngs)
 
 
 def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -145,12 +140,12 @@ class TokenMLP(_HopfieldTokenMixer):
         rngs: nnx.Rngs,
     ):
         self._init_visible(dim, activation, tied, update, step_size, dtype)
-        self.fc1 = _linear(num_tokens, token_dim, rngs)
+        self.fc1 = mlp_linear(num_tokens, token_dim, rngs=rngs)
         self.fc2 = _feedback(token_dim, num_tokens, tied, rngs)
 
     def _networks(self, visible_shape):
         dim, num_tokens = visible_shape
-        token_dim = self.fc1.kernel.value.shape[1]
+        token_dim = self.fc1.kernel[...].shape[1]
         net = HierarchicalNetwork(
             layers=(
                 Layer(self.norm.lagrangian(), (dim, num_tokens)),
@@ -210,7 +205,7 @@ class IMLP(_HopfieldTokenMixer):
         self.n_iter = n_iter
         self.tol = tol
         self.adjoint = adjoint
-        self.fc1 = _linear(num_tokens, token_dim, rngs)
+        self.fc1 = mlp_linear(num_tokens, token_dim, rngs=rngs)
         self.fc2 = _feedback(token_dim, num_tokens, tied, rngs)
         if spectral_norm:
 
@@ -219,7 +214,7 @@ class IMLP(_HopfieldTokenMixer):
         else:
 
             def linear(n_in, n_out):
-                return _linear(n_in, n_out, rngs)
+                return mlp_linear(n_in, n_out, rngs=rngs)
 
         self.fc_sn1 = linear(token_dim, hidden_dim)
         self.fc_sn2 = FeedbackBias(token_dim, rngs=rngs) if tied else linear(hidden_dim, token_dim)
@@ -227,8 +222,8 @@ class IMLP(_HopfieldTokenMixer):
 
     def _networks(self, visible_shape):
         dim, num_tokens = visible_shape
-        token_dim = self.fc1.kernel.value.shape[1]
-        hidden_dim = self.fc_sn1.kernel.value.shape[1]
+        token_dim = self.fc1.kernel[...].shape[1]
+        hidden_dim = self.fc_sn1.kernel[...].shape[1]
         layers = (
             Layer(self.norm.lagrangian(), (dim, num_tokens)),
             self._hidden((dim, token_dim)),
@@ -252,7 +247,7 @@ class IMLP(_HopfieldTokenMixer):
         ``[n_iter, in, out]`` under the official per-call schedule (unrolled, training)."""
         modules = [self.fc_sn1] if self.tied else [self.fc_sn1, self.fc_sn2]
         if not self.spectral_norm:
-            kernels = [m.kernel.value for m in modules]
+            kernels = [m.kernel[...] for m in modules]
         elif self.fc_sn1.deterministic or self.n_iter == 0:
             # Evaluation, or n_iter = 0 (the official layers are never called): u, v stay put.
             kernels = [m.current_kernel() for m in modules]
@@ -274,12 +269,12 @@ def _synapse(forward, feedback, weight: Array | None = None, feedback_weight=Non
     ``weight``/``feedback_weight`` override the modules' raw kernels (spectrally normalised ones).
     """
     if weight is None:
-        weight = forward.kernel.value
+        weight = forward.kernel[...]
     if feedback_weight is None and not isinstance(feedback, FeedbackBias):
-        feedback_weight = feedback.kernel.value
+        feedback_weight = feedback.kernel[...]
     return Synapse(
         weight=weight,
         feedback=feedback_weight,
-        forward_bias=forward.bias.value,
-        feedback_bias=feedback.bias.value,
+        forward_bias=forward.bias[...],
+        feedback_bias=feedback.bias[...],
     )
