@@ -1,0 +1,104 @@
+"""Shared layers and initialisers of the Mixer backbone (SPEC section 4, official iMixer/timm init).
+
+* Linear layers inside the token and channel MLPs (fc1, fc2, fc_sn1, fc_sn2, fc_c1, fc_c2):
+  kernel xavier_uniform, bias normal(std 1e-6)  -> ``mlp_linear``.
+* Classifier head: kernel and bias zero          -> ``head_linear``.
+* Patch stem: Conv PxP stride P, kernel lecun_normal in timm's form (variance_scaling(1, fan_in,
+  truncated normal at +-2 std with the std corrected by 0.8796...), which is exactly
+  ``jax.nn.initializers.lecun_normal()``; fan_in = P*P*3), bias zero -> ``patch_stem``.
+* LayerNorm: eps 1e-6, scale 1, bias 0           -> ``layer_norm``.
+* Channel MLP D -> C -> D with exact (erf) GELU  -> ``ChannelMLP``.
+* Drop path (stochastic depth): whole samples dropped, survivors scaled by 1/(1 - rate)
+                                                 -> ``drop_path``.
+
+Parameters are float32; ``dtype`` (e.g. ``jnp.bfloat16``) is the computation dtype.
+"""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+Array = jax.Array
+
+MLP_KERNEL_INIT = jax.nn.initializers.xavier_uniform()
+MLP_BIAS_INIT = jax.nn.initializers.normal(1e-6)
+STEM_KERNEL_INIT = jax.nn.initializers.lecun_normal()
+LAYER_NORM_EPS = 1e-6
+
+
+def mlp_linear(
+    in_features: int, out_features: int, *, rngs: nnx.Rngs, use_bias: bool = True, dtype=None
+) -> nnx.Linear:
+    """Linear ``[..., in] -> [..., out]`` of a token or channel MLP: kernel ``[in, out]``
+    xavier_uniform, bias ``[out]`` normal(1e-6)."""
+    return nnx.Linear(
+        in_features,
+        out_features,
+        use_bias=use_bias,
+        kernel_init=MLP_KERNEL_INIT,
+        bias_init=MLP_BIAS_INIT,
+        dtype=dtype,
+        rngs=rngs,
+    )
+
+
+def head_linear(in_features: int, num_classes: int, *, rngs: nnx.Rngs, dtype=None) -> nnx.Linear:
+    """Classifier head ``[..., D] -> [..., num_classes]`` with zero kernel and zero bias."""
+    return nnx.Linear(
+        in_features,
+        num_classes,
+        kernel_init=jax.nn.initializers.zeros,
+        bias_init=jax.nn.initializers.zeros,
+        dtype=dtype,
+        rngs=rngs,
+    )
+
+
+def layer_norm(dim: int, *, rngs: nnx.Rngs, dtype=None) -> nnx.LayerNorm:
+    """LayerNorm over the last axis ``[..., dim]``: eps 1e-6, scale ``[dim]`` = 1, bias = 0."""
+    return nnx.LayerNorm(dim, epsilon=LAYER_NORM_EPS, dtype=dtype, rngs=rngs)
+
+
+def patch_stem(patch_size: int, dim: int, *, rngs: nnx.Rngs, dtype=None) -> nnx.Conv:
+    """Patch embedding: ``[B, H, W, 3] -> [B, H/P, W/P, D]`` (Conv PxP, stride P, VALID);
+    kernel ``[P, P, 3, D]`` lecun_normal (timm form), bias ``[D]`` zero."""
+    return nnx.Conv(
+        3,
+        dim,
+        kernel_size=(patch_size, patch_size),
+        strides=(patch_size, patch_size),
+        padding="VALID",
+        kernel_init=STEM_KERNEL_INIT,
+        bias_init=jax.nn.initializers.zeros,
+        dtype=dtype,
+        rngs=rngs,
+    )
+
+
+def gelu(x: Array) -> Array:
+    """Exact (erf) GELU, as torch.nn.GELU() in the official code."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+class ChannelMLP(nnx.Module):
+    """Channel MLP ``[..., D] -> [..., D]``: fc_c2(GELU(fc_c1(x))).
+
+    Params: ``fc_c1`` (kernel ``[D, C]``, bias ``[C]``),
+    ``fc_c2`` (kernel ``[C, D]``, bias ``[D]``).
+    """
+
+    def __init__(self, dim: int, mlp_dim: int, *, dtype=None, rngs: nnx.Rngs):
+        self.fc_c1 = mlp_linear(dim, mlp_dim, dtype=dtype, rngs=rngs)
+        self.fc_c2 = mlp_linear(mlp_dim, dim, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        """``x: [..., D] -> [..., D]``."""
+        return self.fc_c2(gelu(self.fc_c1(x)))
+
+
+def drop_path(rate: float) -> nnx.Dropout:
+    """Stochastic depth on ``[B, S, D]`` residual branches: per sample, the whole branch is zeroed
+    with probability ``rate`` or scaled by ``1 / (1 - rate)``. The key comes at call time
+    (``rngs`` argument, stream ``'dropout'``); ``model.eval()`` makes it the identity."""
+    return nnx.Dropout(rate, broadcast_dims=(1, 2), rng_collection="dropout")

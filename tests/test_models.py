@@ -1,0 +1,299 @@
+"""Tests of the Mixer backbone, its initialisation and the variant registry."""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from imixer_jax.models import Mixer, MixerBlock, create_model, layers, model_kwargs, param_count
+from imixer_jax.models.registry import VARIANT_NAMES
+from imixer_jax.models.token_mixers import IMLP
+
+# A small iMixer: 16 tokens (32 px, patch 8), D 16, T 8, H 16, C 32, 2 blocks.
+TINY = dict(
+    num_classes=10,
+    img_size=32,
+    patch_size=8,
+    num_blocks=2,
+    hidden_dim=16,
+    tokens_mlp_dim=8,
+    channels_mlp_dim=32,
+)
+
+# Exact counts, num_classes = 1000 (all variants) and 10 (iMixer, the official CIFAR-10 head).
+PARAMS_1000 = {
+    "mixer_s16": 18_528_264,
+    "mixer_s32": 19_104_624,
+    "mixer_b16": 59_880_472,
+    "mixer_b32": 60_293_428,
+    "mixer_l16": 208_196_168,
+    "mixer_l32": 206_939_264,
+    "imixer_s16": 20_631_560,
+    "imixer_s32": 21_207_920,
+    "imixer_b16": 66_972_184,
+    "imixer_b32": 67_385_140,
+    "imixer_l16": 233_398_856,
+    "imixer_l32": 232_141_952,
+}
+PARAMS_10 = {
+    "imixer_s16": 20_123_690,  # official README: ~20M
+    "imixer_s32": 20_700_050,
+    "imixer_b16": 66_210_874,  # ~66M
+    "imixer_b32": 66_623_830,
+    "imixer_l16": 232_384_106,  # ~232M
+    "imixer_l32": 231_127_202,
+}
+
+
+def closed_form_count(name: str, num_classes: int, img_size: int = 224) -> int:
+    """Parameter count by arithmetic from the official architecture (SPEC section 4)."""
+    num_blocks, dim = {"s": (8, 512), "b": (12, 768), "l": (24, 1024)}[name.split("_")[1][0]]
+    patch = int(name[-2:])
+    s, t, c = (img_size // patch) ** 2, dim // 2, 4 * dim
+    h = 2 * t  # hidden_ratio 2
+    block = 2 * dim + (s * t + t) + (t * s + s) + 2 * dim + (dim * c + c) + (c * dim + dim)
+    if name.startswith("imixer"):
+        block += (t * h + h) + (h * t + t)  # fc_sn1, fc_sn2 (spectral u, v are not params)
+    stem = patch * patch * 3 * dim + dim
+    return stem + num_blocks * block + 2 * dim + dim * num_classes + num_classes
+
+
+def test_registry_names():
+    expected = [
+        f"{p}_{s}{n}" for p, s, n in itertools.product(("mixer", "imixer"), "sbl", (16, 32))
+    ]
+    assert sorted(VARIANT_NAMES) == sorted(expected)
+
+
+@pytest.mark.parametrize("name", VARIANT_NAMES)
+def test_param_count_1000(name):
+    assert closed_form_count(name, 1000) == PARAMS_1000[name]
+    assert param_count(name, num_classes=1000) == PARAMS_1000[name]
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS_10))
+def test_param_count_cifar10(name):
+    assert closed_form_count(name, 10) == PARAMS_10[name]
+    assert param_count(name, num_classes=10) == PARAMS_10[name]
+
+
+def test_vision_transformer_sanity_counts():
+    # google-research/vision_transformer's published Mixer counts (1000 classes).
+    assert param_count("mixer_b16", num_classes=1000) == 59_880_472
+    assert param_count("mixer_b32", num_classes=1000) == 60_293_428
+    assert param_count("mixer_l16", num_classes=1000) == 208_196_168
+
+
+def test_cli_prints_every_variant():
+    out = subprocess.run(
+        [sys.executable, "-m", "imixer_jax.models", "--num-classes", "7", "--img-size", "64"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    expected = [f"{n} {closed_form_count(n, 7, img_size=64)}" for n in VARIANT_NAMES]
+    assert out.splitlines() == expected
+
+
+def test_model_kwargs_complete_and_overrides():
+    signature = set(inspect.signature(Mixer.__init__).parameters) - {"self", "rngs"}
+    for name in VARIANT_NAMES:
+        assert set(model_kwargs(name)) == signature
+    kwargs = model_kwargs("imixer_b32", num_classes=10, n_iter=4)
+    assert (kwargs["num_classes"], kwargs["n_iter"], kwargs["patch_size"]) == (10, 4, 32)
+    assert (kwargs["hidden_dim"], kwargs["tokens_mlp_dim"], kwargs["channels_mlp_dim"]) == (
+        768,
+        384,
+        3072,
+    )
+    with pytest.raises(ValueError, match="n_iters"):
+        model_kwargs("imixer_s16", n_iters=3)
+    with pytest.raises(ValueError, match="unknown model 'imixer_x16'"):
+        model_kwargs("imixer_x16")
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        (dict(img_size=30), "img_size"),
+        (dict(patch_size=0), "patch_size"),
+        (dict(num_blocks=0), "num_blocks"),
+        (dict(n_iter=-1), "n_iter"),
+        (dict(n_power=0), "n_power"),
+        (dict(token_mixer="attention"), "token_mixer"),
+        (dict(adjoint="backprop"), "adjoint"),
+        (dict(activation="tanh"), "activation"),
+        (dict(update="momentum"), "update"),
+        (dict(sn_coeff=0.0), "sn_coeff"),
+        (dict(hidden_ratio=0.01), "hidden_ratio"),
+        (dict(step_size=-1.0), "step_size"),
+        (dict(tol=-1e-3), "tol"),
+        (dict(drop_path_rate=1.0), "drop_path_rate"),
+        (dict(dtype="int32"), "dtype"),
+    ],
+)
+def test_constructor_validation(override, match):
+    with pytest.raises(ValueError, match=match) as info:
+        create_model("imixer_s16", rngs=nnx.Rngs(0), **{**TINY, **override})
+    assert "\n" not in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def imixer_s16():
+    model = create_model("imixer_s16", rngs=nnx.Rngs(0))
+    model.eval()
+    return model
+
+
+def test_imixer_s16_forward_224(imixer_s16):
+    images = jax.random.uniform(jax.random.key(1), (2, 224, 224, 3), minval=-1.0, maxval=1.0)
+    forward = nnx.jit(lambda m, x: m(x))
+    logits = forward(imixer_s16, images)
+    assert logits.shape == (2, 1000) and logits.dtype == jnp.float32
+    # The head is zero-initialised, so the initial logits are exactly zero.
+    np.testing.assert_array_equal(logits, 0.0)
+    # With a random head the logits are finite and depend on the image.
+    model = nnx.clone(imixer_s16)
+    _randomise_head(model)
+    logits = forward(model, images)
+    assert np.all(np.isfinite(logits))
+    assert not np.allclose(logits[0], logits[1])
+
+
+def test_initialisation(imixer_s16):
+    m = imixer_s16
+    np.testing.assert_array_equal(m.head.kernel[...], 0.0)
+    np.testing.assert_array_equal(m.head.bias[...], 0.0)
+    np.testing.assert_array_equal(m.stem.bias[...], 0.0)
+    for norm in (m.norm, m.blocks[0].norm, m.blocks[0].token_mixer.norm):
+        np.testing.assert_array_equal(norm.scale[...], 1.0)
+        np.testing.assert_array_equal(norm.bias[...], 0.0)
+    # Stem: truncated normal (|z| <= 2) with std exactly 1/sqrt(fan_in), fan_in = 16*16*3.
+    kernel = np.asarray(m.stem.kernel[...])
+    std = 1 / np.sqrt(16 * 16 * 3)
+    # 393,216 samples: the std estimate's relative error is ~1/sqrt(2n) = 0.1%; allow 1%.
+    np.testing.assert_allclose(kernel.std(), std, rtol=1e-2)
+    assert np.abs(kernel).max() <= 2 * std / 0.87962566103423978 + 1e-7
+    # Channel MLP: xavier_uniform kernels, biases normal(1e-6).
+    mlp = m.blocks[0].channel_mlp
+    bound = np.sqrt(6 / (512 + 2048))
+    fc_c1 = np.asarray(mlp.fc_c1.kernel[...])
+    assert np.abs(fc_c1).max() <= bound
+    np.testing.assert_allclose(fc_c1.std(), bound / np.sqrt(3), rtol=1e-2)  # 1M samples
+    for bias in (mlp.fc_c1.bias[...], mlp.fc_c2.bias[...]):
+        assert 0 < np.abs(bias).max() < 1e-5  # std 1e-6: 2048 samples stay below 5 std
+
+
+def _tiny(**overrides) -> Mixer:
+    return create_model("imixer_s16", rngs=nnx.Rngs(0), **{**TINY, **overrides})
+
+
+def _randomise_head(model: Mixer) -> None:
+    """Replace the zero head by a random one, so that logits depend on the features."""
+    kernel = model.head.kernel
+    kernel[...] = jax.random.normal(jax.random.key(7), kernel.shape)
+
+
+def _images(batch: int, key: int = 1) -> jax.Array:
+    return jax.random.uniform(jax.random.key(key), (batch, 32, 32, 3), minval=-1.0, maxval=1.0)
+
+
+def test_inspect_returns_per_block_intermediates():
+    model = _tiny()
+    model.eval()
+    images = _images(2)
+    logits, info = model(images, inspect=True)
+    np.testing.assert_array_equal(logits, model(images))
+    assert list(info) == ["block_0", "block_1"]
+    assert info["block_0"]["residuals"].shape == (2,)  # one residual per fixed-point step
+
+
+def test_mlp_mixer_uses_token_mlp():
+    model = _tiny(token_mixer="mlp")
+    assert not any(isinstance(b.token_mixer, IMLP) for b in model.blocks)
+    assert not hasattr(model.blocks[0].token_mixer, "fc_sn1")
+
+
+def test_drop_path_eval_is_deterministic():
+    model = _tiny(drop_path_rate=0.5)
+    _randomise_head(model)
+    model.eval()
+    images = _images(4)
+    a = model(images)
+    b = model(images, rngs=nnx.Rngs(dropout=1))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_drop_path_scaling():
+    rate = 0.25
+    dp = layers.drop_path(rate)
+    x = jnp.ones((4096, 3, 5))
+    y = np.asarray(dp(x, rngs=nnx.Rngs(dropout=0)))
+    per_sample = y.reshape(len(y), -1)
+    # Whole samples are dropped or kept, and survivors are scaled by exactly 1 / (1 - rate).
+    assert np.all(per_sample == per_sample[:, :1])
+    assert set(np.unique(per_sample)) == {0.0, np.float32(1 / (1 - rate))}
+    # Kept fraction: binomial(4096, 0.75) has std 0.0068; allow 4 std.
+    assert abs((per_sample[:, 0] > 0).mean() - (1 - rate)) < 0.03
+
+
+def test_drop_path_in_block_drops_whole_branches():
+    rate = 0.5
+    keep = 1 - rate
+    block = MixerBlock(
+        IMLP(16, 16, 8, rngs=nnx.Rngs(0)), 16, 32, drop_path_rate=rate, rngs=nnx.Rngs(1)
+    )
+    block.eval()  # power iteration off: the token branch is the same in both modes
+    x = jax.random.normal(jax.random.key(2), (64, 16, 16))
+    y = block.token_mixer(x)
+    block.drop_path.deterministic = False  # training-mode drop path only
+    out = block(x, rngs=nnx.Rngs(dropout=3))
+    seen = set()
+    for i in range(len(x)):
+        matches = []
+        for m1, m2 in itertools.product((0, 1), repeat=2):
+            x1 = x[i] + m1 * y[i] / keep
+            cand = x1 + m2 * block.channel_mlp(block.norm(x1)) / keep
+            # Same float32 ops in a different order: agreement to ~1e-6 relative to |x| ~ 1.
+            if np.allclose(out[i], cand, atol=1e-5):
+                matches.append((m1, m2))
+        assert len(matches) == 1, (i, matches)
+        seen.add(matches[0])
+    assert seen == {(0, 0), (0, 1), (1, 0), (1, 1)}  # 64 samples: all four patterns occur
+
+
+def test_train_mode_with_drop_path_runs_and_differs_per_key():
+    model = _tiny(drop_path_rate=0.5)
+    _randomise_head(model)
+    model.train()
+    images = _images(8)
+    a = model(images, rngs=nnx.Rngs(dropout=0))
+    b = model(images, rngs=nnx.Rngs(dropout=1))
+    assert np.all(np.isfinite(a)) and not np.allclose(a, b)
+
+
+def test_bfloat16_compute_float32_params():
+    model = _tiny(dtype="bfloat16")
+    _randomise_head(model)
+    model.eval()
+    params = nnx.state(model, nnx.Param)
+    assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
+    images = _images(2)
+    logits = model(images)
+    assert logits.dtype == jnp.float32
+    reference = _tiny(dtype=None)
+    reference.eval()
+    nnx.update(reference, nnx.state(model))
+    expected = reference(images)
+    # bfloat16 keeps 8 significant bits (relative rounding 2^-9 = 0.2% per op); the logits are a
+    # sum of 16 unit-scale features times N(0, 1) weights (scale ~4) after 2 blocks of a few
+    # dozen rounded ops each: a few percent of the logit scale. Allow 5%.
+    np.testing.assert_allclose(logits, expected, atol=0.05 * np.abs(expected).max())
