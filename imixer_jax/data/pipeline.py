@@ -1,0 +1,429 @@
+"""Input pipeline: any TFDS image-classification dataset -> per-process numpy batches.
+
+Reproducibility. A training batch is a pure function of (seed, step, process_index,
+process_count): each process reads its own ``tfds.even_splits`` part in the stored order, and the
+stream of examples is the concatenation of epochs; epoch e is that part shuffled with a seed
+derived from (seed, process_index, e), and every example's augmentation is drawn with stateless
+ops from (seed, process_index, e, index within the epoch). Resuming at ``start_step`` k starts the
+stream at epoch ``k b // n`` and skips ``k b mod n`` raw (still encoded) records before any
+decoding or augmentation, so a resumed run sees exactly the batches of an uninterrupted one.
+The shuffle is tf.data's buffer shuffle (buffer ``min(n, SHUFFLE_BUFFER)`` encoded records: a
+uniform permutation when the part fits, e.g. cifar10 and digits) with an explicit op seed; it is
+reproducible as long as nobody calls ``tf.random.set_seed`` with a different global seed.
+
+Images leave the pipeline as float32 ``[b, S, S, 3]`` normalised with mean = std = 0.5
+(``x / 127.5 - 1``, i.e. pixels in [-1, 1]; random-erasing noise is N(0, 1) and may exceed that
+range, as in timm). Grey datasets are repeated to 3 channels. Mixup/CutMix and label smoothing are
+not done here but on device by ``imixer_jax.data.mix_batch`` with the ``MIX_KEYS`` of the same
+``augment`` mapping.
+
+The pipeline never downloads: a dataset that is not prepared raises a one-line
+``FileNotFoundError`` that says how to prepare it, before anything is built. The embedded
+``digits`` dataset is the exception: it needs no network and is prepared on first use.
+
+Deviations from the official timm 0.6.11 loader (choices, see also ``augment``): the official run
+mixes in the collate function on uint8 images (blend rounded to uint8) of each GPU's local batch
+with that process's own lambda, and erases afterwards on the normalised batch; here erasing is
+per example in tf.data (before mixing) and ``mix_batch`` mixes the float global batch with one
+lambda, so the result does not depend on the number of devices. The official command uses
+timm's default train interpolation 'random'; the default here is SPEC's 'bicubic'
+(``augment['interpolation'] = 'random'`` reproduces timm).
+
+TensorFlow is kept off the GPU (``tf.config.set_visible_devices([], 'GPU')`` at import) and runs
+tf.data on a private pool of as many threads as this process has CPU cores, one thread per op.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
+from typing import Any
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from absl import logging
+
+from imixer_jax.data import augment as augment_lib
+from imixer_jax.data.digits import Digits
+
+# Keys of the `augment` mapping and their defaults (the official recipe, SPEC section 5).
+AUGMENT_DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {
+        # RandomResizedCrop to image_size; False = resize the shorter side and centre crop.
+        "random_resized_crop": True,
+        "scale": (0.08, 1.0),  # crop area fraction range
+        "ratio": (3.0 / 4.0, 4.0 / 3.0),  # crop aspect ratio range (sampled log-uniformly)
+        # Resampling of the crop: 'bicubic' (SPEC), 'bilinear' or 'random' (timm train default:
+        # bilinear or bicubic with probability 1/2 per image).
+        "interpolation": "bicubic",
+        "hflip": True,  # horizontal flip with probability 0.5
+        "randaugment": "rand-m9-mstd0.5-inc1",  # timm config string, or None
+        "random_erasing": 0.25,  # probability of erasing one box with N(0, 1) pixel noise
+        # Used on device by mix_batch (not by train_batches):
+        "mixup_alpha": 0.8,
+        "cutmix_alpha": 1.0,
+        "switch_prob": 0.5,
+        "label_smoothing": 0.1,
+    }
+)
+MIX_KEYS = ("mixup_alpha", "cutmix_alpha", "switch_prob", "label_smoothing")
+INTERPOLATIONS = ("bicubic", "bilinear", "random")
+SHUFFLE_BUFFER = 50_000  # encoded records per process
+EVAL_INTERPOLATION = "bicubic"  # official eval resize
+_EMBEDDED = (Digits.name,)  # prepared on first use (no download)
+
+
+def _hide_gpus_from_tensorflow() -> None:
+    """Keep TF (data only) off the accelerators, which belong to JAX."""
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError as err:  # TF devices already initialised by someone else
+        logging.warning("could not hide GPUs from TensorFlow: %s", err)
+
+
+_hide_gpus_from_tensorflow()
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What the trainer needs to know about a dataset.
+
+    ``image_shape`` is the stored shape ``(H, W, C)``; H and W are None for variable-size images.
+    """
+
+    name: str
+    num_classes: int
+    num_train: int
+    num_eval: int
+    train_split: str
+    eval_split: str
+    image_shape: tuple[int | None, int | None, int]
+
+
+def _default_data_dir() -> str:
+    from tensorflow_datasets.core import constants
+
+    return constants.DATA_DIR
+
+
+def _prepared_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+    """The TFDS builder of ``name``, prepared (the embedded datasets on first use) or an error."""
+    builder = tfds.builder(name, data_dir=data_dir)
+    if builder.is_prepared():
+        return builder
+    if builder.name in _EMBEDDED:
+        logging.info("preparing the embedded dataset %r in %s", name, builder.data_dir)
+        builder.download_and_prepare()
+        return builder
+    root = data_dir or _default_data_dir()
+    manual = (
+        f"put its manually downloaded files in {root}/downloads/manual, then "
+        if builder.MANUAL_DOWNLOAD_INSTRUCTIONS
+        else ""
+    )
+    raise FileNotFoundError(
+        f"TFDS dataset {name!r} is not prepared in data_dir {root!r} (no {builder.data_dir}) "
+        f"and the input pipeline does not download; {manual}prepare it once with "
+        f"`tfds build {name} --data_dir={root}`"
+    )
+
+
+def _image_feature(builder: tfds.core.DatasetBuilder) -> tfds.features.Image:
+    features = builder.info.features
+    if "image" not in features or "label" not in features:
+        raise ValueError(
+            f"dataset {builder.name!r} needs 'image' and 'label' features, has {list(features)}"
+        )
+    image = features["image"]
+    if not isinstance(image, tfds.features.Image) or image.shape[-1] not in (1, 3):
+        raise ValueError(f"dataset {builder.name!r}: 'image' must be a 1- or 3-channel Image")
+    return image
+
+
+def dataset_info(
+    name: str, *, data_dir: str | None, train_split: str = "train", eval_split: str | None = None
+) -> DatasetInfo:
+    """Sizes and classes of TFDS dataset ``name`` (prepares ``digits`` on first use).
+
+    ``eval_split`` defaults to 'validation' if the dataset has one, else 'test'. Split strings
+    may be slices ('train[:90%]').
+    """
+    builder = _prepared_builder(name, data_dir)
+    image = _image_feature(builder)
+    splits = builder.info.splits
+    if eval_split is None:
+        eval_split = next((s for s in ("validation", "test") if s in splits), None)
+        if eval_split is None:
+            raise ValueError(f"dataset {name!r} has no 'validation' or 'test' split: {splits}")
+    return DatasetInfo(
+        name=name,
+        num_classes=builder.info.features["label"].num_classes,
+        num_train=splits[train_split].num_examples,
+        num_eval=splits[eval_split].num_examples,
+        train_split=train_split,
+        eval_split=eval_split,
+        image_shape=tuple(image.shape),
+    )
+
+
+def _local_batch_size(global_batch_size: int, process_index: int, process_count: int) -> int:
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    if global_batch_size <= 0 or global_batch_size % process_count:
+        raise ValueError(
+            f"global_batch_size {global_batch_size} must be a positive multiple of "
+            f"process_count {process_count}"
+        )
+    return global_batch_size // process_count
+
+
+def _augment_config(augment: Mapping[str, Any]) -> dict[str, Any]:
+    """``AUGMENT_DEFAULTS`` updated by ``augment``, validated."""
+    augment = dict(augment.items())
+    unknown = sorted(set(augment) - set(AUGMENT_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown augment keys {unknown}; known: {sorted(AUGMENT_DEFAULTS)}")
+    config = {**AUGMENT_DEFAULTS, **augment}
+    if config["interpolation"] not in INTERPOLATIONS:
+        raise ValueError(f"augment interpolation must be one of {INTERPOLATIONS}")
+    if not 0.0 <= config["random_erasing"] <= 1.0:
+        raise ValueError("augment random_erasing must be a probability")
+    for key in ("scale", "ratio"):
+        low, high = config[key]
+        if not 0.0 < low <= high:
+            raise ValueError(f"augment {key} must be (low, high) with 0 < low <= high")
+    return config
+
+
+def _options() -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = True
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    options.threading.private_threadpool_size = max(1, cores or 1)
+    options.threading.max_intra_op_parallelism = 1
+    return options
+
+
+def _raw_part(builder: tfds.core.DatasetBuilder, part) -> tf.data.Dataset:
+    """This process's examples in stored order, image still encoded: {'image': string, 'label'}."""
+    ds = builder.as_dataset(
+        split=part,
+        shuffle_files=False,
+        decoders={"image": tfds.decode.SkipDecoding()},
+        read_config=tfds.ReadConfig(try_autocache=False),
+    )
+    return ds.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
+
+
+def _to_rgb(image: tf.Tensor) -> tf.Tensor:
+    return tf.image.grayscale_to_rgb(image) if image.shape[-1] == 1 else image
+
+
+def _normalize(image: tf.Tensor) -> tf.Tensor:
+    """uint8 -> float32 with mean = std = 0.5 (SPEC 4): pixels in [-1, 1]."""
+    return tf.cast(image, tf.float32) / 127.5 - 1.0
+
+
+def _resize_centre_crop(image: tf.Tensor, size: int, crop_ratio: float, resize_fn) -> tf.Tensor:
+    """timm eval transform: shorter side -> floor(size / crop_ratio) (longer side scaled and
+    truncated, as torchvision Resize), then the centre ``size x size`` crop (offsets rounded)."""
+    scale_size = math.floor(size / crop_ratio)
+    shape = tf.shape(image)
+    h, w = shape[0], shape[1]
+    short = tf.minimum(h, w)
+    long_side = tf.cast(
+        tf.cast(scale_size, tf.int64)
+        * tf.cast(tf.maximum(h, w), tf.int64)
+        // tf.cast(short, tf.int64),
+        tf.int32,
+    )
+    new_h = tf.where(h <= w, scale_size, long_side)
+    new_w = tf.where(h <= w, long_side, scale_size)
+    image = resize_fn(image, tf.stack([new_h, new_w]))
+    top = tf.cast(tf.round(tf.cast(new_h - size, tf.float32) / 2.0), tf.int32)
+    left = tf.cast(tf.round(tf.cast(new_w - size, tf.float32) / 2.0), tf.int32)
+    return tf.ensure_shape(image[top : top + size, left : left + size], [size, size, None])
+
+
+def _decode_random_crop(
+    encoded: tf.Tensor,
+    feature: tfds.features.Image,
+    seed: tf.Tensor,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+) -> tf.Tensor:
+    """Decode only timm's RandomResizedCrop box (JPEG: ``decode_and_crop_jpeg``, else decode
+    then slice): uint8 ``[h, w, C]``."""
+    channels = feature.shape[-1]
+    if feature.encoding_format == "jpeg":
+        shape = tf.image.extract_jpeg_shape(encoded)
+        box = augment_lib.sample_crop_box(seed, shape[0], shape[1], scale=scale, ratio=ratio)
+        return tf.image.decode_and_crop_jpeg(encoded, tf.stack(box), channels=channels)
+    image = feature.decode_example(encoded)
+    shape = tf.shape(image)
+    top, left, h, w = augment_lib.sample_crop_box(
+        seed, shape[0], shape[1], scale=scale, ratio=ratio
+    )
+    return image[top : top + h, left : left + w]
+
+
+def _train_transform(feature: tfds.features.Image, image_size: int, config: dict[str, Any]):
+    """(example seed [2], encoded example) -> {'image': float32 [S, S, 3], 'label': int32}."""
+    spec = config["randaugment"]
+    randaugment = augment_lib.RandAugment.from_string(spec) if spec else None
+    size = (image_size, image_size)
+
+    def transform(seed: tf.Tensor, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        seeds = augment_lib.split_seed(seed, 5)
+
+        def resize_fn(image, target):
+            return augment_lib.random_interpolation_resize(
+                image, target, config["interpolation"], seeds[1]
+            )
+
+        if config["random_resized_crop"]:
+            crop = _decode_random_crop(
+                example["image"], feature, seeds[0], config["scale"], config["ratio"]
+            )
+            image = tf.ensure_shape(resize_fn(crop, size), [*size, None])
+        else:
+            decoded = feature.decode_example(example["image"])
+            image = _resize_centre_crop(decoded, image_size, 1.0, resize_fn)
+        image = _to_rgb(image)
+        if config["hflip"]:
+            image = tf.image.stateless_random_flip_left_right(image, seeds[2])
+        if randaugment is not None:
+            image = randaugment(image, seeds[3])
+        image = _normalize(image)
+        if config["random_erasing"] > 0:
+            image = augment_lib.random_erasing(image, seeds[4], config["random_erasing"])
+        return {"image": image, "label": tf.cast(example["label"], tf.int32)}
+
+    return transform
+
+
+def train_batches(
+    *,
+    name: str,
+    data_dir: str | None,
+    split: str,
+    image_size: int,
+    global_batch_size: int,
+    seed: int,
+    start_step: int,
+    process_index: int,
+    process_count: int,
+    augment: Mapping[str, Any],
+) -> Iterator[dict]:
+    """Infinite training batches of this process, from global step ``start_step`` on.
+
+    Yields ``{'image': float32 [b, S, S, 3], 'label': int32 [b]}``, b = global_batch_size /
+    process_count, S = image_size: this process's share of global batch ``start_step``,
+    ``start_step + 1``, ... A restart with ``start_step=k`` yields exactly the batches an
+    uninterrupted run yields from step k on. ``augment`` overrides ``AUGMENT_DEFAULTS``
+    (unknown keys are an error; the ``MIX_KEYS`` are accepted and ignored here).
+    """
+    batch = _local_batch_size(global_batch_size, process_index, process_count)
+    if start_step < 0:
+        raise ValueError(f"start_step must be >= 0, got {start_step}")
+    config = _augment_config(augment)
+    builder = _prepared_builder(name, data_dir)
+    feature = _image_feature(builder)
+    part = tfds.even_splits(split, n=process_count)[process_index]
+    num_examples = builder.info.splits[part].num_examples
+    if num_examples == 0:
+        raise ValueError(f"{name} split {split!r} has no examples for process {process_index}")
+    first_epoch, skip = divmod(start_step * batch, num_examples)
+    logging.info(
+        "train %s[%s] process %d/%d: %d examples, batch %d, start step %d (epoch %d + %d)",
+        name,
+        split,
+        process_index,
+        process_count,
+        num_examples,
+        batch,
+        start_step,
+        first_epoch,
+        skip,
+    )
+
+    raw = _raw_part(builder, part)
+    root = tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int64), process_index)
+    shuffle_root, example_root = tf.unstack(augment_lib.split_seed(root, 2))
+    buffer = min(num_examples, SHUFFLE_BUFFER)
+    transform = _train_transform(feature, image_size, config)
+
+    def epoch_examples(epoch: tf.Tensor) -> tf.data.Dataset:
+        shuffle_seed = tf.random.stateless_uniform(
+            [],
+            tf.random.experimental.stateless_fold_in(shuffle_root, epoch),
+            minval=0,
+            maxval=2**31 - 1,
+            dtype=tf.int64,
+        )
+        epoch_seed = tf.random.experimental.stateless_fold_in(example_root, epoch)
+        shuffled = raw.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+        return shuffled.enumerate().map(
+            lambda index, example: (
+                tf.random.experimental.stateless_fold_in(epoch_seed, index),
+                example,
+            )
+        )
+
+    ds = tf.data.Dataset.counter(first_epoch).flat_map(epoch_examples).skip(skip)
+    ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch, drop_remainder=True).prefetch(2).with_options(_options())
+    return ds.as_numpy_iterator()
+
+
+def eval_batches(
+    *,
+    name: str,
+    data_dir: str | None,
+    split: str,
+    image_size: int,
+    global_batch_size: int,
+    process_index: int,
+    process_count: int,
+    crop_ratio: float,
+) -> Iterator[dict]:
+    """One deterministic pass over this process's part of ``split``.
+
+    Yields ``{'image': float32 [b, S, S, 3], 'label': int32 [b], 'mask': bool [b]}``: shorter
+    side resized (bicubic) to floor(S / crop_ratio), centre S x S crop. Every process yields the
+    same number of batches (that of the largest part); the missing examples are zero images with
+    mask False, so across processes every example of the split is counted exactly once.
+    """
+    batch = _local_batch_size(global_batch_size, process_index, process_count)
+    if not 0.0 < crop_ratio <= 1.0:
+        raise ValueError(f"crop_ratio must be in (0, 1], got {crop_ratio}")
+    builder = _prepared_builder(name, data_dir)
+    feature = _image_feature(builder)
+    parts = tfds.even_splits(split, n=process_count)
+    counts = [builder.info.splits[p].num_examples for p in parts]
+    num_batches = -(-max(counts) // batch)
+    padding = num_batches * batch - counts[process_index]
+
+    def resize_fn(image, target):
+        return augment_lib.resize(image, target, EVAL_INTERPOLATION)
+
+    def transform(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        image = feature.decode_example(example["image"])
+        image = _to_rgb(_resize_centre_crop(image, image_size, crop_ratio, resize_fn))
+        label = tf.cast(example["label"], tf.int32)
+        return {"image": _normalize(image), "label": label, "mask": tf.constant(True)}
+
+    ds = _raw_part(builder, parts[process_index]).map(
+        transform, num_parallel_calls=tf.data.AUTOTUNE
+    )
+    filler = {
+        "image": tf.zeros([image_size, image_size, 3], tf.float32),
+        "label": tf.constant(0, tf.int32),
+        "mask": tf.constant(False),
+    }
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(filler).repeat(padding))
+    ds = ds.batch(batch, drop_remainder=True).prefetch(2).with_options(_options())
+    return ds.as_numpy_iterator()
