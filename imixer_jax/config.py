@@ -1,0 +1,279 @@
+"""Training configuration: the base ``ConfigDict`` (official recipe, SPEC section 5) and its checks.
+
+Config files (``configs/*.py``) call ``base_config(model, **model_overrides)`` and change what they
+need; the result is locked, so a misspelt key fails at once. ``validate(config)`` runs before
+anything is compiled and raises ``ConfigError`` with one line naming the offending key.
+
+Schema (defaults in ``base_config``):
+
+    seed                   int: root of every random stream (init, data order, mixing, drop path)
+    model                  the complete ``Mixer`` constructor kwargs (registry.model_kwargs);
+                           ``model.dtype``: None (float32) or a compute dtype name ('bfloat16')
+    data.name              TFDS dataset name; data.data_dir: TFDS data_dir (None = TFDS default)
+    data.train_split; data.eval_split (None: 'validation' if the dataset has it, else 'test')
+    data.crop_ratio        eval: resize to img_size / crop_ratio, centre crop
+    data.augment           data.AUGMENT_DEFAULTS (crop, flip, RandAugment ('' = off), random
+                           erasing, and the mix_batch keys mixup_alpha, cutmix_alpha,
+                           switch_prob, label_smoothing)
+    batch_size             global batch per step (all processes); eval_batch_size likewise
+    optimizer              AdamW lr (peak), b1, b2, eps, weight_decay (not on 1-D params),
+                           grad_clip_norm (0 = off), ema_decay (0 = off), accum_steps (>= 1)
+    schedule               unit ('epochs' | 'steps'); length (warm-up + cosine, timm --epochs),
+                           warmup, cooldown (extra, at min_lr) in that unit; init_lr, min_lr
+    mesh.shape, mesh.axes  device mesh, e.g. (-1, 1) over ('data', 'model'); one -1 at most
+    checkpoint             every_steps (0 = only at the end), keep (newest kept)
+    log_every_steps, eval_every_steps (0 = only at the end)
+    distributed            initialize ('auto' | 'always' | 'never'), coordinator_address,
+                           num_processes, process_id (None = detected by jax.distributed)
+
+A step is one global batch; with ``accum_steps = k`` the optimiser updates every k steps, so the
+schedule (defined in optimiser updates) spans ``steps / k`` updates.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import re
+import sys
+
+import ml_collections
+from absl import flags
+from flax import nnx
+from ml_collections import config_dict
+
+from imixer_jax import data
+from imixer_jax.models import registry
+from imixer_jax.models.mixer import Mixer
+
+_CLUSTER_ENV = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "MEGASCALE_NUM_SLICES")
+INITIALIZE = ("auto", "always", "never")
+UNITS = ("epochs", "steps")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message is one line that names the key."""
+
+
+def base_config(model: str = "imixer_s16", **model_overrides) -> ml_collections.ConfigDict:
+    """The official CIFAR-10 recipe (SPEC section 5) for registered variant ``model``, locked.
+
+    ``model_overrides`` are ``Mixer`` arguments (e.g. ``num_classes=10, img_size=32``).
+    """
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.model = model_config(model, **{"num_classes": 10, **model_overrides})
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "cifar10"
+    c.data.data_dir = config_dict.placeholder(str)
+    c.data.train_split = "train"
+    c.data.eval_split = config_dict.placeholder(str)
+    c.data.crop_ratio = 0.875
+    c.data.augment = ml_collections.ConfigDict(dict(data.AUGMENT_DEFAULTS))
+
+    c.batch_size = 2048
+    c.eval_batch_size = 1024
+
+    c.optimizer = ml_collections.ConfigDict(
+        dict(
+            lr=5e-4,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            weight_decay=0.05,
+            grad_clip_norm=0.0,
+            ema_decay=0.0,
+            accum_steps=1,
+        )
+    )
+    c.schedule = ml_collections.ConfigDict(
+        dict(unit="epochs", length=300.0, warmup=20.0, cooldown=10.0, init_lr=1e-6, min_lr=1e-6)
+    )
+    c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1), axes=("data", "model")))
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3))
+    c.log_every_steps = 100
+    c.eval_every_steps = 0
+    c.distributed = ml_collections.ConfigDict(
+        dict(
+            initialize="auto",
+            coordinator_address=config_dict.placeholder(str),
+            num_processes=config_dict.placeholder(int),
+            process_id=config_dict.placeholder(int),
+        )
+    )
+    c.lock()
+    return c
+
+
+def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
+    """``registry.model_kwargs(name, **overrides)`` as a ConfigDict whose ``dtype`` is a str field
+    (None = float32), so that ``--config.model.dtype=bfloat16`` works on the command line."""
+    kwargs = registry.model_kwargs(name, **overrides)
+    dtype = kwargs.pop("dtype")
+    c = ml_collections.ConfigDict(kwargs)
+    c.dtype = config_dict.placeholder(str)
+    c.dtype = None if dtype is None else str(dtype)
+    return c
+
+
+def _fail(key: str, message: str) -> None:
+    raise ConfigError(f"config.{key}: {message}")
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        _fail(key, message)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Check ``config`` before anything is compiled (the model is only built abstractly).
+
+    Raises:
+      ConfigError: one line ``config.<key>: <what is wrong>``.
+    """
+    model_keys = set(inspect.signature(Mixer.__init__).parameters) - {"self", "rngs"}
+    for key in sorted(set(config.model.keys()) - model_keys):
+        _fail(f"model.{key}", "unknown model argument (keys are Mixer's constructor arguments)")
+    for key in sorted(model_keys - set(config.model.keys())):
+        _fail(f"model.{key}", "missing model argument")
+    try:  # Mixer checks its arguments; abstract construction allocates nothing
+        nnx.eval_shape(lambda: Mixer(**config.model, rngs=nnx.Rngs(0)))
+    except ValueError as e:
+        first = str(e).split()[0]
+        _fail(f"model.{first}" if first in model_keys else "model", str(e))
+
+    _check(bool(config.data.name), "data.name", "must name a TFDS dataset")
+    _check(0 < config.data.crop_ratio <= 1, "data.crop_ratio", "must be in (0, 1]")
+    aug = config.data.augment
+    for key in sorted(set(aug.keys()) ^ set(data.AUGMENT_DEFAULTS)):
+        _fail(f"data.augment.{key}", "keys must be those of data.AUGMENT_DEFAULTS")
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        _check(aug[key] >= 0, f"data.augment.{key}", f"must be >= 0, got {aug[key]}")
+    for key in ("switch_prob", "random_erasing"):
+        _check(0 <= aug[key] <= 1, f"data.augment.{key}", f"must be in [0, 1], got {aug[key]}")
+    _check(0 <= aug.label_smoothing < 1, "data.augment.label_smoothing", "must be in [0, 1)")
+
+    for key in ("batch_size", "eval_batch_size"):
+        _check(config[key] >= 1, key, f"must be >= 1, got {config[key]}")
+
+    opt = config.optimizer
+    _check(opt.lr > 0, "optimizer.lr", f"must be > 0, got {opt.lr}")
+    for key in ("b1", "b2"):
+        _check(0 <= opt[key] < 1, f"optimizer.{key}", f"must be in [0, 1), got {opt[key]}")
+    _check(opt.eps > 0, "optimizer.eps", f"must be > 0, got {opt.eps}")
+    for key in ("weight_decay", "grad_clip_norm"):
+        _check(opt[key] >= 0, f"optimizer.{key}", f"must be >= 0, got {opt[key]}")
+    _check(0 <= opt.ema_decay < 1, "optimizer.ema_decay", "must be in [0, 1) (0 = no EMA)")
+    _check(opt.accum_steps >= 1, "optimizer.accum_steps", f"must be >= 1, got {opt.accum_steps}")
+
+    sch = config.schedule
+    _check(sch.unit in UNITS, "schedule.unit", f"must be one of {UNITS}, got {sch.unit!r}")
+    _check(sch.length > 0, "schedule.length", f"must be > 0, got {sch.length}")
+    _check(0 <= sch.warmup <= sch.length, "schedule.warmup", "must be in [0, schedule.length]")
+    _check(sch.cooldown >= 0, "schedule.cooldown", f"must be >= 0, got {sch.cooldown}")
+    for key in ("init_lr", "min_lr"):
+        _check(0 <= sch[key] <= opt.lr, f"schedule.{key}", "must be in [0, optimizer.lr]")
+
+    shape, axes = tuple(config.mesh.shape), tuple(config.mesh.axes)
+    _check(len(shape) == len(axes), "mesh.shape", f"{shape} does not match mesh.axes {axes}")
+    _check(
+        all(isinstance(n, int) and (n >= 1 or n == -1) for n in shape) and shape.count(-1) <= 1,
+        "mesh.shape",
+        f"entries must be positive integers with at most one -1, got {shape}",
+    )
+    _check("data" in axes, "mesh.axes", f"must contain 'data' (the batch axis), got {axes}")
+    _check(len(set(axes)) == len(axes), "mesh.axes", f"names must be distinct, got {axes}")
+
+    _check(config.checkpoint.every_steps >= 0, "checkpoint.every_steps", "must be >= 0")
+    _check(config.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")
+    _check(config.log_every_steps >= 1, "log_every_steps", "must be >= 1")
+    _check(config.eval_every_steps >= 0, "eval_every_steps", "must be >= 0 (0 = at the end)")
+
+    dist = config.distributed
+    _check(
+        dist.initialize in INITIALIZE,
+        "distributed.initialize",
+        f"must be one of {INITIALIZE}, got {dist.initialize!r}",
+    )
+    if dist.num_processes is not None:
+        _check(dist.num_processes >= 1, "distributed.num_processes", "must be >= 1")
+    if dist.process_id is not None and dist.num_processes is not None:
+        _check(
+            0 <= dist.process_id < dist.num_processes,
+            "distributed.process_id",
+            f"must be in [0, {dist.num_processes}), got {dist.process_id}",
+        )
+
+
+def validate_devices(config: ml_collections.ConfigDict, device_count: int, process_count: int):
+    """Checks that need the device and process counts (still before anything compiles).
+
+    Returns:
+      The mesh shape with its -1 resolved.
+    """
+    shape = tuple(config.mesh.shape)
+    known = math.prod(n for n in shape if n != -1)
+    if -1 in shape:
+        _check(
+            device_count % known == 0,
+            "mesh.shape",
+            f"{shape} does not divide the {device_count} devices",
+        )
+        shape = tuple(device_count // known if n == -1 else n for n in shape)
+    _check(
+        math.prod(shape) == device_count,
+        "mesh.shape",
+        f"{shape} needs {math.prod(shape)} devices, but there are {device_count}",
+    )
+    data_size = shape[tuple(config.mesh.axes).index("data")]
+    shards = math.lcm(data_size, process_count)
+    for key in ("batch_size", "eval_batch_size"):
+        _check(
+            config[key] % shards == 0,
+            key,
+            f"{config[key]} is not divisible by the {data_size} data-parallel devices "
+            f"and {process_count} processes",
+        )
+    return shape
+
+
+def wants_distributed(config: ml_collections.ConfigDict) -> bool:
+    """Whether to call ``jax.distributed.initialize``: 'always'; 'never'; 'auto' = a coordinator
+    address is set or a multi-process launcher's environment is found (SLURM, Open MPI,
+    multislice TPU). On a Cloud TPU pod without these variables use 'always'."""
+    mode = config.distributed.initialize
+    if mode != "auto":
+        return mode == "always"
+    if config.distributed.coordinator_address:
+        return True
+    return any(int(os.environ.get(name, "1") or "1") > 1 for name in _CLUSTER_ENV)
+
+
+_OVERRIDE = re.compile(r"^--?(config(?:\.[^=\s]+)+)(?:=.*)?$")
+
+
+def flag_error_line(error: Exception, argv: list[str]) -> str:
+    """One line for a failed command-line parse (ml_collections raises a multi-line traceback
+    for an unknown ``--config.key``): names the offending override when it can be found."""
+    if isinstance(error, (KeyError, AttributeError)):
+        missing = str(error).strip("\"'").split("'")[0]
+        for arg in argv:
+            match = _OVERRIDE.match(arg)
+            if match and missing in match.group(1).split("."):
+                return f"unknown config key {match.group(1)} (from {arg})"
+        return f"unknown config key {missing!r}"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if any(line.startswith("Traceback") for line in lines):  # a config file raised: last line
+        return f"{lines[0].split(': Error whilst')[0]}: {lines[-1]}"
+    return " ".join(lines)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl ``flags_parser`` of the entry points: a bad flag, config file or ``--config.KEY``
+    override exits (status 1) with one line on stderr instead of a traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
+        sys.exit(f"error: {flag_error_line(e, argv)}")

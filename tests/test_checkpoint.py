@@ -1,0 +1,98 @@
+"""Preemption safety: a run killed with SIGKILL mid-training and restarted in the same workdir
+resumes from its newest complete checkpoint (losing less than one checkpoint interval) and ends
+with exactly the state of an uninterrupted run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOTAL, EVERY = 60, 20
+
+CONFIG = f"""
+from configs import default
+from imixer_jax import config as config_lib
+
+
+def get_config():
+    c = default.get_config()
+    c.model = config_lib.model_config(
+        "imixer_s16", num_classes=10, img_size=16, patch_size=4, num_blocks=1, hidden_dim=16,
+        tokens_mlp_dim=8, channels_mlp_dim=32, n_power=2, drop_path_rate=0.2)
+    c.data.augment.update(mixup_alpha=0.8, cutmix_alpha=1.0)
+    c.batch_size = 16
+    c.schedule.update(unit="steps", length={TOTAL}.0, warmup=5.0)
+    c.checkpoint.every_steps, c.checkpoint.keep = {EVERY}, 2
+    c.log_every_steps, c.eval_every_steps = 1, 0
+    return c
+"""
+
+
+def _train(config_path, workdir, data_dir, cache_dir):
+    command = [sys.executable, "-m", "imixer_jax.train", "--config", config_path]
+    command += ["--workdir", workdir, f"--config.data.data_dir={data_dir}"]
+    # The three runs compile the same programs: share them through JAX's persistent cache.
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache_dir}
+    return subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _logged_steps(workdir):
+    try:
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            return [json.loads(line)["step"] for line in f if line.endswith("\n")]
+    except FileNotFoundError:
+        return []
+
+
+def _state(workdir, step):
+    path = os.path.join(workdir, "checkpoints", str(step), "default")
+    return jax.tree.leaves(ocp.StandardCheckpointer().restore(path))
+
+
+def test_sigkill_and_restart_ends_like_an_uninterrupted_run(tmp_path):
+    config_path = tmp_path / "tiny.py"
+    config_path.write_text(textwrap.dedent(CONFIG))
+    data_dir, cache = str(tmp_path / "tfds"), str(tmp_path / "jax_cache")
+    from imixer_jax import data
+
+    data.dataset_info("digits", data_dir=data_dir)  # prepared once, before the runs start
+    whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
+    uninterrupted = _train(str(config_path), whole, data_dir, cache)
+
+    # Kill the second run mid-interval, once its first checkpoint is complete.
+    victim = _train(str(config_path), killed, data_dir, cache)
+    deadline = time.time() + 300
+    while time.time() < deadline and victim.poll() is None:
+        steps = _logged_steps(killed)
+        if steps and steps[-1] >= EVERY + 5 and os.path.isdir(f"{killed}/checkpoints/{EVERY}"):
+            break
+        time.sleep(0.01)
+    assert victim.poll() is None, "the run ended before it could be killed"
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.communicate()
+    assert victim.returncode == -signal.SIGKILL
+    last_before_kill = _logged_steps(killed)[-1]
+    assert last_before_kill < TOTAL
+
+    restart = _train(str(config_path), killed, data_dir, cache)
+    _, err = restart.communicate(timeout=300)
+    assert restart.returncode == 0, err[-3000:]
+    resumed = int(err.split("resumed from the checkpoint of step ")[1].split()[0])
+    assert resumed % EVERY == 0 and 0 < last_before_kill - resumed <= EVERY
+
+    _, err = uninterrupted.communicate(timeout=300)
+    assert uninterrupted.returncode == 0, err[-3000:]
+    # Same programs, same state, same batches and keys from the resumed step on: bit-exact on
+    # CPU (the bound 1e-6 is the issue's; the observed difference is 0).
+    for a, b in zip(_state(whole, TOTAL), _state(killed, TOTAL), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)

@@ -1,0 +1,158 @@
+"""Config schema and validation: every invalid config fails before compilation with one line that
+names the key, from Python and from the command line."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import default
+from imixer_jax import config as config_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_default_and_base_configs_are_valid_and_locked():
+    for config in (default.get_config(), config_lib.base_config("mixer_b16")):
+        config_lib.validate(config)
+        with pytest.raises(AttributeError):
+            config.no_such_key = 1
+
+
+def test_model_section_equals_registry_kwargs():
+    config = config_lib.base_config("imixer_b32", num_classes=100)
+    from imixer_jax.models import registry
+
+    expected = registry.model_kwargs("imixer_b32", num_classes=100)
+    assert config.model.to_dict() == expected
+
+
+@pytest.mark.parametrize(
+    "section, key, value, named",
+    [
+        ("model", "n_iter", -1, "config.model.n_iter"),
+        ("model", "patch_size", 5, "config.model.img_size"),
+        ("model", "token_mixer", "attention", "config.model.token_mixer"),
+        ("model", "dtype", "int8", "config.model"),
+        ("optimizer", "lr", 0.0, "config.optimizer.lr"),
+        ("optimizer", "accum_steps", 0, "config.optimizer.accum_steps"),
+        ("optimizer", "ema_decay", 1.0, "config.optimizer.ema_decay"),
+        ("schedule", "unit", "hours", "config.schedule.unit"),
+        ("schedule", "warmup", 100.0, "config.schedule.warmup"),
+        ("mesh", "axes", ("batch", "model"), "config.mesh.axes"),
+        ("mesh", "shape", (-1, -1), "config.mesh.shape"),
+        ("data", "crop_ratio", 1.5, "config.data.crop_ratio"),
+        ("distributed", "initialize", "maybe", "config.distributed.initialize"),
+    ],
+)
+def test_invalid_values_fail_with_one_line_naming_the_key(section, key, value, named):
+    config = default.get_config()
+    config[section][key] = value
+    with pytest.raises(config_lib.ConfigError) as info:
+        config_lib.validate(config)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(named), message
+
+
+def test_unknown_and_missing_model_keys():
+    config = default.get_config()
+    with config.unlocked():
+        config.model.depth = 3
+    with pytest.raises(config_lib.ConfigError, match=r"^config.model.depth: unknown"):
+        config_lib.validate(config)
+    config = default.get_config()
+    with config.unlocked():
+        del config.model["n_power"]
+    with pytest.raises(config_lib.ConfigError, match=r"^config.model.n_power: missing"):
+        config_lib.validate(config)
+
+
+def test_wrong_type_is_rejected_on_assignment():
+    config = default.get_config()
+    with pytest.raises(TypeError, match="batch_size"):
+        config.batch_size = "many"
+
+
+def test_device_checks_resolve_the_mesh_and_name_the_key():
+    config = default.get_config()
+    config.batch_size, config.eval_batch_size = 64, 120
+    assert config_lib.validate_devices(config, 8, 1) == (8, 1)
+    config.mesh.shape = (-1, 2)
+    assert config_lib.validate_devices(config, 8, 2) == (4, 2)
+    config.mesh.shape = (3, 1)
+    with pytest.raises(config_lib.ConfigError, match=r"^config.mesh.shape: .*8"):
+        config_lib.validate_devices(config, 8, 1)
+    config.mesh.shape = (-1, 1)
+    config.batch_size = 60
+    with pytest.raises(config_lib.ConfigError, match=r"^config.batch_size: 60 is not divisible"):
+        config_lib.validate_devices(config, 8, 1)
+
+
+def test_wants_distributed(monkeypatch):
+    config = default.get_config()
+    for name in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "MEGASCALE_NUM_SLICES"):
+        monkeypatch.delenv(name, raising=False)
+    assert not config_lib.wants_distributed(config)
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    assert config_lib.wants_distributed(config)
+    config.distributed.initialize = "never"
+    assert not config_lib.wants_distributed(config)
+    monkeypatch.delenv("SLURM_NTASKS")
+    config.distributed.initialize = "auto"
+    config.distributed.coordinator_address = "localhost:1234"
+    assert config_lib.wants_distributed(config)
+
+
+def _cli(workdir, *overrides, env=None):
+    """Start the training CLI on the default config; JAX logs every compilation it starts."""
+    env = {**os.environ, "JAX_LOG_COMPILES": "1", **(env or {})}
+    command = [sys.executable, "-m", "imixer_jax.train", "--config", "configs/default.py"]
+    command += ["--workdir", str(workdir), *overrides]
+    return subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def test_cli_rejects_bad_input_before_compiling_with_one_line(tmp_path):
+    eight_devices = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    empty_tfds = f"--config.data.data_dir={tmp_path / 'tfds'}"
+    cases = {  # name: (overrides, environment, what the error line must contain)
+        "unknown key": (["--config.model.depth=3"], None, "config.model.depth"),
+        "wrong type": (["--config.optimizer.lr=fast"], None, "config.optimizer.lr"),
+        "n_iter < 0": (["--config.model.n_iter=-1"], None, "config.model.n_iter"),
+        "patch": (["--config.model.img_size=18"], None, "config.model.img_size"),
+        "devices": (["--config.batch_size=60"], eight_devices, "config.batch_size: 60"),
+        "not prepared": (
+            ["--config.data.name=mnist", empty_tfds],
+            None,
+            "config.data: TFDS dataset 'mnist' is not prepared",
+        ),
+    }
+    # Side by side: each process only imports, parses and validates (a few CPU seconds).
+    runs = {
+        name: _cli(tmp_path / name.replace(" ", "_"), *overrides, env=env)
+        for name, (overrides, env, _) in cases.items()
+    }
+    for name, process in runs.items():
+        _, stderr = process.communicate(timeout=300)
+        named = cases[name][2]
+        assert process.returncode != 0, name
+        last = stderr.strip().splitlines()[-1]
+        assert last.startswith("error:") and named in last, (name, stderr[-2000:])
+        assert "Compiling" not in stderr, name  # JAX_LOG_COMPILES would have logged one
+        assert not (tmp_path / name.replace(" ", "_") / "checkpoints").exists(), name
+    assert "tfds build mnist" in last  # the not-prepared message says how to prepare it
+
+
+def test_flag_errors_become_one_line():
+    argv = ["train", "--config", "configs/default.py", "--config.model.depth=3"]
+    error = AttributeError(KeyError("'depth'; did you mean 'n_power'?"))
+    assert config_lib.flag_error_line(error, argv) == (
+        "unknown config key config.model.depth (from --config.model.depth=3)"
+    )
+    raised = "flag --config=c.py:x: Error whilst parsing config file:\n\nTraceback (most recent "
+    raised += "call last):\n  File 'c.py', line 3\nValueError: c.py takes 'a' or 'b'\n"
+    assert config_lib.flag_error_line(ValueError(raised), argv) == (
+        "flag --config=c.py:x: ValueError: c.py takes 'a' or 'b'"
+    )

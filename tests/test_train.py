@@ -1,0 +1,251 @@
+"""Training library and CLI on the embedded digits dataset with a tiny iMixer: outputs (metrics
+JSONL, TensorBoard, config.json, checkpoints), evaluation of checkpoints, the NaN guard, the
+optimiser pieces (schedule, weight-decay mask, accumulation, EMA) and bfloat16 compute."""
+
+import glob
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow as tf
+from flax import nnx
+
+from configs import default
+from imixer_jax import config as config_lib
+from imixer_jax import metrics, optim, training
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(img_size=16, patch_size=4, num_blocks=1, hidden_dim=16, tokens_mlp_dim=8)
+TINY.update(channels_mlp_dim=32, n_power=2, drop_path_rate=0.1)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A TFDS data_dir; the pipeline prepares digits into it on first use (about a second)."""
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+def tiny_config(data_dir, model="imixer_s16", **model_overrides):
+    """The default config shrunk to 8 steps of a 1-block, D=16 model."""
+    c = default.get_config()
+    c.model = config_lib.model_config(model, num_classes=10, **{**TINY, **model_overrides})
+    c.data.data_dir = data_dir
+    c.batch_size, c.eval_batch_size = 16, 120
+    c.schedule.unit, c.schedule.length, c.schedule.warmup = "steps", 8.0, 2.0
+    c.log_every_steps, c.eval_every_steps = 2, 4
+    c.checkpoint.every_steps, c.checkpoint.keep = 2, 2
+    return c
+
+
+def test_train_and_evaluate_writes_metrics_checkpoints_and_resumes(data_dir, tmp_path):
+    config, workdir = tiny_config(data_dir), str(tmp_path / "run")
+    result = training.train_and_evaluate(config, workdir)
+    assert result["step"] == 8 and 0 <= result["test/top1"] <= result["test/top5"] <= 1
+
+    rows = metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    train_rows = [r for r in rows if "train/loss" in r]
+    eval_rows = [r for r in rows if "test/top1" in r]
+    assert [r["step"] for r in train_rows] == [2, 4, 6, 8]
+    assert [r["step"] for r in eval_rows] == [4, 8]
+    for key in ("accuracy", "lr", "grad_norm", "images_per_s", "step_time_s", "eta_s"):
+        assert all(math.isfinite(r[f"train/{key}"]) for r in train_rows), key
+    sigma_keys = {
+        "train/sigma/blocks/0/token_mixer/fc_sn1",
+        "train/sigma/blocks/0/token_mixer/fc_sn2",
+    }
+    assert sigma_keys <= set(train_rows[-1])
+    assert train_rows[-1]["train/eta_s"] == 0
+    assert eval_rows[-1]["test/top1"] == result["test/top1"]
+
+    tags = set()
+    for path in glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags.update(v.tag for v in event.summary.value)
+    assert {"train/loss", "train/lr", "test/top1", "test/loss"} <= tags
+
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["model"]["hidden_dim"] == 16
+    # Saved at steps 2, 4, 6 and 8; the newest 2 are kept.
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["6", "8"]
+
+    # Evaluating the newest checkpoint reproduces the final evaluation exactly.
+    evaluated = training.evaluate_checkpoint(config, workdir)
+    assert evaluated["step"] == 8
+    assert evaluated["test/top1"] == result["test/top1"]
+    assert evaluated["test/loss"] == pytest.approx(result["test/loss"], rel=1e-6)
+    assert training.evaluate_checkpoint(config, workdir, step=6)["step"] == 6
+    with pytest.raises(FileNotFoundError, match="step 5"):
+        training.evaluate_checkpoint(config, workdir, step=5)
+
+    # A finished run restarted resumes at the end: no training, the same evaluation.
+    again = training.train_and_evaluate(config, workdir)
+    assert again["test/top1"] == result["test/top1"]
+    assert len(metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))) == len(rows) + 1
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
+    config, workdir = tiny_config(data_dir), str(tmp_path / "run")
+    config.schedule.length, config.schedule.warmup = 30.0, 0.0
+    config.optimizer.lr = 1e30  # the first update blows the parameters up to inf/nan
+    config.schedule.init_lr = config.schedule.min_lr = 1e30
+    config.checkpoint.every_steps, config.log_every_steps = 1, 1
+    with pytest.raises(training.TrainingError) as info:
+        training.train_and_evaluate(config, workdir)
+    message = str(info.value)
+    assert "\n" not in message and "non-finite loss" in message, message
+    bad_step = int(message.split(" at step ")[1].split(":")[0])
+    saved = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")))
+    assert saved and max(saved) < bad_step and f"(step {max(saved)})" in message
+    restored = ocp.StandardCheckpointer().restore(
+        os.path.join(workdir, "checkpoints", str(max(saved)), "default")
+    )
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored["params"]))
+
+
+def test_plan_and_schedule_follow_timm():
+    config = default.get_config()
+    config.batch_size, config.optimizer.lr = 100, 1e-3
+    config.schedule.update(unit="epochs", length=10.0, warmup=2.0, cooldown=1.0)
+    config.schedule.init_lr, config.schedule.min_lr = 1e-6, 1e-5
+    run = optim.plan(config, num_train=1050)  # 10 steps per epoch, remainder dropped
+    assert (run.steps_per_epoch, run.total_steps, run.warmup_updates, run.length_updates) == (
+        10,
+        110,
+        20,
+        100,
+    )
+    lr = optim.learning_rate(config, run)
+
+    def close(x):  # float32 schedule: rounding at the ulp of lr = 1e-3 (1.2e-10)
+        return pytest.approx(x, rel=1e-6, abs=2e-10)
+
+    assert float(lr(0)) == close(1e-6)
+    assert float(lr(10)) == close(1e-6 + (1e-3 - 1e-6) / 2)
+    # After the warm-up the cosine counts from t = 0 (timm warmup_prefix=False).
+    assert float(lr(20)) == close(1e-5 + (1e-3 - 1e-5) * 0.5 * (1 + math.cos(math.pi * 0.2)))
+    assert float(lr(100)) == close(1e-5) and float(lr(109)) == close(1e-5)
+
+    config.optimizer.accum_steps = 4  # durations stay in data steps; the schedule in updates
+    run = optim.plan(config, num_train=1050)
+    assert (run.total_steps, run.warmup_updates, run.length_updates) == (108, 5, 25)
+
+
+def test_weight_decay_skips_one_dimensional_parameters():
+    model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+    params = nnx.state(model, nnx.Param)
+    mask = optim.decay_mask(params)
+    assert bool(mask["kernel"].value) and not bool(mask["bias"].value)
+    config = default.get_config()
+    config.optimizer.update(lr=0.1, weight_decay=0.5)
+    config.schedule.update(unit="steps", length=1.0, warmup=0.0, cooldown=0.0)
+    config.schedule.min_lr = 0.1
+    tx, _ = optim.create(config, optim.plan(config, num_train=config.batch_size))
+    zero = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zero, tx.init(params), params)
+    # With zero gradients only decoupled decay moves a parameter: -lr * wd * p for kernels.
+    np.testing.assert_allclose(updates["kernel"].value, -0.05 * params["kernel"].value, rtol=1e-6)
+    np.testing.assert_array_equal(updates["bias"].value, 0.0)
+
+
+def _run_steps(config, batches):
+    """Fresh state, then the train step over ``batches`` (numpy dicts); returns the state."""
+    run = training.prepare(config)
+    state, step = training.init_state(run), training.make_train_step(run)
+    for batch in batches:
+        state, _ = step(state, batch)
+    return state
+
+
+def _batches(n, batch_size, seed=0):
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "image": rng.uniform(-1, 1, (batch_size, 16, 16, 3)).astype(np.float32),
+            "label": rng.integers(0, 10, batch_size).astype(np.int32),
+        }
+        for _ in range(n)
+    ]
+
+
+def _deterministic(config):
+    """No randomness in the step: no mixing, smoothing or drop path; MLP token mixer."""
+    config.data.augment.label_smoothing = 0.0
+    config.model.drop_path_rate = 0.0
+    return config
+
+
+def test_gradient_accumulation_equals_one_large_batch(data_dir):
+    small = _deterministic(tiny_config(data_dir, "mixer_s16"))
+    small.optimizer.accum_steps, small.batch_size = 2, 8
+    large = _deterministic(tiny_config(data_dir, "mixer_s16"))
+    (b1, b2) = _batches(2, 8)
+    both = {k: np.concatenate([b1[k], b2[k]]) for k in b1}
+    accumulated, direct = _run_steps(small, [b1, b2]), _run_steps(large, [both])
+    # The mean of two half-batch mean gradients equals the full-batch mean up to float32
+    # rounding (~1e-7 relative); Adam's normalised step turns that into ~1e-7 of lr = 2e-3.
+    for a, b in zip(jax.tree.leaves(accumulated.params), jax.tree.leaves(direct.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert int(accumulated.step) == 2 and int(direct.step) == 1
+
+
+def test_ema_tracks_the_parameters(data_dir):
+    config = _deterministic(tiny_config(data_dir, "mixer_s16"))
+    config.optimizer.ema_decay = 0.75
+    run = training.prepare(config)
+    state = training.init_state(run)
+    before = jax.device_get(state.params)
+    state, _ = training.make_train_step(run)(state, _batches(1, 16)[0])
+    for ema, p0, p1 in zip(*(jax.tree.leaves(t) for t in (state.ema_params, before, state.params))):
+        np.testing.assert_allclose(ema, 0.75 * p0 + 0.25 * p1, rtol=1e-6, atol=1e-7)
+
+
+def test_bfloat16_compute_keeps_float32_parameters(data_dir):
+    config = tiny_config(data_dir, dtype="bfloat16")
+    run = training.prepare(config)
+    state = training.init_state(run)
+    state, metrics_ = training.make_train_step(run)(state, _batches(1, 16)[0])
+    assert math.isfinite(float(metrics_["loss"]))
+    assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype("float32")}
+
+
+def _tiny_flags(data_dir):
+    flags = [f"--config.data.data_dir={data_dir}", "--config.batch_size=16"]
+    flags += [f"--config.model.{k}={v}" for k, v in TINY.items()]
+    flags += ["--config.schedule.unit=steps", "--config.schedule.length=6"]
+    flags += ["--config.schedule.warmup=1", "--config.log_every_steps=2"]
+    return flags
+
+
+def test_cli_trains_logs_and_evaluates(data_dir, tmp_path):
+    workdir = str(tmp_path / "run")
+    common = ["--config", "configs/default.py", "--workdir", workdir, *_tiny_flags(data_dir)]
+    train = subprocess.run(
+        [sys.executable, "-m", "imixer_jax.train", *common],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert "step 2/6  loss" in train.stderr and "ETA" in train.stderr
+    assert "final: step 6, test top-1" in train.stderr
+    assert "orbax" not in train.stderr  # its INFO chatter is filtered out
+    final = metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))[-1]
+
+    evaluate = subprocess.run(
+        [sys.executable, "-m", "imixer_jax.evaluate", *common],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    result = json.loads(evaluate.stdout.strip().splitlines()[-1])
+    assert result["step"] == 6 and result["test/top1"] == final["test/top1"]
