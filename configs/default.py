@@ -16,9 +16,8 @@ steps), lr 2e-3 after a 2-epoch warm-up from 1e-6, cosine to 1e-6; evaluation ev
 Hardware: 2-core x86-64 CPU (no accelerator), 24 GB RAM, jax 0.10.2 CPU.
 Measured (the whole first command, timed from a fresh process with the dataset not yet prepared,
 compilation included): test top-1 98.61% (seed 0; bit-identical on every rerun; seeds 1 and 2:
-98.89% and 98.33%), top-5 100%, in 53-71 s wall time while the machine ran other jobs (load 2-4)
-and 92-151 s under heavy contention (load 5-8; the slowest run includes a 55 s stall of tf.data's
-iterator teardown at exit). About 20 s of it is XLA compilation.
+98.89% and 98.33%), top-5 100%, in 52 s wall time on an otherwise idle machine (47 s inside
+train_and_evaluate, about 20 s of it XLA compilation); 53-71 s while other jobs ran (load 2-4).
 """
 
 import ml_collections

@@ -30,6 +30,10 @@ def quiet_orbax_logging() -> None:
     py_logging.getLogger("absl").addFilter(_ORBAX_FILTER)  # adding it twice is a no-op
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be restored into this config's train state; one-line message."""
+
+
 class Checkpointer:
     """Thin wrapper of ``ocp.CheckpointManager`` for one pytree (the train state)."""
 
@@ -68,7 +72,15 @@ class Checkpointer:
                 f"no checkpoint{'' if step is None else f' of step {step}'} in "
                 f"{self.directory}; available steps: {self.all_steps() or 'none'}"
             )
-        return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        try:
+            return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        except Exception as e:  # orbax raises many types (ValueError, KeyError, tensorstore...)
+            first = " ".join(str(e).split())[:300]
+            raise CheckpointError(
+                f"checkpoint {step} in {self.directory} does not fit this config's train state or "
+                f"is damaged ({type(e).__name__}: {first}); use the config it was written with "
+                f"(see config.json next to it) or a new workdir. Nothing was deleted."
+            ) from e
 
     def wait(self) -> None:
         """Block until pending saves are on disk."""

@@ -27,7 +27,7 @@ def main(argv: list[str]) -> None:
     checkpointing.quiet_orbax_logging()
     try:
         result = training.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _STEP.value)
-    except (config_lib.ConfigError, FileNotFoundError) as e:
+    except (config_lib.ConfigError, FileNotFoundError, checkpointing.CheckpointError) as e:
         sys.exit(f"error: {e}")
     print(json.dumps(result))
 

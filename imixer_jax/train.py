@@ -28,7 +28,7 @@ def main(argv: list[str]) -> None:
     checkpointing.quiet_orbax_logging()
     try:
         training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except (config_lib.ConfigError, training.TrainingError) as e:
+    except (config_lib.ConfigError, training.TrainingError, checkpointing.CheckpointError) as e:
         sys.exit(f"error: {e}")
 
 

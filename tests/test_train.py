@@ -249,3 +249,36 @@ def test_cli_trains_logs_and_evaluates(data_dir, tmp_path):
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     result = json.loads(evaluate.stdout.strip().splitlines()[-1])
     assert result["step"] == 6 and result["test/top1"] == final["test/top1"]
+
+
+def _checkpoint_files(workdir):
+    files = sorted(glob.glob(os.path.join(workdir, "checkpoints", "**", "*"), recursive=True))
+    return {f: os.path.getsize(f) for f in files if os.path.isfile(f)}
+
+
+def test_mismatched_or_damaged_checkpoint_fails_with_one_line_and_deletes_nothing(
+    data_dir, tmp_path
+):
+    from imixer_jax.checkpointing import CheckpointError
+
+    config, workdir = tiny_config(data_dir), str(tmp_path / "run")
+    training.train_and_evaluate(config, workdir)
+    before = _checkpoint_files(workdir)
+
+    wider = tiny_config(data_dir, hidden_dim=24)  # another model: shapes do not fit
+    with pytest.raises(CheckpointError, match="does not fit this config") as info:
+        training.evaluate_checkpoint(wider, workdir, None)
+    assert "\n" not in str(info.value)
+    assert _checkpoint_files(workdir) == before
+
+    # Damage the newest checkpoint's array data: restoring it must fail the same way.
+    newest = max(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+    data_files = [
+        f for f in before if f"/checkpoints/{newest}/" in f and "/d/" in f and os.path.getsize(f)
+    ]
+    assert data_files, sorted(before)
+    for f in data_files:
+        with open(f, "r+b") as handle:
+            handle.truncate(1)
+    with pytest.raises(CheckpointError, match="damaged"):
+        training.evaluate_checkpoint(config, workdir, newest)
