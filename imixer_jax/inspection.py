@@ -200,13 +200,7 @@ def load_run(workdir: str, step: int | None = None) -> LoadedRun:
     """The model of checkpoint ``step`` (default: the newest) of the run in ``workdir``."""
     config = load_config(workdir)
     run = training.prepare(config)
-    ckpt = checkpointing.Checkpointer(
-        workdir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep
-    )
-    try:
-        state = ckpt.restore(run.abstract_state, step)
-    finally:
-        ckpt.close()
+    state = training.restore_state(run, workdir, step)
     model = nnx.merge(run.eval_graphdef, state.params, state.rest)
     model.eval()
     return LoadedRun(config=config, model=model, step=int(state.step), workdir=workdir)

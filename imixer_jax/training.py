@@ -478,19 +478,31 @@ def _eval_and_log(run: Run, eval_step, state: TrainState, step: int, writer) -> 
     return scalars
 
 
+def restore_state(run: Run, workdir: str, step: int | None = None) -> TrainState:
+    """Train state of checkpoint ``step`` (default: the newest) in ``workdir``, placed in the
+    run's shardings.
+
+    Raises:
+      FileNotFoundError: no such checkpoint.
+      checkpointing.CheckpointError: it does not fit ``run``'s train state, or is damaged.
+    """
+    config = run.config
+    ckpt = checkpointing.Checkpointer(
+        workdir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep
+    )
+    try:
+        return ckpt.restore(run.abstract_state, step)
+    finally:
+        ckpt.close()
+
+
 def evaluate_checkpoint(
     config: ml_collections.ConfigDict, workdir: str, step: int | None = None
 ) -> dict[str, float]:
     """``{'step', 'test/top1', 'test/top5', 'test/loss'}`` (and ``test_ema/*``) of checkpoint
     ``step`` (default: the newest) in ``workdir``."""
     run = prepare(config)
-    ckpt = checkpointing.Checkpointer(
-        workdir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep
-    )
-    try:
-        state = ckpt.restore(run.abstract_state, step)
-    finally:
-        ckpt.close()
+    state = restore_state(run, workdir, step)
     result = {"step": int(state.step), **_eval_all(run, make_eval_step(run), state)}
     logging.info(
         "checkpoint %d: test top-1 %.2f%%, top-5 %.2f%%, loss %.4f",
