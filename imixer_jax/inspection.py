@@ -303,8 +303,7 @@ def block_sigmas(model: Mixer) -> dict[str, np.ndarray]:
 def block_inputs(model: Mixer, images) -> list[Array]:
     """Input token matrix ``[B, S, D]`` of every block (the backbone's stem and blocks, run
     one by one)."""
-    x = model.stem(jnp.asarray(images))
-    x = x.reshape(x.shape[0], model.num_tokens, x.shape[-1])
+    x = model.embed(jnp.asarray(images))
     inputs = []
     for block in model.blocks:
         inputs.append(x)

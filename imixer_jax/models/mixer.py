@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from imixer_jax.models import layers
-from imixer_jax.models.token_mixers import ACTIVATIONS, ADJOINTS, IMLP, UPDATES, TokenMLP
+from imixer_jax.models.token_mixers import IMLP, TokenMLP, check_arguments
 
 Array = jax.Array
 
@@ -177,14 +177,7 @@ class Mixer(nnx.Module):
 
         ``rngs`` (stream ``'dropout'``) drives drop path in training mode (``model.train()``).
         """
-        expected = (self.img_size, self.img_size, 3)
-        if images.ndim != 4 or images.shape[1:] != expected:
-            raise ValueError(
-                f"images must have shape [B, {', '.join(map(str, expected))}], "
-                f"got {list(images.shape)}"
-            )
-        x = self.stem(images)  # [B, H/P, W/P, D]
-        x = x.reshape(x.shape[0], self.num_tokens, x.shape[-1])  # [B, S, D]
+        x = self.embed(images)
         intermediates = {}
         for i, block in enumerate(self.blocks):
             if inspect:
@@ -194,6 +187,18 @@ class Mixer(nnx.Module):
         x = self.norm(x).mean(axis=1)  # [B, D]
         logits = self.head(x).astype(jnp.float32)
         return (logits, intermediates) if inspect else logits
+
+    def embed(self, images: Array) -> Array:
+        """Patch stem: ``images [B, img_size, img_size, 3] -> tokens X [B, S, D]`` (the first
+        block's input)."""
+        expected = (self.img_size, self.img_size, 3)
+        if images.ndim != 4 or images.shape[1:] != expected:
+            raise ValueError(
+                f"images must have shape [B, {', '.join(map(str, expected))}], "
+                f"got {list(images.shape)}"
+            )
+        x = self.stem(images)  # [B, H/P, W/P, D]
+        return x.reshape(x.shape[0], self.num_tokens, x.shape[-1])
 
 
 def _compute_dtype(dtype) -> jnp.dtype | None:
@@ -209,7 +214,8 @@ def _compute_dtype(dtype) -> jnp.dtype | None:
 
 
 def _validate(**args) -> None:
-    """One-line ValueError naming the first invalid constructor argument."""
+    """One-line ValueError naming the first invalid constructor argument. The iMixer arguments
+    are checked by ``token_mixers.check_arguments`` for both token mixers."""
     positive_ints = (
         "num_classes",
         "img_size",
@@ -218,7 +224,6 @@ def _validate(**args) -> None:
         "hidden_dim",
         "tokens_mlp_dim",
         "channels_mlp_dim",
-        "n_power",
     )
     for name in positive_ints:
         if not isinstance(args[name], numbers.Integral) or args[name] < 1:
@@ -227,22 +232,14 @@ def _validate(**args) -> None:
         raise ValueError(
             f"img_size ({args['img_size']}) must be divisible by patch_size ({args['patch_size']})"
         )
-    if not isinstance(args["n_iter"], numbers.Integral) or args["n_iter"] < 0:
-        raise ValueError(f"n_iter must be an integer >= 0, got {args['n_iter']!r}")
-    for name, allowed in (
-        ("token_mixer", TOKEN_MIXERS),
-        ("adjoint", ADJOINTS),
-        ("activation", ACTIVATIONS),
-        ("update", UPDATES),
-    ):
-        if args[name] not in allowed:
-            raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {args[name]!r}")
-    for name in ("hidden_ratio", "sn_coeff", "step_size"):
-        if not args[name] > 0:
-            raise ValueError(f"{name} must be > 0, got {args[name]!r}")
-    if int(args["tokens_mlp_dim"] * args["hidden_ratio"]) < 1:
-        raise ValueError(f"hidden_ratio {args['hidden_ratio']} gives no iMLP hidden neurons")
-    if not args["tol"] >= 0:
-        raise ValueError(f"tol must be >= 0, got {args['tol']!r}")
+    if args["token_mixer"] not in TOKEN_MIXERS:
+        raise ValueError(
+            f"token_mixer must be one of {', '.join(TOKEN_MIXERS)}; got {args['token_mixer']!r}"
+        )
     if not 0 <= args["drop_path_rate"] < 1:
         raise ValueError(f"drop_path_rate must be in [0, 1), got {args['drop_path_rate']!r}")
+    names = ("hidden_ratio", "n_iter", "n_power", "sn_coeff", "adjoint", "tol", "activation")
+    check_arguments(
+        token_dim=args["tokens_mlp_dim"],
+        **{name: args[name] for name in (*names, "update", "step_size")},
+    )

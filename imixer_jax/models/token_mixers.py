@@ -21,6 +21,8 @@ the energy exists.
 
 from __future__ import annotations
 
+import numbers
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -66,19 +68,46 @@ def _feedback(n_in: int, n_out: int, tied: bool, rngs: nnx.Rngs) -> nnx.Linear |
     return FeedbackBias(n_out, rngs=rngs) if tied else mlp_linear(n_in, n_out, rngs=rngs)
 
 
-def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+def check_arguments(
+    *,
+    token_dim: int,
+    hidden_ratio: float = 2.0,
+    n_iter: int = 0,
+    n_power: int = 8,
+    sn_coeff: float = 0.9,
+    adjoint: str = "unrolled",
+    tol: float = 0.0,
+    activation: str = "gelu",
+    update: str = "residual",
+    step_size: float = 1.0,
+) -> None:
+    """Raise a one-line ValueError naming the first invalid token-mixer argument (the single
+    place these are checked; ``Mixer`` calls it too, before building anything)."""
+    for name, value, allowed in (
+        ("adjoint", adjoint, ADJOINTS),
+        ("activation", activation, ACTIVATIONS),
+        ("update", update, UPDATES),
+    ):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+    if not isinstance(n_iter, numbers.Integral) or n_iter < 0:
+        raise ValueError(f"n_iter must be an integer >= 0, got {n_iter!r}")
+    if not isinstance(n_power, numbers.Integral) or n_power < 1:
+        raise ValueError(f"n_power must be a positive integer, got {n_power!r}")
+    positive = {"hidden_ratio": hidden_ratio, "sn_coeff": sn_coeff, "step_size": step_size}
+    for name, value in positive.items():
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value!r}")
+    if int(token_dim * hidden_ratio) < 1:
+        raise ValueError(f"hidden_ratio {hidden_ratio} gives no iMLP hidden neurons")
+    if not tol >= 0:
+        raise ValueError(f"tol must be >= 0, got {tol!r}")
 
 
 class _HopfieldTokenMixer(nnx.Module):
     """Shared visible layer, update rule and inspection of the token mixers."""
 
     def _init_visible(self, dim, activation, tied, update, step_size, dtype):
-        _check("activation", activation, ACTIVATIONS)
-        _check("update", update, UPDATES)
-        if step_size <= 0:
-            raise ValueError(f"step_size must be > 0, got {step_size}")
         self.norm = VisibleNorm(dim, scalar_scale=tied)
         self.activation = activation
         self.tied = tied
@@ -139,6 +168,9 @@ class TokenMLP(_HopfieldTokenMixer):
         dtype=None,
         rngs: nnx.Rngs,
     ):
+        check_arguments(
+            token_dim=token_dim, activation=activation, update=update, step_size=step_size
+        )
         self._init_visible(dim, activation, tied, update, step_size, dtype)
         self.fc1 = mlp_linear(num_tokens, token_dim, rngs=rngs)
         self.fc2 = _feedback(token_dim, num_tokens, tied, rngs)
@@ -193,14 +225,19 @@ class IMLP(_HopfieldTokenMixer):
         dtype=None,
         rngs: nnx.Rngs,
     ):
-        if n_iter < 0:
-            raise ValueError(f"n_iter must be >= 0, got {n_iter}")
-        if tol < 0:
-            raise ValueError(f"tol must be >= 0, got {tol}")
-        _check("adjoint", adjoint, ADJOINTS)
+        check_arguments(
+            token_dim=token_dim,
+            hidden_ratio=hidden_ratio,
+            n_iter=n_iter,
+            n_power=n_power,
+            sn_coeff=sn_coeff,
+            adjoint=adjoint,
+            tol=tol,
+            activation=activation,
+            update=update,
+            step_size=step_size,
+        )
         hidden_dim = int(token_dim * hidden_ratio)
-        if hidden_dim < 1:
-            raise ValueError(f"hidden_ratio {hidden_ratio} gives no hidden neurons")
         self._init_visible(dim, activation, tied, update, step_size, dtype)
         self.n_iter = n_iter
         self.tol = tol
