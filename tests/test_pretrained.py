@@ -1,0 +1,231 @@
+"""Loading vit_jax / big_vision MLP-Mixer ``.npz`` checkpoints into ``mixer_*`` models.
+
+The checkpoint is fabricated by a Linen reference written from vision_transformer's
+``vit_jax/models_mixer.py`` (``MlpBlock``, ``MixerBlock``, ``MlpMixer``): its auto-generated module
+names (``MixerBlock_0``, ``LayerNorm_0``, ``Dense_1``) are exactly the keys of the public files.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx, traverse_util
+
+from imixer_jax.models import create_model, pretrained
+
+TINY = dict(img_size=16, patch_size=4, num_blocks=2, hidden_dim=8, tokens_mlp_dim=6)
+TINY_MLP = 20
+
+
+class MlpBlock(nn.Module):
+    mlp_dim: int
+    gelu: callable
+
+    @nn.compact
+    def __call__(self, x):
+        y = self.gelu(nn.Dense(self.mlp_dim)(x))
+        return nn.Dense(x.shape[-1])(y)
+
+
+class MixerBlock(nn.Module):
+    tokens_mlp_dim: int
+    channels_mlp_dim: int
+    gelu: callable
+
+    @nn.compact
+    def __call__(self, x):
+        y = jnp.swapaxes(nn.LayerNorm()(x), 1, 2)
+        y = MlpBlock(self.tokens_mlp_dim, self.gelu, name="token_mixing")(y)
+        x = x + jnp.swapaxes(y, 1, 2)
+        y = nn.LayerNorm()(x)
+        return x + MlpBlock(self.channels_mlp_dim, self.gelu, name="channel_mixing")(y)
+
+
+class MlpMixer(nn.Module):
+    patch_size: int
+    num_classes: int
+    num_blocks: int
+    hidden_dim: int
+    tokens_mlp_dim: int
+    channels_mlp_dim: int
+    gelu: callable = nn.gelu  # vit_jax's: the tanh approximation
+
+    @nn.compact
+    def __call__(self, x):
+        p = (self.patch_size, self.patch_size)
+        x = nn.Conv(self.hidden_dim, p, strides=p, name="stem")(x)
+        x = x.reshape(x.shape[0], -1, x.shape[-1])
+        for _ in range(self.num_blocks):
+            x = MixerBlock(self.tokens_mlp_dim, self.channels_mlp_dim, self.gelu)(x)
+        x = nn.LayerNorm(name="pre_head_layer_norm")(x).mean(axis=1)
+        return nn.Dense(self.num_classes, name="head")(x)
+
+
+exact_gelu = functools.partial(jax.nn.gelu, approximate=False)
+
+
+def _reference(num_classes: int, gelu=exact_gelu) -> MlpMixer:
+    t = dict(TINY)
+    return MlpMixer(
+        patch_size=t["patch_size"],
+        num_classes=num_classes,
+        num_blocks=t["num_blocks"],
+        hidden_dim=t["hidden_dim"],
+        tokens_mlp_dim=t["tokens_mlp_dim"],
+        channels_mlp_dim=TINY_MLP,
+        gelu=gelu,
+    )
+
+
+def _fabricated(num_classes: int, seed: int = 0):
+    """(flat npz dict, linen params): every parameter random, O(1), so no mapping error hides
+    behind a zero or a one (linen's head and LayerNorm inits)."""
+    images = jnp.zeros((1, 16, 16, 3))
+    params = _reference(num_classes).init(jax.random.key(seed), images)["params"]
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+    leaves = [0.5 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)]
+    params = jax.tree.unflatten(tree, leaves)
+    flat = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
+    return flat, params
+
+
+def _model(num_classes: int):
+    model = create_model(
+        "mixer_s16",
+        rngs=nnx.Rngs(3),
+        num_classes=num_classes,
+        channels_mlp_dim=TINY_MLP,
+        drop_path_rate=0.0,
+        **TINY,
+    )
+    model.eval()
+    return model
+
+
+def _images(seed=5, batch=3):
+    return jax.random.uniform(jax.random.key(seed), (batch, 16, 16, 3), minval=-1, maxval=1)
+
+
+def test_fabricated_checkpoint_has_the_public_layout():
+    flat, _ = _fabricated(7)
+    assert "MixerBlock_1/token_mixing/Dense_0/kernel" in flat
+    assert set(flat) == set(pretrained.vit_jax_names(2).values())
+
+
+def test_logits_equal_the_vit_jax_forward(tmp_path):
+    flat, params = _fabricated(7)
+    path = tmp_path / "Mixer-T_4.npz"
+    np.savez(path, **flat)
+    model = _model(7)
+    state = nnx.state(model, nnx.Param)
+    loaded = pretrained.from_vit_jax(pretrained.load_npz(str(path)), state, head="keep")
+    nnx.update(model, loaded)
+    images = _images()
+    ours = model(images)
+    ref = _reference(7).apply({"params": params}, images)
+    # float32 round-off: both sides run the same ~40 float32 ops per logit on O(1) values; the
+    # two LayerNorm formulas (ours: centred variance; linen: E[x^2] - E[x]^2) differ by a few ulp
+    # of the variance. 1e-5 is ~100 ulp at |logit| ~ 1-10, far below a mapping error (O(1)).
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+    assert float(jnp.abs(ref).max()) > 1.0  # the check is not vacuous
+
+
+def test_vit_jax_tanh_gelu_is_the_only_difference():
+    flat, params = _fabricated(7)
+    model = _model(7)
+    nnx.update(model, pretrained.from_vit_jax(flat, nnx.state(model, nnx.Param)))
+    images = _images()
+    tanh_ref = _reference(7, gelu=nn.gelu).apply({"params": params}, images)
+    diff = float(jnp.abs(model(images) - tanh_ref).max())
+    # |gelu_tanh - gelu_erf| <= 4.8e-4 per activation: visible, yet small next to O(1) logits.
+    assert 1e-6 < diff < 0.05 * float(jnp.abs(tanh_ref).max())
+
+
+def test_new_zero_head_for_other_classes():
+    flat, _ = _fabricated(7)
+    model = _model(3)
+    loaded = pretrained.from_vit_jax(flat, nnx.state(model, nnx.Param))  # 'auto'
+    pure = loaded.to_pure_dict()
+    assert pure["head"]["kernel"].shape == (8, 3)
+    assert not np.any(pure["head"]["kernel"]) and not np.any(pure["head"]["bias"])
+    np.testing.assert_array_equal(pure["stem"]["kernel"], flat["stem/kernel"])
+    np.testing.assert_array_equal(
+        pure["blocks"][1]["channel_mlp"]["fc_c2"]["bias"],
+        flat["MixerBlock_1/channel_mixing/Dense_1/bias"],
+    )
+    nnx.update(model, loaded)
+    np.testing.assert_array_equal(model(_images()), 0.0)  # zero head: zero logits
+
+
+def test_big_vision_params_prefix_and_input_untouched():
+    flat, _ = _fabricated(7)
+    model = _model(7)
+    state = nnx.state(model, nnx.Param)
+    before = jax.tree.map(np.array, state.to_pure_dict())
+    loaded = pretrained.from_vit_jax({f"params/{k}": v for k, v in flat.items()}, state)
+    np.testing.assert_array_equal(
+        loaded.to_pure_dict()["norm"]["scale"], flat["pre_head_layer_norm/scale"]
+    )
+    jax.tree.map(np.testing.assert_array_equal, state.to_pure_dict(), before)
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (
+            lambda f: f.pop("MixerBlock_0/LayerNorm_1/scale"),
+            "lacks 'MixerBlock_0/LayerNorm_1/scale'",
+        ),
+        (lambda f: f.update(extra=np.zeros(2)), "entry 'extra' has no place"),
+        (
+            lambda f: f.update({"stem/kernel": np.zeros((8, 8, 3, 8))}),
+            r"'stem/kernel' has shape \(8, 8, 3, 8\) but stem.kernel has \(4, 4, 3, 8\)",
+        ),
+    ],
+)
+def test_mismatch_is_one_line(change, match):
+    flat, _ = _fabricated(7)
+    change(flat)
+    model = _model(7)
+    with pytest.raises(pretrained.PretrainedError, match=match) as err:
+        pretrained.from_vit_jax(flat, nnx.state(model, nnx.Param))
+    assert "\n" not in str(err.value)
+
+
+def test_keep_head_with_other_classes_fails():
+    flat, _ = _fabricated(7)
+    with pytest.raises(pretrained.PretrainedError, match="head='zero'"):
+        pretrained.from_vit_jax(flat, nnx.state(_model(3), nnx.Param), head="keep")
+
+
+def test_imixer_model_is_refused():
+    flat, _ = _fabricated(7)
+    model = create_model(
+        "imixer_s16", rngs=nnx.Rngs(0), num_classes=7, channels_mlp_dim=TINY_MLP, **TINY
+    )
+    with pytest.raises(pretrained.PretrainedError, match="fc_sn1"):
+        pretrained.from_vit_jax(flat, nnx.state(model, nnx.Param))
+
+
+def test_apply_init(tmp_path):
+    flat, _ = _fabricated(7)
+    path = tmp_path / "ckpt.npz"
+    np.savez(path, **flat)
+    model = _model(3)
+    params = nnx.state(model, nnx.Param)
+    config = ml_collections.ConfigDict({"init_from": pretrained.init_from_config()})
+    assert pretrained.apply_init(config, params) is params  # path None: from scratch
+    config.init_from.path = str(path)
+    loaded = pretrained.apply_init(config, params).to_pure_dict()
+    np.testing.assert_array_equal(loaded["stem"]["bias"], flat["stem/bias"])
+    assert not np.any(loaded["head"]["kernel"])
+    config.init_from.path = str(tmp_path / "missing.npz")
+    with pytest.raises(FileNotFoundError, match="config.init_from.path: no file"):
+        pretrained.apply_init(config, params)
