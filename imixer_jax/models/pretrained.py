@@ -120,7 +120,7 @@ def assign(
             raise PretrainedError(
                 f"{source} checkpoint entry {key!r} has shape {tuple(value.shape)} but "
                 f"{_dotted(path)} has {tuple(old.shape)}: build the model with the checkpoint's "
-                "patch_size, img_size and widths"
+                "num_classes, img_size, patch_size and widths"
             )
         out[path] = jnp.asarray(value, dtype=old.dtype)
     new = jax.tree.map(lambda x: x, params)  # a new State: ``params`` is left as it was

@@ -1,0 +1,1 @@
+"""Checkpoint converters between this code base and others (see ``torch_imixer``)."""
