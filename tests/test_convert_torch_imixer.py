@@ -115,11 +115,17 @@ def _official_forward(sd, images, n_iter):
     return _linear(_layer_norm(x, sd, "norm").mean(axis=1), sd, "head")
 
 
-def _model_for(sd, seed=1, **overrides):
-    """A real (allocated) model of the architecture ``sd`` was saved from, with its own random
-    initialisation (seed) that the conversion must overwrite completely."""
+def _model_for(sd, **overrides):
+    """A model of the architecture ``sd`` was saved from, with shape-only state
+    (``nnx.eval_shape``): the conversion must replace every parameter and u, v."""
     kwargs = torch_imixer.model_kwargs(sd, **overrides)
-    return create_model("imixer_s16", rngs=nnx.Rngs(seed), **kwargs)
+    return nnx.eval_shape(lambda: create_model("imixer_s16", rngs=nnx.Rngs(0), **kwargs))
+
+
+def _loaded_state(seed: int = 3) -> nnx.State:
+    """A concrete state: the fabricated official weights of ``seed`` in our layout."""
+    sd = _official_state_dict(seed)
+    return torch_imixer.from_torch(sd, nnx.state(_model_for(sd)))
 
 
 def _images(batch=3):
@@ -163,17 +169,15 @@ def test_logits_equal_the_official_forward(n_iter):
 
 
 def test_round_trip_ours_torch_ours_is_exact():
-    source = create_model(
-        "imixer_s16", rngs=nnx.Rngs(0), **torch_imixer.model_kwargs(_official_state_dict())
-    )
-    sd = torch_imixer.to_torch(nnx.state(source))
+    ours = _loaded_state()
+    sd = torch_imixer.to_torch(ours)
     assert set(sd) == set(_official_state_dict())  # exactly the official keys
     assert sd["blocks.1.mlp_tokens.fc_sn2.weight_orig"].shape == (6, 12)  # torch [out, in]
-    target = _model_for(sd, seed=1)
-    restored = torch_imixer.from_torch(sd, nnx.state(target))
-    jax.tree.map(
-        np.testing.assert_array_equal, restored.to_pure_dict(), nnx.state(source).to_pure_dict()
-    )
+    restored = torch_imixer.from_torch(sd, nnx.state(_model_for(sd)))
+    jax.tree.map(np.testing.assert_array_equal, restored.to_pure_dict(), ours.to_pure_dict())
+    # weight_sigma is u^T W v of the exported arrays.
+    u, w, v = (sd[f"blocks.0.mlp_tokens.fc_sn1.weight_{k}"] for k in ("u", "orig", "v"))
+    np.testing.assert_allclose(sd["blocks.0.mlp_tokens.fc_sn1.weight_sigma"], [u @ w @ v])
 
 
 def test_timm_training_checkpoint_and_ddp_prefix():
@@ -208,11 +212,11 @@ def test_mismatch_is_one_line():
 
 
 def test_state_npz_round_trip(tmp_path):
-    model = _model_for(_official_state_dict())
+    state = _loaded_state()
     path = str(tmp_path / "weights.npz")
-    torch_imixer.save_state_npz(path, nnx.state(model))
+    torch_imixer.save_state_npz(path, state)
     loaded = torch_imixer.load_state_npz(path)
-    jax.tree.map(np.testing.assert_array_equal, loaded, nnx.state(model).to_pure_dict())
+    jax.tree.map(np.testing.assert_array_equal, loaded, state.to_pure_dict())
 
 
 def test_pytorch_files_round_trip(tmp_path):
@@ -256,6 +260,6 @@ def test_without_torch_the_cli_says_what_to_install(tmp_path):
     else:
         pytest.skip("torch is installed: the missing-torch message cannot be shown")
     path = str(tmp_path / "weights.npz")
-    torch_imixer.save_state_npz(path, nnx.state(_model_for(_official_state_dict())))
+    torch_imixer.save_state_npz(path, _loaded_state())
     with pytest.raises(SystemExit, match=r"needs torch: pip install 'imixer_jax\[torch\]'"):
         torch_imixer.main(["--in", path, "--out", str(tmp_path / "x.pth")])
