@@ -229,3 +229,34 @@ def test_apply_init(tmp_path):
     config.init_from.path = str(tmp_path / "missing.npz")
     with pytest.raises(FileNotFoundError, match="config.init_from.path: no file"):
         pretrained.apply_init(config, params)
+
+
+@pytest.mark.parametrize(
+    "name, patch, blocks, dim, count",
+    [
+        ("mixer_b16", 16, 12, 768, 59_880_472),
+        ("mixer_b32", 32, 12, 768, 60_293_428),
+        ("mixer_l16", 16, 24, 1024, 208_196_168),
+    ],
+)
+def test_published_sizes_map_one_to_one(name, patch, blocks, dim, count):
+    """Every array of the published Mixer-B/16, B/32 and L/16 (ImageNet, 1000 classes) has its
+    place and shape in our variant, from abstract shapes only (nothing is allocated)."""
+    reference = MlpMixer(
+        patch_size=patch,
+        num_classes=1000,
+        num_blocks=blocks,
+        hidden_dim=dim,
+        tokens_mlp_dim=dim // 2,
+        channels_mlp_dim=4 * dim,
+    )
+    images = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+    theirs = jax.eval_shape(reference.init, jax.random.key(0), images)["params"]
+    theirs = {"/".join(k): v.shape for k, v in traverse_util.flatten_dict(theirs).items()}
+    model = nnx.eval_shape(lambda: create_model(name, rngs=nnx.Rngs(0), num_classes=1000))
+    ours = traverse_util.flatten_dict(nnx.state(model, nnx.Param).to_pure_dict())
+    names = pretrained.vit_jax_names(blocks)
+    assert set(names.values()) == set(theirs) and set(names) == set(ours)
+    for path, key in names.items():
+        assert ours[path].shape == theirs[key], (path, key)
+    assert sum(int(np.prod(s)) for s in theirs.values()) == count
