@@ -63,7 +63,7 @@ _BLOCK = {
     ("channel_mlp", "fc_c2"): "mlp_channels.fc2",
 }
 _LEAVES = {"kernel": "weight", "bias": "bias", "scale": "weight", "u": "weight_u", "v": "weight_v"}
-_SPECTRAL = ("fc_sn1", "fc_sn2")
+_SN_LAYERS = ("fc_sn1", "fc_sn2")
 _IGNORED = re.compile(r"\.weight_sigma$")
 
 
@@ -76,7 +76,7 @@ def torch_key(path: Path) -> str:
     else:
         name = _TOP[module[0]]
     suffix = _LEAVES[leaf]
-    if leaf == "kernel" and module[-1] in _SPECTRAL:
+    if leaf == "kernel" and module[-1] in _SN_LAYERS:
         suffix = "weight_orig"  # the official spectral norm keeps the raw weight under _orig
     return f"{name}.{suffix}"
 
