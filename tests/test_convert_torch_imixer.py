@@ -217,6 +217,14 @@ def test_state_npz_round_trip(tmp_path):
     torch_imixer.save_state_npz(path, state)
     loaded = torch_imixer.load_state_npz(path)
     jax.tree.map(np.testing.assert_array_equal, loaded, state.to_pure_dict())
+    model = _model_for(_official_state_dict())
+    torch_imixer.load_into(model, path)
+    jax.tree.map(np.testing.assert_array_equal, nnx.state(model).to_pure_dict(), loaded)
+    other = _model_for(_official_state_dict(), num_blocks=1)
+    with pytest.raises(
+        PretrainedError, match="entry 'blocks.1.channel_mlp.fc_c1.bias' has no place"
+    ):
+        torch_imixer.load_into(other, path)
 
 
 def test_pytorch_files_round_trip(tmp_path):

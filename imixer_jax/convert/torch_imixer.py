@@ -7,7 +7,7 @@ The first reads a checkpoint of github.com/Toshihiro-Ota/imixer (a bare ``state_
 training checkpoint holding one under ``'state_dict'``; ``--ema`` takes ``'state_dict_ema'``;
 DistributedDataParallel's ``module.`` prefix is dropped), infers the architecture from the array
 shapes, checks every array against that model and writes our flat state as ``.npz`` (keys are our
-dotted paths, ``blocks.0.token_mixer.fc1.kernel``; load it with ``load_state_npz``). The second
+dotted paths, ``blocks.0.token_mixer.fc1.kernel``; ``load_into(model, path)`` loads it). The second
 writes such an ``.npz`` back as a ``state_dict`` the official code loads with
 ``model.load_state_dict``. PyTorch is needed only to read or write ``.pth`` files (the optional
 extra ``torch``) and is imported only then; the mapping works on plain numpy dicts.
@@ -189,11 +189,21 @@ def save_state_npz(path: str, state: nnx.State) -> None:
 
 
 def load_state_npz(path: str) -> dict:
-    """The nested pure dict saved by ``save_state_npz``; ``state.replace_by_pure_dict`` takes it
-    (``nnx.update(model, state)`` then loads it into a model of the same architecture)."""
+    """The nested pure dict (``nnx.State.to_pure_dict`` form) saved by ``save_state_npz``."""
     with np.load(path, allow_pickle=False) as npz:
         flat = {tuple(int(p) if p.isdigit() else p for p in k.split(".")): npz[k] for k in npz}
     return traverse_util.unflatten_dict(flat)
+
+
+def load_into(model: nnx.Module, path: str) -> None:
+    """Load an ``.npz`` of ``save_state_npz`` (parameters and u, v) into ``model`` in place,
+    checking every name and shape (one-line ``PretrainedError``); the model may be abstract
+    (``nnx.eval_shape``)."""
+    state = nnx.state(model)
+    flat = traverse_util.flatten_dict(load_state_npz(path))
+    dotted = {".".join(map(str, p)): v for p, v in flat.items()}
+    names = {p: ".".join(map(str, p)) for p in traverse_util.flatten_dict(state.to_pure_dict())}
+    nnx.update(model, assign(state, dotted, names, source=f"{path!r}"))
 
 
 def _torch():
