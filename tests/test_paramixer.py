@@ -348,3 +348,43 @@ def test_module_names_follow_the_official_code():
     assert ("blocks", 0, "mlp_tokens", "fc1", "kernel") in paths
     assert ("blocks", 0, "mlp_channels", "fc2", "kernel") in paths
     assert not any(p[-1] == "bias" and "mlp_" in str(p) for p in paths)  # bias-free MLPs
+
+
+# --- Config and sweeps -------------------------------------------------------------------------
+
+
+def test_config_is_the_official_recipe():
+    from configs import paramixer as paramixer_config
+
+    c = paramixer_config.get_config("asymmixer_s16_224_l01")
+    expected = registry.model_kwargs("asymmixer_s16_224_l01", num_classes=10, img_size=224)
+    assert {**c.model.to_dict(), "dtype": None} == expected
+    assert c.model.dtype == "bfloat16" and c.model.asym_penalty == 0.1
+    assert c.batch_size == 96 * 4
+    assert c.optimizer.lr == pytest.approx(5e-4 * 384 / 512)  # timm --lr-base-scale linear
+    schedule = c.schedule.to_dict()
+    assert schedule == dict(
+        unit="epochs", length=300.0, warmup=20.0, cooldown=0.0, init_lr=1e-6, min_lr=0.0
+    )
+    assert c.data.name == "cifar10" and c.model.drop_path_rate == 0.1
+    base = paramixer_config.config_lib.base_config("imixer_s16")
+    assert c.data.augment.to_dict() == base.data.augment.to_dict()  # the iMixer augmentation
+    with pytest.raises(ValueError, match="configs/paramixer.py needs a variant"):
+        paramixer_config.get_config("imixer_s16")
+
+
+def test_sweeps_name_registered_variants():
+    from experiments.sweeps import PARAMIXER_SWEEPS
+
+    counts = {name: len(runs) for name, runs in PARAMIXER_SWEEPS.items()}
+    assert counts == {"paramixer": 4, "paramixer_n_iter": 12, "symmetry_breaking": 9}
+    for runs in PARAMIXER_SWEEPS.values():
+        assert len({r.name for r in runs}) == len(runs)
+        for run in runs:
+            file, variant = run.config.split(":")
+            assert file == "configs/paramixer.py" and variant in registry.PARAMIXER_NAMES
+    penalties = [
+        registry.model_kwargs(r.config.split(":")[1])["asym_penalty"]
+        for r in PARAMIXER_SWEEPS["symmetry_breaking"]
+    ]
+    assert penalties == sorted(penalties) and penalties[0] == 0.0 and penalties[-1] == 1.0
