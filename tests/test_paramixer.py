@@ -202,8 +202,9 @@ def test_symmetric_and_asymmetric_mlps():
 
 
 def _asym_with_zero_w2_and_sym(**kwargs):
-    sym = ParaMixer(**TINY, mlp="symmetric", rngs=nnx.Rngs(0), **kwargs)
-    asym = ParaMixer(**TINY, mlp="asymmetric", rngs=nnx.Rngs(1), **kwargs)
+    tiny = {**TINY, "num_blocks": 1}
+    sym = ParaMixer(**tiny, mlp="symmetric", rngs=nnx.Rngs(0), **kwargs)
+    asym = ParaMixer(**tiny, mlp="asymmetric", rngs=nnx.Rngs(1), **kwargs)
     params = nnx.state(sym, nnx.Param)
     for block in asym.blocks:
         for mlp in (block.mlp_tokens, block.mlp_channels):
@@ -294,11 +295,18 @@ def test_energy_errors_are_one_line():
 
 
 @pytest.mark.parametrize(
-    ("block", "mlp"),
-    [("serial", "vanilla"), ("parallel", "vanilla"), ("parallel", "symmetric")],
+    ("block", "mlp", "dtype"),
+    [
+        ("serial", "vanilla", None),
+        ("parallel", "vanilla", None),
+        ("parallel", "symmetric", None),
+        ("parallel", "asymmetric", "bfloat16"),
+    ],
 )
-def test_forward_shapes_and_training_mode(block, mlp):
-    model = ParaMixer(**TINY, block=block, mlp=mlp, n_iter=2, drop_path_rate=0.5, rngs=nnx.Rngs(0))
+def test_forward_shapes_and_training_mode(block, mlp, dtype):
+    model = ParaMixer(
+        **TINY, block=block, mlp=mlp, n_iter=2, drop_path_rate=0.5, dtype=dtype, rngs=nnx.Rngs(0)
+    )
     images = jax.random.uniform(jax.random.key(2), (3, 32, 32, 3), minval=-1, maxval=1)
     train = model(images, rngs=nnx.Rngs(dropout=1))
     model.eval()
