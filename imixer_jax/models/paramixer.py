@@ -114,7 +114,8 @@ class _MLP(nnx.Module):
         self.fc1 = _linear(features, hidden, dtype, rngs)
         self.activation = activation
 
-    def hidden_lagrangian(self):
+    def hidden_lagrangian(self) -> lagrangians.Lagrangian:
+        """L_h of the hidden neurons (its gradient is the activation)."""
         return lagrangians.get(self.activation)
 
     def hidden(self, x: Array) -> Array:
@@ -145,8 +146,9 @@ class SymmetricMLP(_MLP):
         return h @ self.fc1.kernel[...].T.astype(h.dtype)
 
     def energy(self, x: Array) -> Array:
-        """Hidden layer at its fixed point: -L_h(W x), summed over all of ``x: [..., N]``."""
-        return -self.hidden_lagrangian()(self.fc1(x))
+        """Hidden layer at its fixed point: -L_h(W x), summed over all of ``x: [..., N]``, in
+        float32 whatever the compute dtype."""
+        return -self.hidden_lagrangian()(x.astype(jnp.float32) @ self.fc1.kernel[...])
 
 
 class AsymmetricMLP(SymmetricMLP):
