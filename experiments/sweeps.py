@@ -16,6 +16,15 @@ the sweep's numbers.
 | tied | 2 | untied (paper) / tied (pure Hopfield, the energy exists) |
 | adjoint | 3 | 8 unrolled steps / 8 steps with implicit gradients / converged (tol 1e-4) implicit |
 | cpu_study | 15 | digits (``configs/default.py``): mixer, imixer n_iter 0, 1, 2, 4; seeds 0, 1, 2 |
+
+``PARAMIXER_SWEEPS`` (same format; base ``configs/paramixer.py``, the official paramixer CIFAR-10
+recipe; to join ``SWEEPS`` once the trainer builds ``ParaMixer`` variants):
+
+| sweep | runs | what varies |
+|---|---|---|
+| paramixer | 4 | S/16: vanilla (serial), parallelized, symmetric, asymmetric (lambda 0) Mixer |
+| paramixer_n_iter | 12 | vanilla, parallelized, symmetric S/16; 1-4 weight-tied block repeats |
+| symmetry_breaking | 9 | AsymMixer-S/16, L2 penalty on W_2: lambda 0, 1e-6 ... 1e-1, 1 |
 """
 
 from __future__ import annotations
@@ -95,6 +104,20 @@ SWEEPS: dict[str, list[Run]] = {
     ],
 }
 
+PARAMIXER_KINDS = ("vanillamixer", "paramixer", "symmixer", "asymmixer")
+PARAMIXER_SWEEPS: dict[str, list[Run]] = {
+    "paramixer": [Run(k, f"configs/paramixer.py:{k}_s16_224") for k in PARAMIXER_KINDS],
+    "paramixer_n_iter": [
+        Run(f"{kind}_ni{n}", f"configs/paramixer.py:{kind}_s16_224" + (f"_ni{n}" if n > 1 else ""))
+        for kind in PARAMIXER_KINDS[:3]
+        for n in (1, 2, 3, 4)
+    ],
+    "symmetry_breaking": [
+        Run(suffix, f"configs/paramixer.py:asymmixer_s16_224_{suffix}")
+        for suffix in ("l00", "l06", "l05", "l04", "l035", "l03", "l02", "l01", "l10")
+    ],
+}
+
 _PAPER_SCALE = (
     "Paper-scale runs (CIFAR-10, 224 px, 300 epochs on 4x A100) with one seed per variant: a "
     "difference within the seed-to-seed spread is not evidence either way; measure that spread "
@@ -104,6 +127,13 @@ NOTES: dict[str, str] = {name: _PAPER_SCALE for name in SWEEPS}
 NOTES["paper"] = (
     "Official CIFAR-10 top-1 for comparison (README, n_iter 2): iMixer-S 88.56, B 89.07, L 87.48. "
     + _PAPER_SCALE
+)
+NOTES.update(dict.fromkeys(PARAMIXER_SWEEPS, _PAPER_SCALE))
+NOTES["symmetry_breaking"] = (
+    "lambda is the coefficient of the L2 penalty on the symmetry-breaking weights W_2 (added to "
+    "the loss by the trainer): large lambda pushes AsymMixer towards SymMixer, lambda 0 leaves "
+    "W_2 free (the paper: accuracy moves from SymMixer's to the vanilla Mixer's as the symmetry "
+    "breaks). " + _PAPER_SCALE
 )
 NOTES["cpu_study"] = (
     "What this shows: on the embedded 8x8 digits (1,437 train / 360 test images), under one "

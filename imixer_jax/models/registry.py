@@ -16,6 +16,23 @@ Choice: ``drop_path_rate`` defaults to 0.1 for *every* variant, MLP-Mixer includ
 official iMixer training value (same rate in every block); using it for the mixer_* baselines too
 keeps the Mixer/iMixer comparison under one recipe, as in the paper. Override with
 ``drop_path_rate=0.0`` for a stochastic-depth-free model. ``num_classes`` defaults to 1000.
+
+The parallelized MLP-Mixer family (``ParaMixer``; Karakida, Ota & Taki 2024) under the official
+names, 224 px, same sizes, T = D/2, C = 4D, no MLP biases, symmetric (S x D) layernorms:
+
+| name | block | MLPs |
+|---|---|---|
+| ``vanillamixer_{s,b,l}{16,32}_224`` | serial | plain fc2(g(fc1 x)) |
+| ``paramixer_{s,b,l}{16,32}_224`` | parallel | plain |
+| ``symmixer_{s,b,l}{16,32}_224`` | parallel | tied W^T g(W x) |
+| ``asymmixer_{s,b,l}{16,32}_224`` | parallel | W_1^T g(W_1 x) + W_2 g(W_1 x) |
+
+``asymmixer_s16_224_lXX`` are the official ones (l01: penalty lambda = ``asym_penalty`` = 0.1,
+l02: 1e-2, l035: 5e-4, ...); the size grid ``asymmixer_{s,b,l}{16,32}_224`` (lambda 0) is ours.
+
+``{vanilla,para,sym}mixer_s16_224_ni{2,3,4}``: each block repeated n_iter times with the same
+weights. ``PARAMIXER_NAMES`` lists them; ``model_class(name)`` / ``model_arch(name)`` say which
+class a variant's kwargs build (``VARIANT_NAMES`` stays the Mixer/iMixer set).
 """
 
 from __future__ import annotations
@@ -27,6 +44,7 @@ import jax
 from flax import nnx
 
 from imixer_jax.models.mixer import Mixer
+from imixer_jax.models.paramixer import ParaMixer
 
 _SIZES = {"s": (8, 512), "b": (12, 768), "l": (24, 1024)}
 _PATCHES = (16, 32)
@@ -71,15 +89,98 @@ _VARIANTS = {
 }
 VARIANT_NAMES: tuple[str, ...] = tuple(_VARIANTS)
 
+_PARAMIXER_DEFAULTS = dict(
+    num_classes=1000,
+    img_size=224,
+    n_iter=1,
+    asym_penalty=0.0,
+    activation="gelu",
+    scalar_scale=False,
+    update="residual",
+    step_size=1.0,
+    drop_path_rate=0.1,
+    dtype=None,
+)
+_PARAMIXER_KINDS = {
+    "vanillamixer": ("serial", "vanilla"),
+    "paramixer": ("parallel", "vanilla"),
+    "symmixer": ("parallel", "symmetric"),
+    "asymmixer": ("parallel", "asymmetric"),
+}
+# Official asymmixer_s16_224 lambdas (name suffix -> asym_penalty).
+_ASYM_PENALTIES = {
+    "l00": 0.0,
+    "l01": 0.1,
+    "l02": 1e-2,
+    "l03": 1e-3,
+    "l035": 5e-4,
+    "l04": 1e-4,
+    "l05": 1e-5,
+    "l06": 1e-6,
+    "l10": 1.0,
+}
+
+
+def _paramixer_variant(kind: str, size: str, patch_size: int, **overrides) -> dict:
+    num_blocks, dim = _SIZES[size]
+    block, mlp = _PARAMIXER_KINDS[kind]
+    return dict(
+        _PARAMIXER_DEFAULTS,
+        patch_size=patch_size,
+        num_blocks=num_blocks,
+        hidden_dim=dim,
+        tokens_mlp_dim=dim // 2,
+        channels_mlp_dim=4 * dim,
+        block=block,
+        mlp=mlp,
+        **overrides,
+    )
+
+
+_PARAMIXER_VARIANTS = {
+    **{
+        f"{kind}_{size}{patch}_224": _paramixer_variant(kind, size, patch)
+        for kind, size, patch in itertools.product(_PARAMIXER_KINDS, _SIZES, _PATCHES)
+    },
+    **{
+        f"{kind}_s16_224_ni{n}": _paramixer_variant(kind, "s", 16, n_iter=n)
+        for kind in ("vanillamixer", "paramixer", "symmixer")
+        for n in (2, 3, 4)
+    },
+    **{
+        f"asymmixer_s16_224_{suffix}": _paramixer_variant("asymmixer", "s", 16, asym_penalty=lam)
+        for suffix, lam in _ASYM_PENALTIES.items()
+    },
+}
+PARAMIXER_NAMES: tuple[str, ...] = tuple(_PARAMIXER_VARIANTS)
+ARCHITECTURES: dict[str, type[nnx.Module]] = {"mixer": Mixer, "paramixer": ParaMixer}
+
+
+def model_arch(name: str) -> str:
+    """Key in ``ARCHITECTURES`` of the class that builds variant ``name``."""
+    _check_name(name)
+    return "paramixer" if name in _PARAMIXER_VARIANTS else "mixer"
+
+
+def model_class(name: str) -> type[nnx.Module]:
+    """The class whose constructor takes ``model_kwargs(name)`` (``Mixer`` or ``ParaMixer``)."""
+    return ARCHITECTURES[model_arch(name)]
+
+
+def _check_name(name: str) -> None:
+    if name not in _VARIANTS and name not in _PARAMIXER_VARIANTS:
+        names = ", ".join((*VARIANT_NAMES, *PARAMIXER_NAMES))
+        raise ValueError(f"unknown model {name!r}; registered: {names}")
+
 
 def model_kwargs(name: str, **overrides) -> dict:
-    """Complete ``Mixer`` constructor kwargs (all but ``rngs``) of variant ``name``, overridden.
+    """Complete constructor kwargs (all but ``rngs``) of variant ``name`` for
+    ``model_class(name)``, overridden.
 
-    Raises ValueError for an unknown variant or an override that is not a Mixer argument.
+    Raises ValueError for an unknown variant or an override that is not an argument of its class.
     """
-    if name not in _VARIANTS:
-        raise ValueError(f"unknown model {name!r}; registered: {', '.join(VARIANT_NAMES)}")
-    kwargs = dict(_VARIANTS[name])
+    _check_name(name)
+    kwargs = dict(_VARIANTS.get(name) or _PARAMIXER_VARIANTS[name])
     for key in overrides:
         if key not in kwargs:
             raise ValueError(f"unknown model argument {key!r} for {name}")
@@ -87,9 +188,9 @@ def model_kwargs(name: str, **overrides) -> dict:
     return kwargs
 
 
-def create_model(name: str, *, rngs: nnx.Rngs, **overrides) -> Mixer:
+def create_model(name: str, *, rngs: nnx.Rngs, **overrides) -> Mixer | ParaMixer:
     """Build variant ``name`` (see ``model_kwargs``) with parameters drawn from ``rngs``."""
-    return Mixer(**model_kwargs(name, **overrides), rngs=rngs)
+    return model_class(name)(**model_kwargs(name, **overrides), rngs=rngs)
 
 
 def param_count(name: str, **overrides) -> int:
