@@ -26,20 +26,21 @@ mixes in the collate function on uint8 images (blend rounded to uint8) of each G
 with that process's own lambda, and erases afterwards on the normalised batch; here erasing is
 per example in tf.data (before mixing) and ``mix_batch`` mixes the float global batch with one
 lambda, so the result does not depend on the number of devices. The official command uses
-timm's default train interpolation 'random'; the default here is SPEC's 'bicubic'
-(``augment['interpolation'] = 'random'`` reproduces timm).
+timm's default train interpolation 'random'; the default here is the paper's 'bicubic'
+(``augment['interpolation'] = 'random'`` reproduces timm). ``docs/recipe.md`` lists every
+deviation from the official run.
 
-TensorFlow is kept off the GPU (``tf.config.set_visible_devices([], 'GPU')`` at import) and runs
-tf.data on a private pool of as many threads as this process has CPU cores, one thread per op.
+TensorFlow is kept off the GPU (``tf.config.set_visible_devices([], 'GPU')`` when the first
+pipeline is built, not at import) and runs tf.data on a private pool of as many threads as this
+process has CPU cores, one thread per op.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import math
 import os
 from collections.abc import Iterator, Mapping
-from types import MappingProxyType
 from typing import Any
 
 import tensorflow as tf
@@ -47,60 +48,22 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from imixer_jax.data import augment as augment_lib
+from imixer_jax.data.defaults import DatasetInfo, augment_config, local_batch_size
 from imixer_jax.data.digits import Digits
 
-# Keys of the `augment` mapping and their defaults (the official recipe, SPEC section 5).
-AUGMENT_DEFAULTS: Mapping[str, Any] = MappingProxyType(
-    {
-        # RandomResizedCrop to image_size; False = resize the shorter side and centre crop.
-        "random_resized_crop": True,
-        "scale": (0.08, 1.0),  # crop area fraction range
-        "ratio": (3.0 / 4.0, 4.0 / 3.0),  # crop aspect ratio range (sampled log-uniformly)
-        # Resampling of the crop: 'bicubic' (SPEC), 'bilinear' or 'random' (timm train default:
-        # bilinear or bicubic with probability 1/2 per image).
-        "interpolation": "bicubic",
-        "hflip": True,  # horizontal flip with probability 0.5
-        "randaugment": "rand-m9-mstd0.5-inc1",  # timm config string, or None
-        "random_erasing": 0.25,  # probability of erasing one box with N(0, 1) pixel noise
-        # Used on device by mix_batch (not by train_batches):
-        "mixup_alpha": 0.8,
-        "cutmix_alpha": 1.0,
-        "switch_prob": 0.5,
-        "label_smoothing": 0.1,
-    }
-)
-MIX_KEYS = ("mixup_alpha", "cutmix_alpha", "switch_prob", "label_smoothing")
-INTERPOLATIONS = ("bicubic", "bilinear", "random")
 SHUFFLE_BUFFER = 50_000  # encoded records per process
 EVAL_INTERPOLATION = "bicubic"  # official eval resize
 _EMBEDDED = (Digits.name,)  # prepared on first use (no download)
 
 
+@functools.cache
 def _hide_gpus_from_tensorflow() -> None:
-    """Keep TF (data only) off the accelerators, which belong to JAX."""
+    """Keep TF (data only) off the accelerators, which belong to JAX; runs once, when the first
+    pipeline is built (not at import, so importing has no side effect on TensorFlow)."""
     try:
         tf.config.set_visible_devices([], "GPU")
     except RuntimeError as err:  # TF devices already initialised by someone else
         logging.warning("could not hide GPUs from TensorFlow: %s", err)
-
-
-_hide_gpus_from_tensorflow()
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-    """What the trainer needs to know about a dataset.
-
-    ``image_shape`` is the stored shape ``(H, W, C)``; H and W are None for variable-size images.
-    """
-
-    name: str
-    num_classes: int
-    num_train: int
-    num_eval: int
-    train_split: str
-    eval_split: str
-    image_shape: tuple[int | None, int | None, int]
 
 
 def _default_data_dir() -> str:
@@ -111,6 +74,7 @@ def _default_data_dir() -> str:
 
 def _prepared_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
     """The TFDS builder of ``name``, prepared (the embedded datasets on first use) or an error."""
+    _hide_gpus_from_tensorflow()
     builder = tfds.builder(name, data_dir=data_dir)
     if builder.is_prepared():
         return builder
@@ -169,35 +133,6 @@ def dataset_info(
     )
 
 
-def _local_batch_size(global_batch_size: int, process_index: int, process_count: int) -> int:
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-    if global_batch_size <= 0 or global_batch_size % process_count:
-        raise ValueError(
-            f"global_batch_size {global_batch_size} must be a positive multiple of "
-            f"process_count {process_count}"
-        )
-    return global_batch_size // process_count
-
-
-def _augment_config(augment: Mapping[str, Any]) -> dict[str, Any]:
-    """``AUGMENT_DEFAULTS`` updated by ``augment``, validated."""
-    augment = dict(augment.items())
-    unknown = sorted(set(augment) - set(AUGMENT_DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown augment keys {unknown}; known: {sorted(AUGMENT_DEFAULTS)}")
-    config = {**AUGMENT_DEFAULTS, **augment}
-    if config["interpolation"] not in INTERPOLATIONS:
-        raise ValueError(f"augment interpolation must be one of {INTERPOLATIONS}")
-    if not 0.0 <= config["random_erasing"] <= 1.0:
-        raise ValueError("augment random_erasing must be a probability")
-    for key in ("scale", "ratio"):
-        low, high = config[key]
-        if not 0.0 < low <= high:
-            raise ValueError(f"augment {key} must be (low, high) with 0 < low <= high")
-    return config
-
-
 def _options() -> tf.data.Options:
     options = tf.data.Options()
     options.deterministic = True
@@ -227,7 +162,7 @@ def _to_rgb(image: tf.Tensor) -> tf.Tensor:
 
 
 def _normalize(image: tf.Tensor) -> tf.Tensor:
-    """uint8 -> float32 with mean = std = 0.5 (SPEC 4): pixels in [-1, 1]."""
+    """uint8 -> float32 with mean = std = 0.5: pixels in [-1, 1]."""
     return tf.cast(image, tf.float32) / 127.5 - 1.0
 
 
@@ -330,10 +265,10 @@ def train_batches(
     uninterrupted run yields from step k on. ``augment`` overrides ``AUGMENT_DEFAULTS``
     (unknown keys are an error; the ``MIX_KEYS`` are accepted and ignored here).
     """
-    batch = _local_batch_size(global_batch_size, process_index, process_count)
+    batch = local_batch_size(global_batch_size, process_index, process_count)
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}")
-    config = _augment_config(augment)
+    config = augment_config(augment)
     builder = _prepared_builder(name, data_dir)
     feature = _image_feature(builder)
     part = tfds.even_splits(split, n=process_count)[process_index]
@@ -401,7 +336,7 @@ def eval_batches(
     same number of batches (that of the largest part); the missing examples are zero images with
     mask False, so across processes every example of the split is counted exactly once.
     """
-    batch = _local_batch_size(global_batch_size, process_index, process_count)
+    batch = local_batch_size(global_batch_size, process_index, process_count)
     if not 0.0 < crop_ratio <= 1.0:
         raise ValueError(f"crop_ratio must be in (0, 1], got {crop_ratio}")
     builder = _prepared_builder(name, data_dir)
