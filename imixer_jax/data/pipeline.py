@@ -133,11 +133,15 @@ def dataset_info(
     )
 
 
-def _options() -> tf.data.Options:
+def options(threads: int | None = None) -> tf.data.Options:
+    """The pipeline's tf.data options: deterministic, a private pool of ``threads`` threads
+    (default: this process's CPU cores), one thread per op."""
+    if threads is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        threads = cores or os.cpu_count() or 1
     options = tf.data.Options()
     options.deterministic = True
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    options.threading.private_threadpool_size = max(1, cores or 1)
+    options.threading.private_threadpool_size = max(1, threads)
     options.threading.max_intra_op_parallelism = 1
     # With autotuning on, tearing down an infinite training iterator at interpreter exit can
     # stall 8-55 s on tf.data's autotune thread (seen with gdb); parallel calls then use the
@@ -209,7 +213,7 @@ def _decode_random_crop(
     return image[top : top + h, left : left + w]
 
 
-def _train_transform(feature: tfds.features.Image, image_size: int, config: dict[str, Any]):
+def train_transform(feature: tfds.features.Image, image_size: int, config: dict[str, Any]):
     """(example seed [2], encoded example) -> {'image': float32 [S, S, 3], 'label': int32}."""
     spec = config["randaugment"]
     randaugment = augment_lib.RandAugment.from_string(spec) if spec else None
@@ -293,7 +297,7 @@ def train_batches(
     root = tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int64), process_index)
     shuffle_root, example_root = tf.unstack(augment_lib.split_seed(root, 2))
     buffer = min(num_examples, SHUFFLE_BUFFER)
-    transform = _train_transform(feature, image_size, config)
+    transform = train_transform(feature, image_size, config)
 
     def epoch_examples(epoch: tf.Tensor) -> tf.data.Dataset:
         shuffle_seed = tf.random.stateless_uniform(
@@ -314,7 +318,7 @@ def train_batches(
 
     ds = tf.data.Dataset.counter(first_epoch).flat_map(epoch_examples).skip(skip)
     ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(batch, drop_remainder=True).prefetch(2).with_options(_options())
+    ds = ds.batch(batch, drop_remainder=True).prefetch(2).with_options(options())
     return ds.as_numpy_iterator()
 
 
@@ -364,5 +368,5 @@ def eval_batches(
         "mask": tf.constant(False),
     }
     ds = ds.concatenate(tf.data.Dataset.from_tensors(filler).repeat(padding))
-    ds = ds.batch(batch, drop_remainder=True).prefetch(2).with_options(_options())
+    ds = ds.batch(batch, drop_remainder=True).prefetch(2).with_options(options())
     return ds.as_numpy_iterator()
