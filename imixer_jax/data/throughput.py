@@ -29,7 +29,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import app, flags, logging
 
-from imixer_jax.data import pipeline
+from imixer_jax.data import pipeline, transforms
 from imixer_jax.data.defaults import augment_config
 
 _THREADS = flags.DEFINE_list("threads", ["1", "2"], "tf.data thread counts to measure")
@@ -72,7 +72,7 @@ def augmented_batches(
     """The pipeline's training transform (``augment`` overriding ``AUGMENT_DEFAULTS``) over
     ``records`` repeated, on ``threads`` tf.data threads: batches ``{'image': float32
     [B, S, S, 3], 'label'}``."""
-    transform = pipeline.train_transform(feature, image_size, augment_config(augment))
+    transform = transforms.train_transform(feature, image_size, augment_config(augment))
     seed = tf.constant([0, 0], tf.int64)
     ds = records.repeat().enumerate()
     ds = ds.map(
