@@ -6,10 +6,7 @@ all); the recipe is kept as in the paper.
     python -m imixer_jax.train --config configs/cars196.py:imixer_s16 \
         --workdir runs/cars196/imixer_s16
 
-The argument is the model: ``mixer_s16``, ``mixer_b16``, ``mixer_l16``, ``imixer_s16``,
-``imixer_b16`` or ``imixer_l16`` (224 px, patch 16; any registered variant is accepted). Recipe:
-``configs/paper.py`` (official settings, SPEC section 5; bfloat16 compute, override with
-``--config.model.dtype=float32``).
+The argument is the model; the recipe and the models it takes: ``configs/paper.py``.
 
 Hardware: 4x A100 (80 GB) GPUs on one host, data parallel (512 images per GPU).
 
@@ -21,4 +18,5 @@ from configs import paper
 
 
 def get_config(arg: str | None = None):
+    """The paper recipe on cars196 for model ``arg`` (see ``configs/paper.py``)."""
     return paper.get_config("cars196", arg)

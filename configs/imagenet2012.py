@@ -4,10 +4,7 @@ placed in TFDS's manual_dir and the dataset prepared beforehand.
     python -m imixer_jax.train --config configs/imagenet2012.py:imixer_s16 \
         --workdir runs/imagenet2012/imixer_s16
 
-The argument is the model: ``mixer_s16``, ``mixer_b16``, ``mixer_l16``, ``imixer_s16``,
-``imixer_b16`` or ``imixer_l16`` (224 px, patch 16; any registered variant is accepted). Recipe:
-``configs/paper.py`` (official settings, SPEC section 5; bfloat16 compute, override with
-``--config.model.dtype=float32``).
+The argument is the model; the recipe and the models it takes: ``configs/paper.py``.
 
 Hardware: a TPU pod slice (e.g. v4-32: 16 chips, 4 hosts) or 4+ A100 hosts; add
 ``--config.distributed.initialize=always`` on a Cloud TPU pod and run the command on every host.
@@ -20,4 +17,5 @@ from configs import paper
 
 
 def get_config(arg: str | None = None):
+    """The paper recipe on imagenet2012 for model ``arg`` (see ``configs/paper.py``)."""
     return paper.get_config("imagenet2012", arg)

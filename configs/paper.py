@@ -1,5 +1,12 @@
-"""The paper's training recipe (SPEC section 5) for one TFDS dataset; shared by the per-dataset
-config files (``configs/{cifar10,cifar100,food101,imagenet2012,cars196}.py``).
+"""The paper's training recipe for one TFDS dataset; shared by the per-dataset config files
+(``configs/{cifar10,cifar100,food101,imagenet2012,cars196}.py``), which hold only what differs:
+the dataset, its expected results and the hardware it was sized for.
+
+Those files take the model as their argument (``--config configs/cifar10.py:imixer_s16``):
+``mixer_s16``, ``mixer_b16``, ``mixer_l16``, ``imixer_s16``, ``imixer_b16`` or ``imixer_l16``
+(224 px, patch 16; any registered variant is accepted). Compute is bfloat16 (override with
+``--config.model.dtype=float32``); ``docs/recipe.md`` lists where the recipe deviates from the
+official run.
 
 Everything not set here is the official recipe of ``imixer_jax.config.base_config``: AdamW (lr
 5e-4, weight decay 0.05), global batch 2048 (512 x 4 GPUs), 300 epochs of cosine schedule after a

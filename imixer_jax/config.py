@@ -43,7 +43,7 @@ from absl import flags
 from flax import nnx
 from ml_collections import config_dict
 
-from imixer_jax import data
+from imixer_jax.data import defaults as data
 from imixer_jax.models import registry
 from imixer_jax.models.mixer import Mixer
 

@@ -1,19 +1,21 @@
-"""Input pipeline (TFDS + tf.data) and on-device mixing.
+"""Input pipeline (TFDS + tf.data, or synthetic numpy batches) and on-device mixing.
 
-Importing this package registers the embedded TFDS dataset ``digits`` (``tfds.builder('digits')``)
-and hides the GPUs from TensorFlow.
+Importing this package imports neither TensorFlow nor TFDS: ``dataset_info``, ``train_batches``
+and ``eval_batches`` import the TFDS pipeline (``imixer_jax.data.pipeline``) on their first call
+for a TFDS dataset, and that first pipeline hides the GPUs from TensorFlow. ``data.name =
+'synthetic'`` (``imixer_jax.data.synthetic``) needs neither. The embedded TFDS dataset ``digits``
+(``imixer_jax.data.digits``) is registered with TFDS when the pipeline or ``data.Digits`` is
+first used.
 """
 
-from imixer_jax.data.digits import Digits
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from imixer_jax.data.defaults import AUGMENT_DEFAULTS, MIX_KEYS, DatasetInfo
 from imixer_jax.data.mixing import mix_batch
-from imixer_jax.data.pipeline import (
-    AUGMENT_DEFAULTS,
-    MIX_KEYS,
-    DatasetInfo,
-    dataset_info,
-    eval_batches,
-    train_batches,
-)
+from imixer_jax.data.sources import dataset_info, eval_batches, train_batches
 
 __all__ = [
     "AUGMENT_DEFAULTS",
@@ -25,3 +27,10 @@ __all__ = [
     "mix_batch",
     "train_batches",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``Digits`` on first access (it imports TFDS)."""
+    if name == "Digits":
+        return importlib.import_module("imixer_jax.data.digits").Digits
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,81 +26,43 @@ mixes in the collate function on uint8 images (blend rounded to uint8) of each G
 with that process's own lambda, and erases afterwards on the normalised batch; here erasing is
 per example in tf.data (before mixing) and ``mix_batch`` mixes the float global batch with one
 lambda, so the result does not depend on the number of devices. The official command uses
-timm's default train interpolation 'random'; the default here is SPEC's 'bicubic'
-(``augment['interpolation'] = 'random'`` reproduces timm).
+timm's default train interpolation 'random'; the default here is the paper's 'bicubic'
+(``augment['interpolation'] = 'random'`` reproduces timm). ``docs/recipe.md`` lists every
+deviation from the official run.
 
-TensorFlow is kept off the GPU (``tf.config.set_visible_devices([], 'GPU')`` at import) and runs
-tf.data on a private pool of as many threads as this process has CPU cores, one thread per op.
+TensorFlow is kept off the GPU (``tf.config.set_visible_devices([], 'GPU')`` when the first
+pipeline is built, not at import) and runs tf.data on a private pool of as many threads as this
+process has CPU cores, one thread per op.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
+import functools
 import os
 from collections.abc import Iterator, Mapping
-from types import MappingProxyType
 from typing import Any
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from imixer_jax.data import augment as augment_lib
+from imixer_jax.data import transforms
+from imixer_jax.data.augment.seeds import split_seed
+from imixer_jax.data.defaults import DatasetInfo, augment_config, local_batch_size
 from imixer_jax.data.digits import Digits
 
-# Keys of the `augment` mapping and their defaults (the official recipe, SPEC section 5).
-AUGMENT_DEFAULTS: Mapping[str, Any] = MappingProxyType(
-    {
-        # RandomResizedCrop to image_size; False = resize the shorter side and centre crop.
-        "random_resized_crop": True,
-        "scale": (0.08, 1.0),  # crop area fraction range
-        "ratio": (3.0 / 4.0, 4.0 / 3.0),  # crop aspect ratio range (sampled log-uniformly)
-        # Resampling of the crop: 'bicubic' (SPEC), 'bilinear' or 'random' (timm train default:
-        # bilinear or bicubic with probability 1/2 per image).
-        "interpolation": "bicubic",
-        "hflip": True,  # horizontal flip with probability 0.5
-        "randaugment": "rand-m9-mstd0.5-inc1",  # timm config string, or None
-        "random_erasing": 0.25,  # probability of erasing one box with N(0, 1) pixel noise
-        # Used on device by mix_batch (not by train_batches):
-        "mixup_alpha": 0.8,
-        "cutmix_alpha": 1.0,
-        "switch_prob": 0.5,
-        "label_smoothing": 0.1,
-    }
-)
-MIX_KEYS = ("mixup_alpha", "cutmix_alpha", "switch_prob", "label_smoothing")
-INTERPOLATIONS = ("bicubic", "bilinear", "random")
 SHUFFLE_BUFFER = 50_000  # encoded records per process
-EVAL_INTERPOLATION = "bicubic"  # official eval resize
 _EMBEDDED = (Digits.name,)  # prepared on first use (no download)
 
 
+@functools.cache
 def _hide_gpus_from_tensorflow() -> None:
-    """Keep TF (data only) off the accelerators, which belong to JAX."""
+    """Keep TF (data only) off the accelerators, which belong to JAX; runs once, when the first
+    pipeline is built (not at import, so importing has no side effect on TensorFlow)."""
     try:
         tf.config.set_visible_devices([], "GPU")
     except RuntimeError as err:  # TF devices already initialised by someone else
         logging.warning("could not hide GPUs from TensorFlow: %s", err)
-
-
-_hide_gpus_from_tensorflow()
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-    """What the trainer needs to know about a dataset.
-
-    ``image_shape`` is the stored shape ``(H, W, C)``; H and W are None for variable-size images.
-    """
-
-    name: str
-    num_classes: int
-    num_train: int
-    num_eval: int
-    train_split: str
-    eval_split: str
-    image_shape: tuple[int | None, int | None, int]
 
 
 def _default_data_dir() -> str:
@@ -111,6 +73,7 @@ def _default_data_dir() -> str:
 
 def _prepared_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
     """The TFDS builder of ``name``, prepared (the embedded datasets on first use) or an error."""
+    _hide_gpus_from_tensorflow()
     builder = tfds.builder(name, data_dir=data_dir)
     if builder.is_prepared():
         return builder
@@ -169,40 +132,15 @@ def dataset_info(
     )
 
 
-def _local_batch_size(global_batch_size: int, process_index: int, process_count: int) -> int:
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-    if global_batch_size <= 0 or global_batch_size % process_count:
-        raise ValueError(
-            f"global_batch_size {global_batch_size} must be a positive multiple of "
-            f"process_count {process_count}"
-        )
-    return global_batch_size // process_count
-
-
-def _augment_config(augment: Mapping[str, Any]) -> dict[str, Any]:
-    """``AUGMENT_DEFAULTS`` updated by ``augment``, validated."""
-    augment = dict(augment.items())
-    unknown = sorted(set(augment) - set(AUGMENT_DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown augment keys {unknown}; known: {sorted(AUGMENT_DEFAULTS)}")
-    config = {**AUGMENT_DEFAULTS, **augment}
-    if config["interpolation"] not in INTERPOLATIONS:
-        raise ValueError(f"augment interpolation must be one of {INTERPOLATIONS}")
-    if not 0.0 <= config["random_erasing"] <= 1.0:
-        raise ValueError("augment random_erasing must be a probability")
-    for key in ("scale", "ratio"):
-        low, high = config[key]
-        if not 0.0 < low <= high:
-            raise ValueError(f"augment {key} must be (low, high) with 0 < low <= high")
-    return config
-
-
-def _options() -> tf.data.Options:
+def options(threads: int | None = None) -> tf.data.Options:
+    """The pipeline's tf.data options: deterministic, a private pool of ``threads`` threads
+    (default: this process's CPU cores), one thread per op."""
+    if threads is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        threads = cores or os.cpu_count() or 1
     options = tf.data.Options()
     options.deterministic = True
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    options.threading.private_threadpool_size = max(1, cores or 1)
+    options.threading.private_threadpool_size = max(1, threads)
     options.threading.max_intra_op_parallelism = 1
     # With autotuning on, tearing down an infinite training iterator at interpreter exit can
     # stall 8-55 s on tf.data's autotune thread (seen with gdb); parallel calls then use the
@@ -220,93 +158,6 @@ def _raw_part(builder: tfds.core.DatasetBuilder, part) -> tf.data.Dataset:
         read_config=tfds.ReadConfig(try_autocache=False),
     )
     return ds.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
-
-
-def _to_rgb(image: tf.Tensor) -> tf.Tensor:
-    return tf.image.grayscale_to_rgb(image) if image.shape[-1] == 1 else image
-
-
-def _normalize(image: tf.Tensor) -> tf.Tensor:
-    """uint8 -> float32 with mean = std = 0.5 (SPEC 4): pixels in [-1, 1]."""
-    return tf.cast(image, tf.float32) / 127.5 - 1.0
-
-
-def _resize_centre_crop(image: tf.Tensor, size: int, crop_ratio: float, resize_fn) -> tf.Tensor:
-    """timm eval transform: shorter side -> floor(size / crop_ratio) (longer side scaled and
-    truncated, as torchvision Resize), then the centre ``size x size`` crop (offsets rounded)."""
-    scale_size = math.floor(size / crop_ratio)
-    shape = tf.shape(image)
-    h, w = shape[0], shape[1]
-    short = tf.minimum(h, w)
-    long_side = tf.cast(
-        tf.cast(scale_size, tf.int64)
-        * tf.cast(tf.maximum(h, w), tf.int64)
-        // tf.cast(short, tf.int64),
-        tf.int32,
-    )
-    new_h = tf.where(h <= w, scale_size, long_side)
-    new_w = tf.where(h <= w, long_side, scale_size)
-    image = resize_fn(image, tf.stack([new_h, new_w]))
-    top = tf.cast(tf.round(tf.cast(new_h - size, tf.float32) / 2.0), tf.int32)
-    left = tf.cast(tf.round(tf.cast(new_w - size, tf.float32) / 2.0), tf.int32)
-    return tf.ensure_shape(image[top : top + size, left : left + size], [size, size, None])
-
-
-def _decode_random_crop(
-    encoded: tf.Tensor,
-    feature: tfds.features.Image,
-    seed: tf.Tensor,
-    scale: tuple[float, float],
-    ratio: tuple[float, float],
-) -> tf.Tensor:
-    """Decode only timm's RandomResizedCrop box (JPEG: ``decode_and_crop_jpeg``, else decode
-    then slice): uint8 ``[h, w, C]``."""
-    channels = feature.shape[-1]
-    if feature.encoding_format == "jpeg":
-        shape = tf.image.extract_jpeg_shape(encoded)
-        box = augment_lib.sample_crop_box(seed, shape[0], shape[1], scale=scale, ratio=ratio)
-        return tf.image.decode_and_crop_jpeg(encoded, tf.stack(box), channels=channels)
-    image = feature.decode_example(encoded)
-    shape = tf.shape(image)
-    top, left, h, w = augment_lib.sample_crop_box(
-        seed, shape[0], shape[1], scale=scale, ratio=ratio
-    )
-    return image[top : top + h, left : left + w]
-
-
-def _train_transform(feature: tfds.features.Image, image_size: int, config: dict[str, Any]):
-    """(example seed [2], encoded example) -> {'image': float32 [S, S, 3], 'label': int32}."""
-    spec = config["randaugment"]
-    randaugment = augment_lib.RandAugment.from_string(spec) if spec else None
-    size = (image_size, image_size)
-
-    def transform(seed: tf.Tensor, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        seeds = augment_lib.split_seed(seed, 5)
-
-        def resize_fn(image, target):
-            return augment_lib.random_interpolation_resize(
-                image, target, config["interpolation"], seeds[1]
-            )
-
-        if config["random_resized_crop"]:
-            crop = _decode_random_crop(
-                example["image"], feature, seeds[0], config["scale"], config["ratio"]
-            )
-            image = tf.ensure_shape(resize_fn(crop, size), [*size, None])
-        else:
-            decoded = feature.decode_example(example["image"])
-            image = _resize_centre_crop(decoded, image_size, 1.0, resize_fn)
-        image = _to_rgb(image)
-        if config["hflip"]:
-            image = tf.image.stateless_random_flip_left_right(image, seeds[2])
-        if randaugment is not None:
-            image = randaugment(image, seeds[3])
-        image = _normalize(image)
-        if config["random_erasing"] > 0:
-            image = augment_lib.random_erasing(image, seeds[4], config["random_erasing"])
-        return {"image": image, "label": tf.cast(example["label"], tf.int32)}
-
-    return transform
 
 
 def train_batches(
@@ -330,10 +181,10 @@ def train_batches(
     uninterrupted run yields from step k on. ``augment`` overrides ``AUGMENT_DEFAULTS``
     (unknown keys are an error; the ``MIX_KEYS`` are accepted and ignored here).
     """
-    batch = _local_batch_size(global_batch_size, process_index, process_count)
+    batch = local_batch_size(global_batch_size, process_index, process_count)
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}")
-    config = _augment_config(augment)
+    config = augment_config(augment)
     builder = _prepared_builder(name, data_dir)
     feature = _image_feature(builder)
     part = tfds.even_splits(split, n=process_count)[process_index]
@@ -356,9 +207,9 @@ def train_batches(
 
     raw = _raw_part(builder, part)
     root = tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int64), process_index)
-    shuffle_root, example_root = tf.unstack(augment_lib.split_seed(root, 2))
+    shuffle_root, example_root = tf.unstack(split_seed(root, 2))
     buffer = min(num_examples, SHUFFLE_BUFFER)
-    transform = _train_transform(feature, image_size, config)
+    transform = transforms.train_transform(feature, image_size, config)
 
     def epoch_examples(epoch: tf.Tensor) -> tf.data.Dataset:
         shuffle_seed = tf.random.stateless_uniform(
@@ -379,7 +230,7 @@ def train_batches(
 
     ds = tf.data.Dataset.counter(first_epoch).flat_map(epoch_examples).skip(skip)
     ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(batch, drop_remainder=True).prefetch(2).with_options(_options())
+    ds = ds.batch(batch, drop_remainder=True).prefetch(2).with_options(options())
     return ds.as_numpy_iterator()
 
 
@@ -401,7 +252,7 @@ def eval_batches(
     same number of batches (that of the largest part); the missing examples are zero images with
     mask False, so across processes every example of the split is counted exactly once.
     """
-    batch = _local_batch_size(global_batch_size, process_index, process_count)
+    batch = local_batch_size(global_batch_size, process_index, process_count)
     if not 0.0 < crop_ratio <= 1.0:
         raise ValueError(f"crop_ratio must be in (0, 1], got {crop_ratio}")
     builder = _prepared_builder(name, data_dir)
@@ -411,15 +262,7 @@ def eval_batches(
     num_batches = -(-max(counts) // batch)
     padding = num_batches * batch - counts[process_index]
 
-    def resize_fn(image, target):
-        return augment_lib.resize(image, target, EVAL_INTERPOLATION)
-
-    def transform(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        image = feature.decode_example(example["image"])
-        image = _to_rgb(_resize_centre_crop(image, image_size, crop_ratio, resize_fn))
-        label = tf.cast(example["label"], tf.int32)
-        return {"image": _normalize(image), "label": label, "mask": tf.constant(True)}
-
+    transform = transforms.eval_transform(feature, image_size, crop_ratio)
     ds = _raw_part(builder, parts[process_index]).map(
         transform, num_parallel_calls=tf.data.AUTOTUNE
     )
@@ -429,5 +272,5 @@ def eval_batches(
         "mask": tf.constant(False),
     }
     ds = ds.concatenate(tf.data.Dataset.from_tensors(filler).repeat(padding))
-    ds = ds.batch(batch, drop_remainder=True).prefetch(2).with_options(_options())
+    ds = ds.batch(batch, drop_remainder=True).prefetch(2).with_options(options())
     return ds.as_numpy_iterator()

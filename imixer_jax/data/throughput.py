@@ -1,0 +1,132 @@
+r"""Throughput of the training input pipeline's per-example work, in images/s per CPU core.
+
+    python -m imixer_jax.data.throughput --threads 1,2 --image_size 224
+
+Measures what ``train_batches`` does to every example for the full paper recipe
+(``AUGMENT_DEFAULTS``): decode, RandomResizedCrop, bicubic resize to S x S, flip, RandAugment
+``rand-m9-mstd0.5-inc1``, normalisation, random erasing 0.25, batching; mixup/cutmix run on the
+accelerator and are excluded. The examples are ``--num_examples`` cifar10-shaped records (32 x 32
+PNG) made by ``tfds.testing.mock_data`` and held in memory, so file reading and shuffling (cheap
+next to augmentation) are left out and nothing is downloaded; ImageNet's JPEG decode (a few
+ms per image) would come on top.
+
+For each thread count T the transform runs on a private tf.data pool of T threads (T parallel
+calls, one thread per op, as the pipeline runs). Reported per T: images/s of wall time, and
+images per second of this process's CPU time (``time.process_time``), which is what one core
+delivers and is insensitive to other load on the machine. ``cores per accelerator`` divides an
+accelerator's step rate (``--step_rate``, images/s) by the per-core rate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from absl import app, flags, logging
+
+from imixer_jax.data import pipeline, transforms
+from imixer_jax.data.defaults import augment_config
+
+_THREADS = flags.DEFINE_list("threads", ["1", "2"], "tf.data thread counts to measure")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "training image size S")
+_BATCH = flags.DEFINE_integer("batch_size", 64, "images per batch")
+_BATCHES = flags.DEFINE_integer("num_batches", 8, "timed batches per thread count")
+_EXAMPLES = flags.DEFINE_integer("num_examples", 256, "distinct mock examples held in memory")
+_AUGMENT = flags.DEFINE_string(
+    "augment", "{}", "JSON overrides of AUGMENT_DEFAULTS, e.g. '{\"randaugment\": null}'"
+)
+_STEP_RATES = flags.DEFINE_list(
+    "step_rate", ["3800", "6600"], "accelerator train-step rates (img/s) to feed"
+)
+
+
+def mock_cifar10(num_examples: int) -> tuple[tfds.features.Image, tf.data.Dataset]:
+    """cifar10's image feature and ``num_examples`` mock records ``{'image': PNG bytes,
+    'label'}`` made by ``tfds.testing.mock_data``, cached in memory."""
+    with tfds.testing.mock_data(num_examples=num_examples):
+        builder = tfds.builder("cifar10")
+        raw = builder.as_dataset(
+            split="train", shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()}
+        )
+        records = list(raw.take(num_examples).as_numpy_iterator())
+    feature = builder.info.features["image"]
+    images = tf.constant([r["image"] for r in records])
+    labels = tf.constant([r["label"] for r in records])
+    return feature, tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
+
+
+def augmented_batches(
+    feature: tfds.features.Image,
+    records: tf.data.Dataset,
+    *,
+    image_size: int,
+    batch_size: int,
+    threads: int,
+    augment: Mapping[str, Any],
+) -> tf.data.Dataset:
+    """The pipeline's training transform (``augment`` overriding ``AUGMENT_DEFAULTS``) over
+    ``records`` repeated, on ``threads`` tf.data threads: batches ``{'image': float32
+    [B, S, S, 3], 'label'}``."""
+    transform = transforms.train_transform(feature, image_size, augment_config(augment))
+    seed = tf.constant([0, 0], tf.int64)
+    ds = records.repeat().enumerate()
+    ds = ds.map(
+        lambda i, ex: transform(tf.random.experimental.stateless_fold_in(seed, i), ex),
+        num_parallel_calls=threads,
+    )
+    return (
+        ds.batch(batch_size, drop_remainder=True)
+        .prefetch(2)
+        .with_options(pipeline.options(threads))
+    )
+
+
+def measure(batches: tf.data.Dataset, num_batches: int, batch_size: int) -> tuple[float, float]:
+    """(images/s of wall time, images/s of process CPU time) over ``num_batches`` batches,
+    after two warm-up batches (graph tracing, pool start)."""
+    iterator = iter(batches)
+    for _ in range(2):
+        next(iterator)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(num_batches):
+        next(iterator)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    images = num_batches * batch_size
+    return images / wall, images / cpu
+
+
+def main(argv: Sequence[str]) -> None:
+    del argv
+    tf.config.set_visible_devices([], "GPU")
+    feature, records = mock_cifar10(_EXAMPLES.value)
+    rates = [float(r) for r in _STEP_RATES.value]
+    augment = json.loads(_AUGMENT.value)
+    print(
+        f"paper recipe (overrides {augment}) at {_IMAGE_SIZE.value} px, batch {_BATCH.value}, "
+        f"{_BATCHES.value} timed batches, cifar10-shaped mock PNGs"
+    )
+    for threads in (int(t) for t in _THREADS.value):
+        batches = augmented_batches(
+            feature,
+            records,
+            image_size=_IMAGE_SIZE.value,
+            batch_size=_BATCH.value,
+            threads=threads,
+            augment=augment,
+        )
+        wall_rate, cpu_rate = measure(batches, _BATCHES.value, _BATCH.value)
+        cores = ", ".join(f"{math.ceil(r / cpu_rate)} at {r:,.0f} img/s" for r in rates)
+        print(
+            f"threads {threads}: {wall_rate:,.1f} img/s wall ({wall_rate / threads:,.1f} per "
+            f"thread), {cpu_rate:,.1f} img/s per CPU-second; cores per accelerator: {cores}"
+        )
+    logging.flush()
+
+
+if __name__ == "__main__":
+    app.run(main)

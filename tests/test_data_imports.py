@@ -1,0 +1,46 @@
+"""Importing configs and the data package must not import TensorFlow (seconds, and a side effect
+on TensorFlow's devices); only building a TFDS pipeline does."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _loaded_after(statements: str) -> list[str]:
+    """Which of tensorflow / tensorflow_datasets a fresh interpreter has after ``statements``."""
+    script = textwrap.dedent(statements) + textwrap.dedent(
+        """
+        import sys
+        print([m for m in ("tensorflow", "tensorflow_datasets") if m in sys.modules])
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    return eval(out.stdout.strip().split("\n")[-1])
+
+
+@pytest.mark.parametrize(
+    "statements",
+    [
+        "import configs.default, configs.cifar10, imixer_jax.config",
+        "from imixer_jax import data; data.AUGMENT_DEFAULTS, data.mix_batch",
+    ],
+)
+def test_imports_leave_tensorflow_alone(statements):
+    assert _loaded_after(statements) == []
+
+
+def test_the_tfds_pipeline_is_imported_on_first_use():
+    # The positive control: the check above would see TensorFlow if it were imported.
+    assert _loaded_after("from imixer_jax.data import pipeline") == [
+        "tensorflow",
+        "tensorflow_datasets",
+    ]
