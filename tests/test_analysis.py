@@ -1,7 +1,9 @@
 """imixer_jax.analysis (energy descent, residuals, per-block energies) and the
 ``python -m imixer_jax.analyze`` command on a tiny trained workdir."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -148,3 +150,24 @@ def test_analyze_command_writes_the_pngs(tied_workdir, tmp_path):
     assert set(os.listdir(out)) == expected
     for name in expected:
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_analyze_command_on_a_checkpoint_that_does_not_fit_is_one_line(tied_workdir, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(tied_workdir, workdir)
+    config = json.loads((workdir / "config.json").read_text())
+    config["model"]["hidden_dim"] = 24  # another model: the checkpoint's shapes do not fit
+    (workdir / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "plots"
+    result = subprocess.run(
+        [sys.executable, "-m", "imixer_jax.analyze", "--workdir", str(workdir), "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "checkpoint" in lines[0] and "; " in lines[0]
+    assert not out.exists()  # nothing written before the run loaded
