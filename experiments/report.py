@@ -4,24 +4,21 @@
 
 writes ``DIR/NAME.md`` (test top-1 mean +- std per group over its seeds, then every run),
 ``DIR/NAME.png`` (the same numbers) and ``DIR/NAME.json`` (the numbers); ``DIR`` defaults to
-``<root>/<NAME>``. Unfinished runs are listed as such and left out of the means.
+``<root>/<NAME>``. Unfinished runs are listed as such and left out of the means; with no
+finished run it writes nothing and exits with one line ``error: ...`` (status 1).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import statistics
 from typing import Any
 
-from matplotlib.figure import Figure
-
 from experiments import sweep
 from experiments.sweeps import NOTES, SWEEPS
-from imixer_jax.inspection import load_config
-from imixer_jax.models import registry
+from imixer_jax import cli
 
 
 def collect(name: str, root: str) -> list[dict[str, Any]]:
@@ -34,6 +31,9 @@ def collect(name: str, root: str) -> list[dict[str, Any]]:
         final = sweep.final_metrics(workdir)
         row: dict[str, Any] = {"run": run.name, "group": run.group, "finished": final is not None}
         if final is not None:
+            from imixer_jax.analysis.runs import load_config  # TensorFlow: only with a run
+            from imixer_jax.models import registry
+
             config = load_config(workdir)
             model = config.model.to_dict()
             row.update(
@@ -165,6 +165,8 @@ def markdown(name: str, rows, summary, root: str, out: str) -> str:
 
 def plot(name: str, rows, summary, path: str) -> None:
     """Test top-1 per group: mean +- std (bars) and every seed (dots)."""
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(max(4.0, 1.1 * len(summary) + 1.5), 3.2), dpi=100)
     ax = fig.subplots()
     positions = {g["group"]: i for i, g in enumerate(summary)}
@@ -197,8 +199,18 @@ def plot(name: str, rows, summary, path: str) -> None:
 
 
 def report(name: str, root: str, out: str) -> dict[str, str]:
-    """Writes ``out/name.{md,png,json}``; returns their paths."""
+    """Writes ``out/name.{md,png,json}``; returns their paths.
+
+    Raises:
+      cli.UsageError: no run of the sweep has finished (nothing is written).
+    """
     rows = collect(name, root)
+    if not any(row["finished"] for row in rows):
+        started = sum(os.path.isdir(sweep.workdir_of(root, name, run)) for run in SWEEPS[name])
+        raise cli.UsageError(
+            f"no finished run of sweep {name} in {os.path.join(root, name)} ({started} of "
+            f"{len(rows)} started); run python -m experiments.sweep {name} --run --root {root}"
+        )
     summary = summarize(rows)
     os.makedirs(out, exist_ok=True)
     paths = {ext: os.path.join(out, f"{name}.{ext}") for ext in ("md", "png", "json")}
@@ -212,7 +224,7 @@ def report(name: str, root: str, out: str) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m experiments.report", description=__doc__)
+    parser = cli.ArgumentParser(prog="python -m experiments.report", description=__doc__)
     parser.add_argument("name", choices=sorted(SWEEPS), help="sweep to report")
     parser.add_argument("--root", default="runs", help="root of the workdirs (default: runs)")
     parser.add_argument("--out", default=None, help="output directory (default: ROOT/NAME)")
@@ -223,4 +235,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_argparse(main)

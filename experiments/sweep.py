@@ -13,7 +13,6 @@ wall time of every command is appended to ``<workdir>/sweep_log.jsonl``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
@@ -25,9 +24,7 @@ from typing import Any
 import ml_collections
 
 from experiments.sweeps import SWEEPS, Run
-from imixer_jax import data, optim
-from imixer_jax.inspection import load_config
-from imixer_jax.metrics import read_jsonl
+from imixer_jax import cli
 
 SWEEP_LOG = "sweep_log.jsonl"
 
@@ -61,6 +58,9 @@ def workdir_of(root: str, sweep: str, run: Run) -> str:
 
 def total_steps(config: ml_collections.ConfigDict) -> int:
     """Steps of the whole schedule of ``config`` (needs the dataset's metadata)."""
+    # TensorFlow comes with these: imported only here, so that --list and --dry-run stay fast.
+    from imixer_jax import data, optim
+
     info = data.dataset_info(
         config.data.name,
         data_dir=config.data.data_dir,
@@ -76,6 +76,9 @@ def final_metrics(workdir: str) -> dict[str, Any] | None:
     path = os.path.join(workdir, "metrics.jsonl")
     if not (os.path.exists(path) and os.path.exists(os.path.join(workdir, "config.json"))):
         return None
+    from imixer_jax.analysis.runs import load_config  # TensorFlow: see total_steps
+    from imixer_jax.metrics import read_jsonl
+
     last = total_steps(load_config(workdir))
     final: dict[str, Any] = {}
     for row in read_jsonl(path):
@@ -118,7 +121,7 @@ def run_all(name: str, root: str) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m experiments.sweep", description=__doc__)
+    parser = cli.ArgumentParser(prog="python -m experiments.sweep", description=__doc__)
     parser.add_argument("name", nargs="?", choices=sorted(SWEEPS), help="sweep to run")
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--dry-run", action="store_true", help="print the train commands")
@@ -144,10 +147,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         results = run_all(args.name, args.root)
     except subprocess.CalledProcessError as e:
-        sys.exit(f"error: a run failed (exit status {e.returncode}): {shlex.join(e.cmd)}")
+        raise cli.UsageError(
+            f"a run failed (exit status {e.returncode}): {shlex.join(e.cmd)}; fix the cause it "
+            "printed and rerun the sweep (finished runs are skipped, the failed one resumes)"
+        ) from e
     ran = sum(r["status"] != "skipped" for r in results)
     print(f"sweep {args.name}: {ran} run(s) in {time.time() - start:.0f} s", flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_argparse(main)

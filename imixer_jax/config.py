@@ -35,11 +35,8 @@ from __future__ import annotations
 import inspect
 import math
 import os
-import re
-import sys
 
 import ml_collections
-from absl import flags
 from flax import nnx
 from ml_collections import config_dict
 
@@ -249,31 +246,3 @@ def wants_distributed(config: ml_collections.ConfigDict) -> bool:
     if config.distributed.coordinator_address:
         return True
     return any(int(os.environ.get(name, "1") or "1") > 1 for name in _CLUSTER_ENV)
-
-
-_OVERRIDE = re.compile(r"^--?(config(?:\.[^=\s]+)+)(?:=.*)?$")
-
-
-def flag_error_line(error: Exception, argv: list[str]) -> str:
-    """One line for a failed command-line parse (ml_collections raises a multi-line traceback
-    for an unknown ``--config.key``): names the offending override when it can be found."""
-    if isinstance(error, (KeyError, AttributeError)):
-        missing = str(error).strip("\"'").split("'")[0]
-        for arg in argv:
-            match = _OVERRIDE.match(arg)
-            if match and missing in match.group(1).split("."):
-                return f"unknown config key {match.group(1)} (from {arg})"
-        return f"unknown config key {missing!r}"
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    if any(line.startswith("Traceback") for line in lines):  # a config file raised: last line
-        return f"{lines[0].split(': Error whilst')[0]}: {lines[-1]}"
-    return " ".join(lines)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl ``flags_parser`` of the entry points: a bad flag, config file or ``--config.KEY``
-    override exits (status 1) with one line on stderr instead of a traceback."""
-    try:
-        return flags.FLAGS(argv)
-    except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
-        sys.exit(f"error: {flag_error_line(e, argv)}")

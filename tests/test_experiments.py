@@ -57,7 +57,7 @@ def test_paper_config_loads_and_validates(dataset, model, monkeypatch):
     expected_model = registry.model_kwargs(model, num_classes=num_classes, dtype="bfloat16")
     assert config.model.to_dict() == expected_model
     assert config.data.name == dataset
-    # The official recipe (SPEC section 5).
+    # The official recipe (docs/recipe.md).
     assert config.batch_size == 2048 and config.optimizer.lr == 5e-4
     assert (config.schedule.length, config.schedule.warmup, config.schedule.cooldown) == (
         300.0,

@@ -1,7 +1,9 @@
-"""imixer_jax.inspection (energy descent, residuals, per-block energies) and the
-``python -m imixer_jax.inspect`` command on a tiny trained workdir."""
+"""imixer_jax.analysis (energy descent, residuals, per-block energies) and the
+``python -m imixer_jax.analyze`` command on a tiny trained workdir."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,7 +14,7 @@ import pytest
 from flax import nnx
 
 from configs import default
-from imixer_jax import inspection, training
+from imixer_jax import analysis, training
 from imixer_jax.models.mixer import Mixer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,8 +49,8 @@ def tied_workdir(tmp_path_factory):
 
 
 def test_toy_energy_descent_convex_never_rises_gelu_can():
-    curves = inspection.toy_energy_curves(jax.random.key(0), dt=0.01, num_steps=600)
-    relu, gelu_0, gelu_neg = (curves[label].rising() for label in inspection.TOY_NETWORKS)
+    curves = analysis.toy_energy_curves(jax.random.key(0), dt=0.01, num_steps=600)
+    relu, gelu_0, gelu_neg = (curves[label].rising() for label in analysis.TOY_NETWORKS)
     # Convex Lagrangians: dE/dt <= 0 at every visited state (up to float32 rounding, see rising).
     assert relu["fraction"] == 0.0 and relu["total_rise"] == 0.0
     assert gelu_0["fraction"] == 0.0
@@ -59,8 +61,8 @@ def test_toy_energy_descent_convex_never_rises_gelu_can():
 
 
 def test_energy_rate_matches_finite_differences_of_the_energy():
-    net = inspection.three_layer_network(jax.random.key(1), hidden=("relu", "relu"))
-    descent = inspection.energy_descent(net, jax.random.key(2), batch=2, dt=1e-3, num_steps=20)
+    net = analysis.three_layer_network(jax.random.key(1), hidden=("relu", "relu"))
+    descent = analysis.energy_descent(net, jax.random.key(2), batch=2, dt=1e-3, num_steps=20)
     # Forward differences of E along an Euler path with dt = 1e-3 match dE/dt to O(dt) relative.
     fd = np.diff(descent.energies, axis=0) / descent.dt
     np.testing.assert_allclose(fd[:5], descent.rates[:5], rtol=2e-2)
@@ -68,7 +70,7 @@ def test_energy_rate_matches_finite_differences_of_the_energy():
 
 def test_energy_increases_counts_only_rises_beyond_rounding():
     energies = np.array([3.0, 2.0, 2.0 + 1e-7, 2.5, 1.0])
-    stats = inspection.energy_increases(energies)
+    stats = analysis.energy_increases(energies)
     assert stats == {"fraction": 0.25, "total_rise": pytest.approx(0.5, abs=1e-6)}
 
 
@@ -85,23 +87,23 @@ def test_with_solver_keeps_the_weights_and_changes_only_the_solver():
     model = Mixer(**kwargs, rngs=nnx.Rngs(params=0))
     model.eval()
     images = jax.random.uniform(jax.random.key(0), (4, 16, 16, 3), minval=-1, maxval=1)
-    logits, info = inspection.forward(model, images)
-    same, _ = inspection.forward(inspection.with_solver(model, kwargs), images)
+    logits, info = analysis.forward(model, images)
+    same, _ = analysis.forward(analysis.with_solver(model, kwargs), images)
     np.testing.assert_array_equal(same, logits)
-    inspection.settle_spectral_norm(model, images)  # sigma estimates as after a training step
-    converged = inspection.with_solver(model, kwargs, n_iter=100, tol=1e-5, adjoint="implicit")
-    _, info_conv = inspection.forward(converged, images)
-    res = inspection.residuals(info_conv)
+    analysis.settle_spectral_norm(model, images)  # sigma estimates as after a training step
+    converged = analysis.with_solver(model, kwargs, n_iter=100, tol=1e-5, adjoint="implicit")
+    _, info_conv = analysis.forward(converged, images)
+    res = analysis.residuals(info_conv)
     assert res.shape == (2, 100)
     for i, r in enumerate(res):  # stopped early at the tolerance (convergence checked, not assumed)
         steps = int(info_conv[f"block_{i}"]["steps"])
         assert steps < 100 and r[steps - 1] <= 1e-5 and np.all(np.isnan(r[steps:]))
-    assert inspection.residuals(info).shape == (2, kwargs["n_iter"])
+    assert analysis.residuals(info).shape == (2, kwargs["n_iter"])
     with pytest.raises(ValueError, match="with_solver changes only"):
-        inspection.with_solver(model, kwargs, tied=True)
+        analysis.with_solver(model, kwargs, tied=True)
     with pytest.raises(ValueError, match="tied"):
-        inspection.block_energies(info)
-    assert set(inspection.block_sigmas(model)) == {"fc_sn1", "fc_sn2"}
+        analysis.block_energies(info)
+    assert set(analysis.block_sigmas(model)) == {"fc_sn1", "fc_sn2"}
 
 
 def test_block_inputs_reproduce_the_forward_pass():
@@ -109,7 +111,7 @@ def test_block_inputs_reproduce_the_forward_pass():
     model = Mixer(**kwargs, rngs=nnx.Rngs(params=0))
     model.eval()
     images = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3), minval=-1, maxval=1)
-    inputs = inspection.block_inputs(model, images)
+    inputs = analysis.block_inputs(model, images)
     out = model.blocks[-1](inputs[-1])
     # Same ops in the same order as Mixer.__call__: equal up to float32 rounding of the head.
     chex.assert_trees_all_close(
@@ -118,22 +120,22 @@ def test_block_inputs_reproduce_the_forward_pass():
 
 
 def test_load_run_and_tied_energies(tied_workdir):
-    loaded = inspection.load_run(tied_workdir)
+    loaded = analysis.load_run(tied_workdir)
     assert loaded.step == 20 and loaded.model_kwargs["tied"]
-    images, labels = inspection.eval_images(loaded.config, 5)
+    images, labels = analysis.eval_images(loaded.config, 5)
     assert images.shape == (5, 16, 16, 3) and labels.shape == (5,)
-    before, after = inspection.block_energies(inspection.forward(loaded.model, images)[1])
+    before, after = analysis.block_energies(analysis.forward(loaded.model, images)[1])
     assert before.shape == after.shape == (2, 5)
-    descent = inspection.block_energy_descent(
+    descent = analysis.block_energy_descent(
         loaded.model, loaded.model_kwargs, images[:2], num_steps=10
     )
     assert descent.shape == (2, 11, 2) and np.all(np.isfinite(descent))
 
 
-def test_inspect_command_writes_the_pngs(tied_workdir, tmp_path):
+def test_analyze_command_writes_the_pngs(tied_workdir, tmp_path):
     out = tmp_path / "plots"
     subprocess.run(
-        [sys.executable, "-m", "imixer_jax.inspect", "--workdir", tied_workdir, "--out", str(out)],
+        [sys.executable, "-m", "imixer_jax.analyze", "--workdir", tied_workdir, "--out", str(out)],
         check=True,
         cwd=REPO,
         timeout=300,
@@ -150,13 +152,22 @@ def test_inspect_command_writes_the_pngs(tied_workdir, tmp_path):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
 
 
-def test_inspect_command_fails_with_one_line_without_checkpoint(tmp_path):
+def test_analyze_command_on_a_checkpoint_that_does_not_fit_is_one_line(tied_workdir, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(tied_workdir, workdir)
+    config = json.loads((workdir / "config.json").read_text())
+    config["model"]["hidden_dim"] = 24  # another model: the checkpoint's shapes do not fit
+    (workdir / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "plots"
     result = subprocess.run(
-        [sys.executable, "-m", "imixer_jax.inspect", "--workdir", str(tmp_path)],
+        [sys.executable, "-m", "imixer_jax.analyze", "--workdir", str(workdir), "--out", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
     )
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].startswith("error: no config.json")
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "checkpoint" in lines[0] and "; " in lines[0]
+    assert not out.exists()  # nothing written before the run loaded
