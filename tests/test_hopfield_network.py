@@ -37,7 +37,7 @@ def test_gelu_is_not_convex_and_the_flag_says_so():
     x = jnp.linspace(-3.0, 3.0, 601)
     slope = jax.vmap(jax.grad(lambda t: lagrangians.GELU().activation(t)))(x)
     assert not lagrangians.GELU.convex
-    # GELU' has its minimum -0.1289 at -sqrt(2) and its maximum 1.1289 at sqrt(2) (SPEC 1).
+    # GELU' has its minimum -0.1289 at -sqrt(2) and its maximum 1.1289 at sqrt(2) (docs/theory.md).
     np.testing.assert_allclose(slope.min(), -0.1289, atol=2e-4)
     np.testing.assert_allclose(slope.max(), 1.1289, atol=2e-4)
     assert all(LAGRANGIANS[n].convex for n in CONVEX)
@@ -50,8 +50,8 @@ def test_layernorm_with_per_channel_gain_has_no_lagrangian():
 
 
 def test_unknown_lagrangian_name():
-    with pytest.raises(ValueError, match="unknown Lagrangian 'tanh'"):
-        lagrangians.get("tanh")
+    with pytest.raises(ValueError, match="unknown Lagrangian 'swish'"):
+        lagrangians.get("swish")
 
 
 # ---------------------------------------------------------------------------------------------

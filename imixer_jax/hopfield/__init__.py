@@ -1,7 +1,26 @@
-"""Hierarchical Hopfield networks: Lagrangians, energy, dynamics and the adiabatic reduction."""
+"""Hopfield networks as graphs: Lagrangians, synapses, energy, dynamics, the adiabatic reduction
+onto any visible layers, and the fixed-point solver behind it."""
 
-from imixer_jax.hopfield import lagrangians
-from imixer_jax.hopfield.network import HierarchicalNetwork, Layer, Synapse
+from imixer_jax.hopfield import lagrangians, reduction, solver, synapses
+from imixer_jax.hopfield.graph import Layer, Network
+from imixer_jax.hopfield.lagrangians import Lagrangian, from_fn
+from imixer_jax.hopfield.network import HierarchicalNetwork, Synapse
 from imixer_jax.hopfield.solver import Solution, fixed_point
+from imixer_jax.hopfield.synapses import Dense, EnergySynapse
 
-__all__ = ["HierarchicalNetwork", "Layer", "Solution", "Synapse", "fixed_point", "lagrangians"]
+__all__ = [
+    "Dense",
+    "EnergySynapse",
+    "HierarchicalNetwork",
+    "Lagrangian",
+    "Layer",
+    "Network",
+    "Solution",
+    "Synapse",
+    "fixed_point",
+    "from_fn",
+    "lagrangians",
+    "reduction",
+    "solver",
+    "synapses",
+]

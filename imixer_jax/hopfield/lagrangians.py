@@ -1,27 +1,84 @@
-"""Lagrangians of Hopfield neurons: a scalar L(x) and its closed-form gradient g(x) = dL/dx.
+"""Lagrangians of Hopfield neurons: a scalar L(x) and its gradient g(x) = dL/dx (the activation).
+
+The public protocol is ``Lagrangian``: ``L(x)`` (a scalar summed over *all* elements of ``x``,
+any leading batch axes included), ``activation(x)`` (shaped like ``x``, equal to
+``jax.grad(L)(x)``), ``neuron_energy(x)`` (the neuron term <x, g(x)> - L(x) of the energy, also a
+sum over all elements) and the class attribute ``convex``. ``from_fn(L)`` turns any scalar function
+into a Lagrangian (activation by ``jax.grad``); the built-in ones write the activation in closed
+form so that the forward pass of a network never differentiates, and LayerNorm writes its neuron
+energy in closed form (the difference <x, g> - L cancels catastrophically in float32).
 
 Every class is a frozen pytree (``flax.struct.dataclass``): parameters such as the LayerNorm gain
 are leaves, so they can be learned and differentiated; configuration (axis, eps) is static.
-
-``L(x)`` sums over *all* elements of ``x`` (any leading batch axes included); callers that need a
-per-sample energy map over the batch. ``activation(x)`` has the shape of ``x`` and equals
-``jax.grad(L)(x)`` (checked by the tests), but is written in closed form so the forward pass of a
-network never differentiates.
+Normalising Lagrangians (``LayerNorm``, ``Softmax``, ``Spherical``) act along ``axis``: an int or a
+tuple of ints; ``None`` means every axis of the layer state, resolved to the trailing axes by the
+network that owns the layer (a LayerNorm over a whole S x D matrix is ``axis=None`` or
+``axis=(-2, -1)``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
 Array = jax.Array
+Axis = int | tuple[int, ...] | None
+
+
+@runtime_checkable
+class Lagrangian(Protocol):
+    """What a network needs of a layer's Lagrangian."""
+
+    convex: bool
+
+    def __call__(self, x: Array) -> Array:
+        """L(x) summed over all elements of ``x``: a scalar."""
+
+    def activation(self, x: Array) -> Array:
+        """g(x) = dL/dx, shaped like ``x``."""
+
+    def neuron_energy(self, x: Array) -> Array:
+        """<x, g(x)> - L(x) summed over all elements of ``x``: a scalar."""
+
+
+class _Generic:
+    """Neuron energy from L and g (exact enough unless L and <x, g> nearly cancel)."""
+
+    def neuron_energy(self, x: Array) -> Array:
+        return jnp.vdot(x, self.activation(x)) - self(x)
 
 
 @struct.dataclass
-class Identity:
+class FromFn(_Generic):
+    """A Lagrangian given by a scalar function ``fn`` of one element; activation by ``jax.grad``.
+
+    ``fn`` maps an array to an array of the same shape (elementwise L) or to a scalar (a joint L
+    of the whole state); ``convex`` is what the caller asserts (descent is guaranteed only then).
+    """
+
+    fn: Callable[[Array], Array] = struct.field(pytree_node=False)
+    convex: bool = struct.field(pytree_node=False, default=False)
+
+    def __call__(self, x: Array) -> Array:
+        return jnp.sum(self.fn(x))
+
+    def activation(self, x: Array) -> Array:
+        return jax.grad(self)(x)
+
+
+def from_fn(fn: Callable[[Array], Array], *, convex: bool = False) -> FromFn:
+    """Lagrangian ``L(x) = sum(fn(x))`` with activation ``jax.grad(L)``, e.g.
+    ``from_fn(lambda x: jnp.logaddexp(0, x), convex=True)`` (softplus)."""
+    return FromFn(fn, convex)
+
+
+@struct.dataclass
+class Identity(_Generic):
     """L = 0.5 sum x^2, g = x."""
 
     convex = True
@@ -34,7 +91,7 @@ class Identity:
 
 
 @struct.dataclass
-class ReLU:
+class ReLU(_Generic):
     """L = 0.5 sum relu(x)^2, g = relu(x)."""
 
     convex = True
@@ -48,7 +105,22 @@ class ReLU:
 
 
 @struct.dataclass
-class Softplus:
+class ReLUPower(_Generic):
+    """L = sum relu(x)^n / n, g = relu(x)^(n-1) (n >= 2; n = 2 is ``ReLU``), the rectified
+    polynomial of dense associative memories. Convex."""
+
+    power: float = struct.field(pytree_node=False, default=3.0)
+    convex = True
+
+    def __call__(self, x: Array) -> Array:
+        return jnp.sum(jax.nn.relu(x) ** self.power) / self.power
+
+    def activation(self, x: Array) -> Array:
+        return jax.nn.relu(x) ** (self.power - 1.0)
+
+
+@struct.dataclass
+class Softplus(_Generic):
     """L = sum log(1 + e^x), g = sigmoid(x)."""
 
     convex = True
@@ -60,12 +132,39 @@ class Softplus:
         return jax.nn.sigmoid(x)
 
 
+Sigmoid = Softplus  # named by its activation
+
+
 @struct.dataclass
-class Softmax:
+class Tanh(_Generic):
+    """L = sum log cosh(x), g = tanh(x). Convex (g' = 1 - tanh^2 > 0)."""
+
+    convex = True
+
+    def __call__(self, x: Array) -> Array:
+        a = jnp.abs(x)  # log cosh x = |x| + log(1 + e^{-2|x|}) - log 2, stable for large |x|
+        return jnp.sum(a + jax.nn.softplus(-2.0 * a) - math.log(2.0))
+
+    def activation(self, x: Array) -> Array:
+        return jnp.tanh(x)
+
+
+def _axes(axis: Axis, ndim: int) -> tuple[int, ...]:
+    if axis is None:
+        return tuple(range(ndim))
+    return (axis,) if isinstance(axis, int) else tuple(axis)
+
+
+def _count(x: Array, axis: Axis) -> int:
+    return math.prod(x.shape[a] for a in _axes(axis, x.ndim))
+
+
+@struct.dataclass
+class Softmax(_Generic):
     """L = (1/beta) logsumexp(beta x) along ``axis`` (summed over the others), g = softmax."""
 
     beta: float | Array = 1.0
-    axis: int = struct.field(pytree_node=False, default=-1)
+    axis: Axis = struct.field(pytree_node=False, default=-1)
     convex = True
 
     def __call__(self, x: Array) -> Array:
@@ -76,19 +175,45 @@ class Softmax:
 
 
 @struct.dataclass
+class Spherical(_Generic):
+    """L = sqrt(sum x^2 + eps) along ``axis``, g = x / ||x|| (projection on the unit sphere).
+    Convex (a norm); its neuron energy <x, g> - L = -eps / sqrt(||x||^2 + eps) in closed form."""
+
+    eps: float = struct.field(pytree_node=False, default=1e-6)
+    axis: Axis = struct.field(pytree_node=False, default=-1)
+    convex = True
+
+    def _norm(self, x: Array) -> Array:
+        return jnp.sqrt(jnp.sum(x * x, axis=self.axis, keepdims=True) + self.eps)
+
+    def __call__(self, x: Array) -> Array:
+        return jnp.sum(self._norm(x))
+
+    def activation(self, x: Array) -> Array:
+        return x / self._norm(x)
+
+    def neuron_energy(self, x: Array) -> Array:
+        return -self.eps * jnp.sum(1.0 / self._norm(x))
+
+
+@struct.dataclass
 class LayerNorm:
     """L = n gamma sqrt(Var(x) + eps) + sum delta x along ``axis``, g = LayerNorm(x).
 
-    ``gamma`` must be a scalar (>= 0) for L to exist; ``delta`` broadcasts against ``x`` (e.g. a
-    per-channel bias of shape ``[D, 1]`` for a ``[..., D, S]`` token-matrix layer). The activation
-    also accepts a per-channel ``gamma`` (the official Mixer's LayerNorm), but then no scalar L has
-    it as gradient and calling L raises.
+    ``axis`` is an int, a tuple of ints (n = the number of elements normalised together) or None
+    (every axis of the layer state). ``gamma`` must be a scalar (>= 0) for L to exist; ``delta``
+    broadcasts against ``x`` (e.g. a per-channel bias of shape ``[D, 1]`` for a ``[..., D, S]``
+    token-matrix layer). The activation also accepts a per-channel ``gamma`` (the official Mixer's
+    LayerNorm), but then no scalar L has it as gradient and calling L raises.
+
+    Neuron energy in closed form: <x, g> - L = -n gamma eps / sqrt(Var + eps) per normalised
+    group (the delta terms cancel exactly), instead of the difference of two large numbers.
     """
 
     gamma: float | Array = 1.0
     delta: float | Array = 0.0
     eps: float = struct.field(pytree_node=False, default=1e-6)
-    axis: int = struct.field(pytree_node=False, default=-1)
+    axis: Axis = struct.field(pytree_node=False, default=-1)
     convex = True
 
     def _centred(self, x: Array) -> tuple[Array, Array]:
@@ -96,23 +221,32 @@ class LayerNorm:
         var = jnp.mean(xc * xc, axis=self.axis, keepdims=True)
         return xc, var
 
-    def __call__(self, x: Array) -> Array:
+    def _check_scalar_gain(self) -> None:
         if jnp.size(self.gamma) != 1:
             raise ValueError(
                 "LayerNorm Lagrangian exists only for a scalar gain; build the layer with "
                 "scalar_scale=True (tied/energy-faithful mode) to evaluate its energy."
             )
+
+    def __call__(self, x: Array) -> Array:
+        self._check_scalar_gain()
         _, var = self._centred(x)
-        n = x.shape[self.axis]
+        n = _count(x, self.axis)
         return n * jnp.sum(self.gamma * jnp.sqrt(var + self.eps)) + jnp.sum(self.delta * x)
 
     def activation(self, x: Array) -> Array:
         xc, var = self._centred(x)
         return self.gamma * xc * jax.lax.rsqrt(var + self.eps) + self.delta
 
+    def neuron_energy(self, x: Array) -> Array:
+        self._check_scalar_gain()
+        _, var = self._centred(x)
+        n = _count(x, self.axis)
+        return -n * self.eps * jnp.sum(self.gamma * jax.lax.rsqrt(var + self.eps))
+
 
 @struct.dataclass
-class GELU:
+class GELU(_Generic):
     """L = sum Phi(x) with Phi' = GELU (exact erf form). Not convex: GELU' < 0 for x < -0.7518."""
 
     convex = False
@@ -126,13 +260,23 @@ class GELU:
         return jax.nn.gelu(x, approximate=False)
 
 
-Lagrangian = Identity | ReLU | Softplus | Softmax | LayerNorm | GELU
+def bind(lagrangian: Lagrangian, ndim: int) -> Lagrangian:
+    """Resolves ``axis=None`` (all axes of a layer of rank ``ndim``) to the trailing ``ndim``
+    axes, so that the Lagrangian also acts per sample on batched states."""
+    if getattr(lagrangian, "axis", 0) is None:
+        return lagrangian.replace(axis=tuple(range(-ndim, 0)))
+    return lagrangian
+
 
 _BY_NAME = {
     "identity": Identity,
     "relu": ReLU,
+    "relu_power": ReLUPower,
     "softplus": Softplus,
+    "sigmoid": Sigmoid,
+    "tanh": Tanh,
     "softmax": Softmax,
+    "spherical": Spherical,
     "layernorm": LayerNorm,
     "gelu": GELU,
 }

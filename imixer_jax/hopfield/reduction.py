@@ -1,0 +1,289 @@
+"""Adiabatic reduction of a Hopfield graph onto any set of visible (slow) layers.
+
+With the other ("fast") layers' time constants -> 0 they sit at their fixed point x_f = I_f(g)
+for the current visible activations, and the visible layers follow the reduced dynamics
+tau_v dx_v/dt = I_v(x_v, x_fast*) - x_v, which still descend the energy (dE/dx_f = 0 at the fixed
+point). ``docs/theory.md`` has the derivation.
+
+The fixed point is found by Gauss-Seidel sweeps over the fast layers, farthest from the visible
+set first (graph distance); currents from visible layers into fast ones are constants of the
+sweep, computed once. Only the fast layers a sweep reads before it writes them are iterated
+("carried"); the others are recomputed from them. For the chain visible -> internal -> hidden this
+is exactly the official iMLP iteration z <- u + F(z) with z the internal layer and u its drive from
+the visible layer; a fast layer that reads only visible layers (a two-layer network, or a visible
+layer with several hidden neighbours as in the parallelised Mixer) is closed form (no solver).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Collection, Mapping
+from functools import partial
+from typing import TYPE_CHECKING
+
+import jax
+import jax.numpy as jnp
+
+from imixer_jax.hopfield import solver as solver_lib
+from imixer_jax.hopfield.synapses import Dense
+
+if TYPE_CHECKING:
+    from imixer_jax.hopfield.graph import Network
+
+Array = jax.Array
+States = dict[str, Array]
+
+
+def add(*terms: Array | None) -> Array | None:
+    """Left-to-right sum of the terms that are not None (None if all are)."""
+    present = [t for t in terms if t is not None]
+    if not present:
+        return None
+    out = present[0]
+    for t in present[1:]:
+        out = out + t
+    return out
+
+
+def _reads(syn, target: str) -> set[str]:
+    """Layers whose activations the current of ``syn`` into ``target`` depends on."""
+    if isinstance(syn, Dense):  # bilinear: the current into one end reads only the other end
+        return {syn.post if target == syn.pre else syn.pre}
+    return set(syn.layers)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Static schedule of the reduction (layer and synapse names only)."""
+
+    visible: tuple[str, ...]
+    fast: tuple[str, ...]  # network order
+    init_order: tuple[str, ...]  # nearest to the visible set first
+    sweep_order: tuple[str, ...]  # farthest first
+    carried: tuple[str, ...]  # read before written in a sweep: the solver's state
+    constant: dict[str, tuple[str, ...]]  # synapses into a fast layer reading visible layers only
+    dynamic: dict[str, tuple[str, ...]]  # the other synapses into a fast layer
+
+
+def plan(net: Network, visible: Collection[str]) -> Plan:
+    """The sweep schedule for ``visible``; one-line ValueError for unknown or no visible layers."""
+    unknown = sorted(set(visible) - set(net.layers))
+    visible = tuple(n for n in net.layers if n in set(visible))
+    if unknown or not visible:
+        raise ValueError(
+            f"visible layers must be a non-empty subset of {list(net.layers)}; got "
+            f"{sorted(unknown) or 'none'}"
+        )
+    fast = tuple(n for n in net.layers if n not in visible)
+    neighbours = {n: set() for n in net.layers}
+    for syn in net.synapses.values():
+        for a in syn.layers:
+            neighbours[a] |= set(syn.layers) - {a}
+    distance = dict.fromkeys(visible, 0)
+    frontier = list(visible)
+    while frontier:
+        nxt = []
+        for a in frontier:
+            for b in sorted(neighbours[a] - set(distance), key=fast.index):
+                distance[b] = distance[a] + 1
+                nxt.append(b)
+        frontier = nxt
+    far = len(net.layers)  # layers not connected to the visible set come last in the init
+    init_order = tuple(sorted(fast, key=lambda n: distance.get(n, far)))
+    sweep_order = tuple(reversed(init_order))
+    constant, dynamic = {}, {}
+    for f in fast:
+        touching = [(k, s) for k, s in net.synapses.items() if f in s.layers]
+        constant[f] = tuple(k for k, s in touching if _reads(s, f) <= set(visible))
+        dynamic[f] = tuple(k for k, s in touching if k not in constant[f])
+    written, carried = set(), []
+    for f in sweep_order:
+        for k in dynamic[f]:
+            for r in _reads(net.synapses[k], f):
+                if r in fast and r not in written and r not in carried:
+                    carried.append(r)
+        written.add(f)
+    carried = tuple(n for n in fast if n in carried)
+    return Plan(visible, fast, init_order, sweep_order, carried, constant, dynamic)
+
+
+class _Activations(Mapping):
+    """Activations computed on first use (and cached) from a dict of states."""
+
+    def __init__(self, net: Network, states: Mapping[str, Array], known: Mapping | None = None):
+        self._net, self._states, self._cache = net, states, dict(known or {})
+
+    def __getitem__(self, name: str) -> Array:
+        if name not in self._cache:
+            self._cache[name] = self._net.layers[name].lagrangian.activation(self._states[name])
+        return self._cache[name]
+
+    def __iter__(self):
+        return iter(self._states)
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+
+def _select(net: Network, names: tuple[str, ...]) -> dict:
+    return {k: net.synapses[k] for k in names}
+
+
+def _zeros(net: Network, name: str, dtype, batch: tuple[int, ...]) -> Array:
+    return jnp.zeros(batch + net.layers[name].shape, dtype)
+
+
+def _prepare(net: Network, visible: States):
+    """Plan, batch shape, dtype, visible activations and the constant drives of the fast layers
+    (currents from the visible layers, computed once)."""
+    p = plan(net, visible)
+    batch = net.batch_shape(visible)
+    dtype = next(iter(visible.values())).dtype
+    gs = _Activations(net, visible)
+    constant = {f: net.current(f, gs, _select(net, p.constant[f])) for f in p.fast}
+    return p, batch, dtype, gs._cache, constant
+
+
+def _init(net, p, visible, visible_gs, constant, batch, dtype) -> States:
+    """Fast states, nearest first, each set to its drive from the layers already set."""
+    states = dict(visible)
+    gs = _Activations(net, states, visible_gs)
+    for f in p.init_order:
+        ready = tuple(k for k in p.dynamic[f] if _reads(net.synapses[k], f) <= set(states))
+        total = add(constant[f], net.current(f, gs, _select(net, ready)), net.layers[f].bias)
+        states[f] = _zeros(net, f, dtype, batch) if total is None else total
+    return {f: states[f] for f in p.fast}
+
+
+def init_states(net: Network, visible: States) -> States:
+    """All states from the visible ones: each other layer, nearest first, set to its drive from
+    the layers already set (a feedforward pass; zeros where nothing drives it yet)."""
+    p, batch, dtype, visible_gs, constant = _prepare(net, visible)
+    fast = _init(net, p, visible, visible_gs, constant, batch, dtype)
+    return {n: visible[n] if n in visible else fast[n] for n in net.layers}
+
+
+def _update(net, p, f, gs, constant, batch, dtype) -> Array:
+    total = add(constant[f], net.current(f, gs, _select(net, p.dynamic[f])), net.layers[f].bias)
+    return _zeros(net, f, dtype, batch) if total is None else total
+
+
+def _sweep(carried: States, params, step_net=None, *, p: Plan, batch, dtype) -> States:
+    """One Gauss-Seidel sweep: new states of the carried layers. ``params`` is
+    ``(net, constant drives, visible activations)``; ``step_net`` replaces ``net`` if given."""
+    net, constant, visible_gs = params
+    use = net if step_net is None else step_net
+    states = dict(carried)
+    gs = _Activations(use, states, visible_gs)
+    for f in p.sweep_order:
+        states[f] = _update(use, p, f, gs, constant, batch, dtype)
+        gs._cache.pop(f, None)  # later reads see the new state (Gauss-Seidel)
+    return {f: states[f] for f in p.carried}
+
+
+def _complete(net, p, carried, constant, visible_gs, batch, dtype) -> States:
+    """Every fast state from the carried ones (the others recomputed, carried kept)."""
+    states = dict(carried)
+    gs = _Activations(net, states, visible_gs)
+    for f in p.sweep_order:
+        if f not in carried:
+            states[f] = _update(net, p, f, gs, constant, batch, dtype)
+    return {f: states[f] for f in p.fast}
+
+
+def solve_fast(
+    net: Network,
+    visible: States,
+    *,
+    max_steps: int = 0,
+    tol: float = 0.0,
+    adjoint: str = "unrolled",
+    per_step: Network | None = None,
+    per_sample: bool = False,
+    **solver,
+) -> tuple[States, solver_lib.Solution | None]:
+    """Fast layers at their fixed point for the visible states.
+
+    Iterates Gauss-Seidel sweeps from the feedforward initial state (``init_states``), so that
+    ``max_steps = n_iter`` with ``tol = 0`` reproduces the official iMLP FPA.
+
+    Args:
+      net: the network.
+      visible: ``{name: x}`` for the visible layers, each ``[*batch, *shape]``.
+      max_steps, tol, adjoint: as in ``solver.fixed_point``.
+      per_step: optional copy of ``net`` whose arrays carry a leading ``[max_steps]`` axis
+        (sweep k uses slice k; unrolled adjoint only), e.g. the official per-call spectral norm.
+      per_sample: every sample (index of the batch axes) stops on its own residual.
+      **solver: further options of ``solver.fixed_point`` (method, unroll, throw, ...).
+
+    Returns:
+      ``({name: x*}`` for every fast layer, ``Solution`` or None when the fast layers are closed
+      form (no fast layer reads another before it is set)).
+    """
+    p, batch, dtype, visible_gs, constant = _prepare(net, visible)
+    if not p.carried:
+        return _complete(net, p, {}, constant, visible_gs, batch, dtype), None
+    x0 = _init(net, p, visible, visible_gs, constant, batch, dtype)
+    solution = solver_lib.fixed_point(
+        partial(_sweep, p=p, batch=batch, dtype=dtype),
+        {f: x0[f] for f in p.carried},
+        (net, constant, visible_gs),
+        max_steps=max_steps,
+        tol=tol,
+        adjoint=adjoint,
+        per_step_params=per_step,
+        batch_ndim=len(batch) if per_sample else 0,
+        **solver,
+    )
+    return _complete(net, p, solution.value, constant, visible_gs, batch, dtype), solution
+
+
+def reduced_currents(net: Network, visible: States, fast: States) -> States:
+    """Drive into every visible layer at the fast states (synapses in order, then bias)."""
+    gs = _Activations(net, {**visible, **fast})
+    out = {}
+    for v, x in visible.items():
+        total = add(net.current(v, gs), net.layers[v].bias)
+        out[v] = jnp.zeros_like(x) if total is None else total
+    return out
+
+
+def reduced_descend(
+    net: Network, visible: States, *, dt: float, num_steps: int, **solve
+) -> tuple[Array | None, dict[str, Array], States]:
+    """Explicit Euler steps x_v += dt / tau_v (I_v - x_v) of the reduced visible dynamics, the
+    fast layers solved (``solve_fast(**solve)``) at every visited state, under ``lax.scan``.
+
+    Returns ``(energies, stats, final)``: the reduced energy ``[num_steps + 1, *batch]`` at every
+    visited state (None if the network is untied); solver statistics at every visited state,
+    ``{'steps', 'residual', 'status'}`` each ``[num_steps + 1, *solver_shape]`` (empty when the fast
+    layers are closed form); and the final visible states.
+    """
+    return _reduced_descend(net, visible, dt, num_steps, tuple(sorted(solve.items())))
+
+
+def _record(net, x, fast, solution):
+    energy = net.reduced_energy(x, fast) if net.tied else None
+    if solution is None:
+        return energy, {}
+    return energy, {
+        "steps": solution.steps,
+        "residual": solution.residual,
+        "status": solution.status,
+    }
+
+
+@partial(jax.jit, static_argnums=(2, 3, 4))
+def _reduced_descend(net, visible, dt, num_steps, solve):
+    solve = dict(solve)
+
+    def step(x, _):
+        fast, solution = solve_fast(net, x, **solve)
+        current = reduced_currents(net, x, fast)
+        new = {v: x[v] + dt / net.layers[v].tau * (current[v] - x[v]) for v in x}
+        return new, _record(net, x, fast, solution)
+
+    final, records = jax.lax.scan(step, visible, None, length=num_steps)
+    last = _record(net, final, *solve_fast(net, final, **solve))
+    energies, stats = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), records, last)
+    return energies, stats, final

@@ -1,0 +1,186 @@
+"""Synapses: the couplings of a Hopfield network, each defined by its energy.
+
+A synapse couples the layers named in ``layers`` (one name for a self-coupling such as attention,
+two for an edge). It contributes ``energy(*gs)`` to the network energy (a scalar of one sample,
+the activations ``gs`` of its layers without batch axes) and the currents ``-dE/dg`` into its
+layers. ``EnergySynapse`` (the base class) takes the currents from ``jax.grad`` of the energy, so a
+user-defined synapse only writes its energy::
+
+    @struct.dataclass
+    class Attention(EnergySynapse):               # Energy Transformer style, one layer [N, D]
+        wq: Array; wk: Array
+        layers: tuple[str, ...] = struct.field(pytree_node=False, default=("tokens",))
+        def energy(self, g):
+            scores = (g @ self.wq) @ (g @ self.wk).T          # [N, N]
+            return -jnp.sum(jax.nn.logsumexp(scores, axis=-1))
+
+``Dense`` is the linear synapse, written in closed form: an einsum spec on the unbatched states
+says which axes of the presynaptic layer the kernel contracts and which it shares, e.g. for an
+``[S, D]`` visible layer a token synapse ``'sd,st->td'`` (contracts S, shared by the D channels)
+and a channel synapse ``'sd,dc->sc'`` (contracts D, shared by the S tokens). Dense synapses may
+be untied: an independent ``feedback`` kernel drives the presynaptic layer (symmetry broken; the
+dynamics stay defined, the energy does not).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+Array = jax.Array
+
+
+class EnergySynapse:
+    """Base class of a synapse defined by its energy (subclass it as a ``struct.dataclass``).
+
+    Subclasses set the static field ``layers`` and write ``energy``; ``currents`` follows by
+    ``jax.grad``. ``tied`` is True when the currents are minus the gradient of ``energy`` (the
+    network energy exists); a subclass that overrides ``currents`` with something else sets
+    ``tied = False``.
+    """
+
+    layers: tuple[str, ...]
+    tied: ClassVar[bool] = True
+    batched: ClassVar[bool] = False  # True: ``currents`` accepts leading batch axes
+
+    def energy(self, *gs: Array) -> Array:
+        """Energy of one sample (activations without batch axes): a scalar."""
+        raise NotImplementedError(f"{type(self).__name__} must define energy(*gs)")
+
+    def currents(self, *gs: Array) -> tuple[Array, ...]:
+        """Currents ``-dE/dg`` into each of ``layers``, shaped like ``gs`` (one sample)."""
+        return tuple(-c for c in jax.grad(self.energy, argnums=tuple(range(len(gs))))(*gs))
+
+    def check(self, shapes: tuple[tuple[int, ...], ...]) -> None:
+        """Raise a one-line ValueError if the synapse cannot couple layers of these shapes."""
+
+
+def broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    """Whether an array of ``shape`` broadcasts to exactly ``target``."""
+    try:
+        return jnp.broadcast_shapes(tuple(shape), tuple(target)) == tuple(target)
+    except ValueError:
+        return False
+
+
+def _parse(spec: str) -> tuple[str, str, str]:
+    """``'pre,kernel->post'`` as three axis strings; a leading ``...`` on pre and post (shared
+    leading axes of any number) is dropped, since batch axes are leading too."""
+    try:
+        inputs, post = spec.replace(" ", "").split("->")
+        pre, kernel = inputs.split(",")
+    except ValueError:
+        raise ValueError(
+            f"einsum spec {spec!r} must read 'pre,kernel->post', e.g. 'sd,st->td'"
+        ) from None
+    if pre.startswith("...") != post.startswith("...") or "." in kernel:
+        raise ValueError(f"einsum spec {spec!r}: '...' may lead both pre and post, nothing else")
+    pre, post = pre.removeprefix("..."), post.removeprefix("...")
+    if set(post) - set(pre + kernel) or "." in pre + post:
+        raise ValueError(f"einsum spec {spec!r}: every post axis must come from pre or kernel")
+    return pre, kernel, post
+
+
+@struct.dataclass
+class Dense(EnergySynapse):
+    """Linear synapse between ``pre`` and ``post``; closed-form currents.
+
+    Feedforward current into post: ``einsum(spec, g_pre, weight) + forward_bias``; feedback
+    current into pre: ``einsum(post, fb_kernel -> pre) + feedback_bias`` with ``fb_kernel`` the
+    ``weight`` (tied: symmetric coupling) or ``feedback``, whose axes are those of ``weight`` in
+    reverse order (``[n_post, n_pre]`` for the default spec). Biases broadcast against the layer
+    they drive. Energy (tied): ``-<g_post, weight . g_pre> - <forward_bias, g_post> -
+    <feedback_bias, g_pre>``.
+
+    Attributes:
+      weight: kernel, axes as in ``spec`` (``[n_pre, n_post]`` for the default
+        ``'...i,io->...o'``, which contracts the last axis and shares the others).
+      feedback: untied feedback kernel (axes of ``weight`` reversed), or None for tied.
+      forward_bias / feedback_bias: optional biases of the two currents.
+      pre / post: names of the layers coupled (filled in by ``HierarchicalNetwork`` for chains).
+      spec: einsum on unbatched states ``'pre_axes,kernel_axes->post_axes'`` (a leading ``...``
+        on both sides: any shared leading axes).
+    """
+
+    weight: Array
+    feedback: Array | None = None
+    forward_bias: Array | None = None
+    feedback_bias: Array | None = None
+    pre: str = struct.field(pytree_node=False, default="")
+    post: str = struct.field(pytree_node=False, default="")
+    spec: str = struct.field(pytree_node=False, default="...i,io->...o")
+    batched: ClassVar[bool] = True
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return (self.pre, self.post)
+
+    @property
+    def tied(self) -> bool:
+        return self.feedback is None
+
+    def check(self, shapes: tuple[tuple[int, ...], ...]) -> None:
+        pre, kernel, post = _parse(self.spec)
+        sizes: dict[str, int] = {}
+        named = [("pre layer", pre, shapes[0]), ("kernel", kernel, jnp.shape(self.weight))]
+        named.append(("post layer", post, shapes[1]))
+        if self.feedback is not None:
+            named.append(("feedback kernel", kernel[::-1], jnp.shape(self.feedback)))
+        for what, axes, shape in named:
+            exact = what.endswith("kernel") or "..." not in self.spec
+            if len(axes) > len(shape) or (exact and len(axes) != len(shape)):
+                raise ValueError(
+                    f"synapse {self.pre}->{self.post}: {what} has shape {tuple(shape)} but "
+                    f"spec {self.spec!r} gives it {len(axes)} axes"
+                )
+            for axis, size in zip(axes, shape[len(shape) - len(axes) :]):
+                if sizes.setdefault(axis, size) != size:
+                    raise ValueError(
+                        f"synapse {self.pre}->{self.post}: axis {axis!r} of the {what} has size "
+                        f"{size}, elsewhere {sizes[axis]} (spec {self.spec!r})"
+                    )
+        lead_pre, lead_post = (
+            shapes[0][: len(shapes[0]) - len(pre)],
+            shapes[1][: len(shapes[1]) - len(post)],
+        )
+        if lead_pre != lead_post:
+            raise ValueError(
+                f"synapse {self.pre}->{self.post}: the shared leading axes differ, "
+                f"{lead_pre} vs {lead_post} (spec {self.spec!r})"
+            )
+        for what, bias, shape in (
+            ("forward_bias", self.forward_bias, shapes[1]),
+            ("feedback_bias", self.feedback_bias, shapes[0]),
+        ):
+            if bias is not None and not broadcasts_to(jnp.shape(bias), shape):
+                raise ValueError(
+                    f"synapse {self.pre}->{self.post}: {what} of shape {jnp.shape(bias)} does "
+                    f"not broadcast to its layer's shape {shape}"
+                )
+
+    def forward(self, g_pre: Array) -> Array:
+        """Current into post, ``[..., *pre_shape] -> [..., *post_shape]``."""
+        pre, kernel, post = _parse(self.spec)
+        out = jnp.einsum(f"...{pre},{kernel}->...{post}", g_pre, self.weight)
+        return out if self.forward_bias is None else out + self.forward_bias
+
+    def backward(self, g_post: Array) -> Array:
+        """Current into pre, ``[..., *post_shape] -> [..., *pre_shape]``."""
+        pre, kernel, post = _parse(self.spec)
+        if self.feedback is None:
+            out = jnp.einsum(f"...{post},{kernel}->...{pre}", g_post, self.weight)
+        else:
+            out = jnp.einsum(f"...{post},{kernel[::-1]}->...{pre}", g_post, self.feedback)
+        return out if self.feedback_bias is None else out + self.feedback_bias
+
+    def currents(self, g_pre: Array, g_post: Array) -> tuple[Array, Array]:
+        return self.backward(g_post), self.forward(g_pre)
+
+    def energy(self, g_pre: Array, g_post: Array) -> Array:
+        out = -jnp.vdot(g_post, self.forward(g_pre))
+        if self.feedback_bias is None:
+            return out
+        return out - jnp.sum(jnp.broadcast_to(self.feedback_bias, g_pre.shape) * g_pre)

@@ -1,0 +1,327 @@
+"""Hopfield graphs: named layers and synapses, synapse axes, user-defined synapses, cycles, and
+the adiabatic reduction onto any visible layers (a visible layer with two hidden neighbours: the
+parallelised Mixer block)."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import struct
+
+from imixer_jax.hopfield import (
+    Dense,
+    EnergySynapse,
+    HierarchicalNetwork,
+    Layer,
+    Network,
+    Synapse,
+    lagrangians,
+)
+
+F32_EPS = float(jnp.finfo(jnp.float32).eps)
+S, D, T, C = 6, 4, 5, 7
+
+
+def _normal(key, shape, scale=1.0):
+    return scale * jax.random.normal(key, shape) / np.sqrt(shape[0])
+
+
+def parallel_mixer_block(key, *, hidden="relu", tied=True) -> Network:
+    """The parallelised Mixer block: a visible S x D layer with a LayerNorm Lagrangian over the
+    whole matrix, a token hidden layer (T x D) and a channel hidden layer (S x C), both attached
+    to the visible layer. Reduced update: x <- x + TokenMLP(LN x) + ChannelMLP(LN x)."""
+    k = jax.random.split(key, 4)
+    token = Dense(_normal(k[0], (S, T)), pre="x", post="tok", spec="sd,st->td")
+    channel = Dense(_normal(k[1], (D, C)), pre="x", post="chn", spec="sd,dc->sc")
+    if not tied:  # a symmetry-breaking feedback, as in the asymmetric Mixer
+        token = token.replace(feedback=_normal(k[2], (T, S)))
+        channel = channel.replace(feedback=_normal(k[3], (C, D)))
+    return Network(
+        layers={
+            "x": Layer(lagrangians.LayerNorm(gamma=1.0, axis=None), (S, D)),
+            "tok": Layer(lagrangians.get(hidden), (T, D), bias=0.1 * jnp.ones((T, 1))),
+            "chn": Layer(lagrangians.get(hidden), (S, C), bias=-0.1 * jnp.ones((C,))),
+        },
+        synapses={"token": token, "channel": channel},
+    )
+
+
+def test_token_and_channel_synapses_contract_their_axis():
+    net = parallel_mixer_block(jax.random.PRNGKey(0))
+    w_tok, w_chn = net.synapses["token"].weight, net.synapses["channel"].weight
+    g = jax.random.normal(jax.random.PRNGKey(1), (2, S, D))
+    tok, chn = net.synapses["token"].forward(g), net.synapses["channel"].forward(g)
+    chex.assert_shape((tok, chn), ((2, T, D), (2, S, C)))
+    for b in range(2):
+        np.testing.assert_allclose(tok[b], w_tok.T @ g[b], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(chn[b], g[b] @ w_chn, rtol=1e-5, atol=1e-6)
+    # Tied feedback is the transposed map: <h, W g> = <W^T h, g>.
+    h = jax.random.normal(jax.random.PRNGKey(2), (T, D))
+    back = net.synapses["token"].backward(h)
+    np.testing.assert_allclose(jnp.vdot(h, tok[0]), jnp.vdot(back, g[0]), rtol=1e-5)
+
+
+def test_reduced_update_is_token_mlp_plus_channel_mlp():
+    net = parallel_mixer_block(jax.random.PRNGKey(3))
+    x = 2.0 * jax.random.normal(jax.random.PRNGKey(4), (3, S, D))
+    fast, solution = net.solve_fast({"x": x})
+    assert solution is None  # both hidden layers read only the visible one: closed form
+    y = net.reduced_currents({"x": x}, fast)["x"]
+    g = (x - x.mean((1, 2), keepdims=True)) / jnp.sqrt(x.var((1, 2), keepdims=True) + 1e-6)
+    w_tok, w_chn = net.synapses["token"].weight, net.synapses["channel"].weight
+    token_mlp = jnp.einsum(
+        "st,btd->bsd", w_tok, jax.nn.relu(jnp.einsum("st,bsd->btd", w_tok, g) + 0.1)
+    )
+    channel_mlp = jax.nn.relu(g @ w_chn - 0.1) @ w_chn.T
+    np.testing.assert_allclose(y, token_mlp + channel_mlp, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("hidden", ["relu", "softplus", "tanh"])
+def test_parallel_mixer_block_descends_its_reduced_energy(hidden):
+    net = parallel_mixer_block(jax.random.PRNGKey(5), hidden=hidden)
+    x = 2.0 * jax.random.normal(jax.random.PRNGKey(6), (4, S, D))
+    energies, stats, final = net.reduced_descend({"x": x}, dt=0.05, num_steps=200)
+    chex.assert_shape(energies, (201, 4))
+    assert stats == {}  # closed form: no solver statistics
+    scale = 1.0 + jnp.abs(energies)
+    # Rounding of an energy of a few hundred float32 terms: 256 ulps of its magnitude.
+    assert bool(jnp.all(jnp.diff(energies, axis=0) <= 256 * F32_EPS * scale[1:]))
+    assert bool(jnp.all(energies[-1] < energies[0] - 1e-2))  # it really descended
+    chex.assert_shape(final["x"], (4, S, D))
+
+
+def test_untied_block_has_dynamics_but_no_energy():
+    net = parallel_mixer_block(jax.random.PRNGKey(7), tied=False)
+    x = jax.random.normal(jax.random.PRNGKey(8), (2, S, D))
+    energies, _, final = net.reduced_descend({"x": x}, dt=0.1, num_steps=3)
+    assert energies is None
+    assert bool(jnp.all(jnp.isfinite(final["x"])))
+    with pytest.raises(ValueError, match="tied"):
+        net.energy(net.init_states({"x": x}))
+
+
+@pytest.mark.parametrize(
+    "build,match",
+    [
+        (lambda w: {"s": Dense(w, pre="x", post="nope", spec="sd,st->td")}, "unknown layer"),
+        (lambda w: {"s": Dense(w, pre="x", post="tok", spec="sd,dt->td")}, "axis 'd'"),
+        (lambda w: {"s": Dense(w, pre="x", post="tok", spec="sd,st")}, "pre,kernel->post"),
+        (lambda w: {"s": Dense(w, pre="x", post="tok", spec="sd,st->qd")}, "post axis"),
+        (lambda w: {"s": Dense(w[:, :2], pre="x", post="tok", spec="sd,st->td")}, "elsewhere 2"),
+        (
+            lambda w: {"s": Dense(w, pre="x", post="tok", spec="sd,st->td", forward_bias=w)},
+            "forward_bias",
+        ),
+    ],
+)
+def test_construction_errors_are_one_line(build, match):
+    layers = {
+        "x": Layer(lagrangians.LayerNorm(axis=None), (S, D)),
+        "tok": Layer(lagrangians.ReLU(), (T, D)),
+    }
+    with pytest.raises(ValueError, match=match) as err:
+        Network(layers, build(jnp.ones((S, T))))
+    assert "\n" not in str(err.value)
+
+
+def test_layer_bias_and_chain_length_are_checked():
+    with pytest.raises(ValueError, match="bias of shape"):
+        Network({"x": Layer(lagrangians.ReLU(), (3,), bias=jnp.ones(4))}, {})
+    with pytest.raises(ValueError, match="needs 1 synapses, got 2"):
+        layers = (Layer(lagrangians.ReLU(), (3,)), Layer(lagrangians.ReLU(), (2,)))
+        HierarchicalNetwork(layers, (Synapse(jnp.ones((3, 2))), Synapse(jnp.ones((3, 2)))))
+
+
+# ---------------------------------------------------------------------------------------------
+# User-defined synapses: only the energy is written.
+
+
+@struct.dataclass
+class Attention(EnergySynapse):
+    """Energy-Transformer-like self-coupling of a token layer [N, D]."""
+
+    wq: jax.Array
+    wk: jax.Array
+    beta: float = struct.field(pytree_node=False, default=1.0)
+    layers: tuple[str, ...] = struct.field(pytree_node=False, default=("tokens",))
+
+    def energy(self, g):
+        scores = (g @ self.wq) @ (g @ self.wk).T  # [N, N]
+        return -jnp.sum(jax.nn.logsumexp(self.beta * scores, axis=-1)) / self.beta
+
+
+@struct.dataclass
+class Bilinear(EnergySynapse):
+    """The Dense energy written by hand: its currents come from jax.grad."""
+
+    weight: jax.Array
+    layers: tuple[str, ...] = struct.field(pytree_node=False, default=("x", "tok"))
+
+    def energy(self, g_x, g_tok):
+        return -jnp.vdot(g_tok, jnp.einsum("sd,st->td", g_x, self.weight))
+
+
+def test_energy_defined_synapse_matches_the_closed_form_one():
+    w = _normal(jax.random.PRNGKey(9), (S, T))
+    layers = {
+        "x": Layer(lagrangians.LayerNorm(axis=None), (S, D)),
+        "tok": Layer(lagrangians.Softplus(), (T, D)),
+    }
+    dense = Network(layers, {"s": Dense(w, pre="x", post="tok", spec="sd,st->td")})
+    generic = Network(layers, {"s": Bilinear(w)})
+    xs = {"x": jax.random.normal(jax.random.PRNGKey(10), (3, S, D))}
+    xs["tok"] = jax.random.normal(jax.random.PRNGKey(11), (3, T, D))
+    # Same sums in another order: float32 rounding of O(1) values.
+    chex.assert_trees_all_close(generic.currents(xs), dense.currents(xs), rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(generic.energy(xs), dense.energy(xs), rtol=1e-5, atol=1e-5)
+
+
+def test_attention_network_descends_its_energy():
+    n, d, k = 5, 4, 3
+    keys = jax.random.split(jax.random.PRNGKey(12), 4)
+    net = Network(
+        layers={
+            "tokens": Layer(lagrangians.LayerNorm(gamma=1.0), (n, d)),
+            "memories": Layer(lagrangians.ReLU(), (6, d)),
+        },
+        synapses={
+            "attention": Attention(_normal(keys[0], (d, k)), _normal(keys[1], (d, k))),
+            "hopfield": Dense(
+                _normal(keys[2], (n, 6)), pre="tokens", post="memories", spec="nd,nm->md"
+            ),
+        },
+    )
+    xs = {
+        "tokens": 2.0 * jax.random.normal(keys[3], (3, n, d)),
+        "memories": jnp.zeros((3, 6, d)),
+    }
+    energies, _, _ = net.descend(xs, dt=0.02, num_steps=300)
+    scale = 1.0 + jnp.abs(energies)
+    assert bool(jnp.all(jnp.diff(energies, axis=0) <= 256 * F32_EPS * scale[1:]))
+    assert bool(jnp.all(energies[-1] < energies[0] - 1e-2))
+
+
+def test_energy_descends_on_a_cycle():
+    keys = jax.random.split(jax.random.PRNGKey(13), 4)
+    sizes = {"a": 4, "b": 5, "c": 3}
+    net = Network(
+        layers={
+            "a": Layer(lagrangians.Softplus(), (4,), tau=0.5),
+            "b": Layer(lagrangians.Tanh(), (5,)),
+            "c": Layer(lagrangians.Spherical(), (3,), tau=2.0),
+        },
+        synapses={
+            "ab": Dense(_normal(keys[0], (4, 5)), pre="a", post="b"),
+            "bc": Dense(_normal(keys[1], (5, 3)), pre="b", post="c"),
+            "ca": Dense(_normal(keys[2], (3, 4)), pre="c", post="a"),
+        },
+    )
+    xs = {n: 2.0 * jax.random.normal(k, (8, s)) for (n, s), k in zip(sizes.items(), keys)}
+    energies, _, _ = net.descend(xs, dt=0.02, num_steps=300)
+    assert bool(jnp.all(jnp.diff(energies, axis=0) <= 256 * F32_EPS * (1 + jnp.abs(energies[1:]))))
+    assert bool(jnp.all(energies[-1] < energies[0] - 1e-3))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reduction onto any visible layers.
+
+
+def star_network(key) -> Network:
+    """Visible 'v' with two hidden neighbours 'a' and 'b', and 'c' above 'a' (so the reduction
+    needs the solver): a non-chain graph, tied, convex Lagrangians, biases."""
+    k = jax.random.split(key, 6)
+    return Network(
+        layers={
+            "v": Layer(lagrangians.LayerNorm(gamma=1.0, delta=0.1), (5,)),
+            "a": Layer(lagrangians.Softplus(), (4,), bias=0.2 * jax.random.normal(k[4], (4,))),
+            "b": Layer(lagrangians.ReLU(), (3,)),
+            "c": Layer(lagrangians.Tanh(), (6,), bias=0.1 * jax.random.normal(k[5], (6,))),
+        },
+        synapses={
+            "va": Dense(_normal(k[0], (5, 4)), pre="v", post="a", forward_bias=0.1 * jnp.ones(4)),
+            "vb": Dense(_normal(k[1], (5, 3)), pre="v", post="b"),
+            "ac": Dense(_normal(k[2], (4, 6), 0.8), pre="a", post="c"),
+        },
+    )
+
+
+def test_init_states_is_a_feedforward_pass():
+    net = star_network(jax.random.PRNGKey(14))
+    v = jax.random.normal(jax.random.PRNGKey(15), (2, 5))
+    xs = net.init_states({"v": v})
+    g = net.layers["v"].lagrangian.activation(v)
+    a = net.synapses["va"].forward(g) + net.layers["a"].bias
+    c = net.synapses["ac"].forward(jax.nn.sigmoid(a)) + net.layers["c"].bias
+    chex.assert_trees_all_close(
+        xs, {"v": v, "a": a, "b": net.synapses["vb"].forward(g), "c": c}, rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("visible", [("v",), ("a",), ("v", "c"), ("b", "c")])
+def test_fast_fixed_point_is_stationary_for_the_energy(visible):
+    """At the fixed point of the fast layers, dE/dx_fast = 0 for any choice of visible layers."""
+    net = star_network(jax.random.PRNGKey(16))
+    xs = {
+        n: 1.5 * jax.random.normal(jax.random.PRNGKey(i), (3, *layer.shape))
+        for i, (n, layer) in enumerate(net.layers.items())
+    }
+    vis = {n: xs[n] for n in visible}
+    fast, solution = net.solve_fast(vis, max_steps=300, tol=1e-7, adjoint="implicit")
+    grads = jax.grad(lambda f: jnp.sum(net.energy({**vis, **f})))(fast)
+    grads0 = jax.grad(lambda f: jnp.sum(net.energy({**vis, **f})))({n: xs[n] for n in fast})
+    # |dE/dx_f| = |M_f (x_f - I_f)| <= |M_f| * residual * |x| ~ 1e-6; 1e-4 leaves margin.
+    assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads)) < 1e-4
+    assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads0)) > 1e-2
+    if solution is not None:
+        assert bool(jnp.all(solution.status == 0))
+
+
+def test_unknown_visible_layer_is_a_one_line_error():
+    net = star_network(jax.random.PRNGKey(17))
+    with pytest.raises(ValueError, match="visible layers must be a non-empty subset"):
+        net.solve_fast({"w": jnp.ones((1, 5))})
+
+
+def test_reduced_descend_reports_energies_and_solver_statistics():
+    net = star_network(jax.random.PRNGKey(18))
+    v = 2.0 * jax.random.normal(jax.random.PRNGKey(19), (4, 5))
+    energies, stats, _ = net.reduced_descend(
+        {"v": v}, dt=0.05, num_steps=60, max_steps=100, tol=1e-6, per_sample=True
+    )
+    chex.assert_shape(energies, (61, 4))
+    chex.assert_shape((stats["steps"], stats["residual"], stats["status"]), ((61, 4),) * 3)
+    assert bool(jnp.all(stats["status"] == 0)) and bool(jnp.all(stats["residual"] <= 1e-6))
+    scale = 1.0 + jnp.abs(energies)
+    # Each energy is evaluated at a fixed point solved to 1e-6: its error is second order in the
+    # residual (dE/dx_fast = 0), far below the 256-ulp rounding of the energy itself.
+    assert bool(jnp.all(jnp.diff(energies, axis=0) <= 256 * F32_EPS * scale[1:]))
+    assert bool(jnp.all(energies[-1] < energies[0] - 1e-2))
+
+
+def test_reduced_dynamics_equal_full_dynamics_in_the_adiabatic_limit_on_a_star():
+    """Full ODE with tau_fast / tau_visible = 1e-2 and 1e-3 versus the reduced dynamics of 'v':
+    the gap shrinks linearly with the ratio (first-order adiabatic error)."""
+    base = star_network(jax.random.PRNGKey(20))
+    v0 = 2.0 * jax.random.normal(jax.random.PRNGKey(21), (2, 5))
+    errors = {}
+    for ratio in (1e-2, 1e-3):
+        layers = {n: x.replace(tau=1.0 if n == "v" else ratio) for n, x in base.layers.items()}
+        net = base.replace(layers=layers)
+        dt = ratio / 10
+        num_steps = round(1.0 / dt)
+
+        def solve(v, net=net):
+            return net.solve_fast({"v": v}, max_steps=200, tol=1e-7, adjoint="implicit")[0]
+
+        full = net.integrate({"v": v0, **solve(v0)}, dt=dt, num_steps=num_steps)
+
+        def reduced_step(v, _, net=net, dt=dt, solve=solve):
+            return v + dt * (net.reduced_currents({"v": v}, solve(v))["v"] - v), None
+
+        reduced, _ = jax.lax.scan(reduced_step, v0, None, length=num_steps)
+        moved = float(jnp.max(jnp.abs(reduced - v0)))
+        assert moved > 0.5, moved
+        errors[ratio] = float(jnp.max(jnp.abs(full["v"] - reduced))) / moved
+    assert errors[1e-3] < 1e-2, errors
+    assert 7.0 < errors[1e-2] / errors[1e-3] < 13.0, errors
