@@ -33,8 +33,6 @@ schedule (defined in optimiser updates) spans ``steps / k`` updates.
 from __future__ import annotations
 
 import inspect
-import math
-import os
 import re
 import sys
 
@@ -47,7 +45,6 @@ from imixer_jax import data
 from imixer_jax.models import registry
 from imixer_jax.models.mixer import Mixer
 
-_CLUSTER_ENV = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "MEGASCALE_NUM_SLICES")
 INITIALIZE = ("auto", "always", "never")
 UNITS = ("epochs", "steps")
 
@@ -205,50 +202,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
             "distributed.process_id",
             f"must be in [0, {dist.num_processes}), got {dist.process_id}",
         )
-
-
-def validate_devices(config: ml_collections.ConfigDict, device_count: int, process_count: int):
-    """Checks that need the device and process counts (still before anything compiles).
-
-    Returns:
-      The mesh shape with its -1 resolved.
-    """
-    shape = tuple(config.mesh.shape)
-    known = math.prod(n for n in shape if n != -1)
-    if -1 in shape:
-        _check(
-            device_count % known == 0,
-            "mesh.shape",
-            f"{shape} does not divide the {device_count} devices",
-        )
-        shape = tuple(device_count // known if n == -1 else n for n in shape)
-    _check(
-        math.prod(shape) == device_count,
-        "mesh.shape",
-        f"{shape} needs {math.prod(shape)} devices, but there are {device_count}",
-    )
-    data_size = shape[tuple(config.mesh.axes).index("data")]
-    shards = math.lcm(data_size, process_count)
-    for key in ("batch_size", "eval_batch_size"):
-        _check(
-            config[key] % shards == 0,
-            key,
-            f"{config[key]} is not divisible by the {data_size} data-parallel devices "
-            f"and {process_count} processes",
-        )
-    return shape
-
-
-def wants_distributed(config: ml_collections.ConfigDict) -> bool:
-    """Whether to call ``jax.distributed.initialize``: 'always'; 'never'; 'auto' = a coordinator
-    address is set or a multi-process launcher's environment is found (SLURM, Open MPI,
-    multislice TPU). On a Cloud TPU pod without these variables use 'always'."""
-    mode = config.distributed.initialize
-    if mode != "auto":
-        return mode == "always"
-    if config.distributed.coordinator_address:
-        return True
-    return any(int(os.environ.get(name, "1") or "1") > 1 for name in _CLUSTER_ENV)
 
 
 _OVERRIDE = re.compile(r"^--?(config(?:\.[^=\s]+)+)(?:=.*)?$")

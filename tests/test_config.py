@@ -74,36 +74,6 @@ def test_wrong_type_is_rejected_on_assignment():
         config.batch_size = "many"
 
 
-def test_device_checks_resolve_the_mesh_and_name_the_key():
-    config = default.get_config()
-    config.batch_size, config.eval_batch_size = 64, 120
-    assert config_lib.validate_devices(config, 8, 1) == (8, 1)
-    config.mesh.shape = (-1, 2)
-    assert config_lib.validate_devices(config, 8, 2) == (4, 2)
-    config.mesh.shape = (3, 1)
-    with pytest.raises(config_lib.ConfigError, match=r"^config.mesh.shape: .*8"):
-        config_lib.validate_devices(config, 8, 1)
-    config.mesh.shape = (-1, 1)
-    config.batch_size = 60
-    with pytest.raises(config_lib.ConfigError, match=r"^config.batch_size: 60 is not divisible"):
-        config_lib.validate_devices(config, 8, 1)
-
-
-def test_wants_distributed(monkeypatch):
-    config = default.get_config()
-    for name in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "MEGASCALE_NUM_SLICES"):
-        monkeypatch.delenv(name, raising=False)
-    assert not config_lib.wants_distributed(config)
-    monkeypatch.setenv("SLURM_NTASKS", "4")
-    assert config_lib.wants_distributed(config)
-    config.distributed.initialize = "never"
-    assert not config_lib.wants_distributed(config)
-    monkeypatch.delenv("SLURM_NTASKS")
-    config.distributed.initialize = "auto"
-    config.distributed.coordinator_address = "localhost:1234"
-    assert config_lib.wants_distributed(config)
-
-
 def _cli(workdir, *overrides, env=None):
     """Start the training CLI on the default config; JAX logs every compilation it starts."""
     env = {**os.environ, "JAX_LOG_COMPILES": "1", **(env or {})}

@@ -1,0 +1,217 @@
+"""``train_and_evaluate(config, workdir)``: the training loop with logging, checkpoints and
+evaluation; it resumes from the newest checkpoint in ``workdir``."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterator
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from imixer_jax import checkpointing, data, sharding
+from imixer_jax import config as config_lib
+from imixer_jax.training.errors import TrainingError
+from imixer_jax.training.evaluation import evaluate_state
+from imixer_jax.training.state import Setup, TrainState, init_state, prepare
+from imixer_jax.training.steps import make_eval_step, make_sigma_fn, make_train_step
+from imixer_jax.training.writers import MetricWriter
+
+
+def _train_batches(setup: Setup, start_step: int) -> Iterator[dict]:
+    """The pipeline from global batch ``start_step`` on; built before anything compiles, so that
+    a bad augmentation setting fails first."""
+    config = setup.config
+    try:
+        return data.train_batches(
+            name=config.data.name,
+            data_dir=config.data.data_dir,
+            split=config.data.train_split,
+            image_size=config.model.img_size,
+            global_batch_size=config.batch_size,
+            seed=config.seed,
+            start_step=start_step,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            augment=config.data.augment.to_dict(),
+        )
+    except ValueError as e:
+        raise config_lib.ConfigError(f"config.data: {' '.join(str(e).split())}") from e
+
+
+def _check_finite(rows: list[tuple[int, dict]], ckpt: checkpointing.Checkpointer) -> None:
+    """Raise TrainingError at the first non-finite loss, after pending saves are complete."""
+    for step, row in rows:
+        if not math.isfinite(float(row["loss"])):
+            ckpt.wait()
+            latest = ckpt.latest_step()
+            kept = (
+                "no checkpoint had been saved"
+                if latest is None
+                else f"the last good checkpoint (step {latest}) in {ckpt.directory} is kept"
+            )
+            raise TrainingError(
+                f"non-finite loss ({float(row['loss'])}) at step {step}: training stopped; "
+                f"{kept}. Lower optimizer.lr or set optimizer.grad_clip_norm."
+            )
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Train ``config`` in ``workdir`` (resuming from its newest checkpoint) and evaluate.
+
+    Writes ``workdir/config.json``, ``metrics.jsonl``, ``tensorboard/`` and ``checkpoints/``.
+
+    Returns:
+      Final metrics: ``step``, ``train/loss`` (last logged), ``test/top1``, ``test/top5``,
+      ``test/loss`` (and ``test_ema/*`` with EMA), ``wall_time_s``.
+
+    Raises:
+      config_lib.ConfigError: before anything compiles (config, dataset, augmentation).
+      TrainingError: non-finite loss; the last good checkpoint is kept.
+    """
+    start_time = time.time()
+    setup = prepare(config)
+    config, plan = setup.config, setup.plan
+    is_main = jax.process_index() == 0
+    if is_main:
+        _save_config(config, workdir)
+    ckpt = checkpointing.Checkpointer(
+        workdir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep
+    )
+    writer = MetricWriter(workdir, enabled=is_main)
+    try:
+        latest = ckpt.latest_step()
+        start = 0 if latest is None else latest
+        batches = _train_batches(setup, start) if start < plan.total_steps else iter(())
+        if latest is None:
+            state = init_state(setup)
+        else:
+            state = ckpt.restore(setup.abstract_state)
+            logging.info("resumed from the checkpoint of step %d in %s", start, ckpt.directory)
+        logging.info(
+            "%d steps (%d per epoch, batch %d, %d updates of %d steps), mesh %s",
+            plan.total_steps,
+            plan.steps_per_epoch,
+            config.batch_size,
+            plan.total_steps // plan.accum_steps,
+            plan.accum_steps,
+            dict(setup.mesh.shape),
+        )
+        loop = _Loop(setup, ckpt, writer)
+        result = loop.run(state, start, batches)
+    finally:
+        ckpt.close()
+        writer.close()
+    result["wall_time_s"] = time.time() - start_time
+    logging.info(
+        "final: step %d, test top-1 %.2f%%, top-5 %.2f%%, loss %.4f, %.1f s",
+        result["step"],
+        100 * result["test/top1"],
+        100 * result["test/top5"],
+        result["test/loss"],
+        result["wall_time_s"],
+    )
+    return result
+
+
+def _train_scalars(window: list[dict], seconds: float, step: int, setup: Setup) -> dict[str, float]:
+    """Scalars of one log window (host metrics of its steps, wall time): window means of loss,
+    accuracy and gradient norm; the last lr; throughput; time per step; ETA."""
+    step_time = seconds / len(window)
+    scalars = {
+        f"train/{name}": float(np.mean([row[name] for row in window]))
+        for name in ("loss", "accuracy", "grad_norm")
+    }
+    scalars["train/lr"] = float(window[-1]["lr"])
+    scalars["train/images_per_s"] = setup.config.batch_size / step_time
+    scalars["train/step_time_s"] = step_time
+    scalars["train/eta_s"] = (setup.plan.total_steps - step) * step_time
+    return scalars
+
+
+class _Loop:
+    """The steps of one run with their compiled functions, checkpointer and metric writer."""
+
+    def __init__(
+        self, setup: Setup, ckpt: checkpointing.Checkpointer, writer: MetricWriter
+    ) -> None:
+        self.setup, self.ckpt, self.writer = setup, ckpt, writer
+        self.train_step, self.eval_step = make_train_step(setup), make_eval_step(setup)
+        self.sigma_fn = make_sigma_fn(setup)
+
+    def run(self, state: TrainState, start: int, batches: Iterator[dict]) -> dict[str, float]:
+        """Train from step ``start`` to the end; ``batches`` yields global batch ``start`` on."""
+        setup, ckpt = self.setup, self.ckpt
+        config, total = setup.config, setup.plan.total_steps
+        pending: list[tuple[int, dict]] = []  # device metrics not yet checked on host
+        window: list[dict] = []  # host metrics since the last log
+        result: dict[str, float] = {}
+        window_start = time.time()
+        for step in range(start + 1, total + 1):  # step = steps done after this update
+            batch = sharding.global_batch(setup.mesh, next(batches))
+            state, metrics = self.train_step(state, batch)
+            pending.append((step, metrics))
+            log_now = step % config.log_every_steps == 0 or step == total
+            save_now = ckpt.should_save(step) or step == total
+            eval_now = step == total or (
+                config.eval_every_steps > 0 and step % config.eval_every_steps == 0
+            )
+            if not (log_now or save_now or eval_now):
+                continue
+            rows = jax.device_get(pending)
+            pending = []
+            _check_finite(rows, ckpt)  # before a save: a bad state never replaces a good one
+            window.extend(row for _, row in rows)
+            if save_now:
+                ckpt.save(step, state)
+            if log_now:
+                result["train/loss"] = self._log(state, step, window, time.time() - window_start)
+                window = []
+                window_start = time.time()
+            if eval_now:
+                result.update(self._evaluate(state, step))
+                window_start = time.time()  # evaluation time is not training time
+        if start >= total:  # already complete: evaluate the final checkpoint again
+            result.update(self._evaluate(state, total))
+        result["step"] = total
+        return result
+
+    def _log(self, state: TrainState, step: int, window: list[dict], seconds: float) -> float:
+        """Write and log the scalars of a window; returns its mean loss."""
+        scalars = _train_scalars(window, seconds, step, self.setup)
+        sigmas = jax.device_get(self.sigma_fn(state.params, state.rest))
+        self.writer.write(step, {**scalars, **{k: float(v) for k, v in sigmas.items()}})
+        logging.info(
+            "step %d/%d  loss %.4f  acc %.3f  lr %.2e  |g| %.3f  %.0f img/s  %.1f ms/step  ETA %s",
+            step,
+            self.setup.plan.total_steps,
+            scalars["train/loss"],
+            scalars["train/accuracy"],
+            scalars["train/lr"],
+            scalars["train/grad_norm"],
+            scalars["train/images_per_s"],
+            1000 * scalars["train/step_time_s"],
+            _format_eta(scalars["train/eta_s"]),
+        )
+        return scalars["train/loss"]
+
+    def _evaluate(self, state: TrainState, step: int) -> dict[str, float]:
+        scalars = evaluate_state(self.setup, self.eval_step, state)
+        self.writer.write(step, scalars)
+        logging.info("step %d  %s", step, "  ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
+        return scalars
