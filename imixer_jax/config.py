@@ -49,6 +49,9 @@ INITIALIZE = ("auto", "always", "never")
 UNITS = ("epochs", "steps")
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # the trainer's parameters and learning rates are float32
+
+
 class ConfigError(ValueError):
     """An invalid configuration; the message is one line that names the key."""
 
@@ -156,6 +159,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _check(config[key] >= 1, key, f"must be >= 1, got {config[key]}")
 
     opt = config.optimizer
+    for key in ("lr", "eps", "weight_decay", "grad_clip_norm"):
+        _check(
+            abs(opt[key]) < FLOAT32_MAX,
+            f"optimizer.{key}",
+            f"{opt[key]} overflows float32 (the largest float32 is {FLOAT32_MAX:.4g})",
+        )
     _check(opt.lr > 0, "optimizer.lr", f"must be > 0, got {opt.lr}")
     for key in ("b1", "b2"):
         _check(0 <= opt[key] < 1, f"optimizer.{key}", f"must be in [0, 1), got {opt[key]}")

@@ -8,6 +8,8 @@ import json
 
 
 def read_jsonl(path: str) -> list[dict]:
-    """The rows of a ``metrics.jsonl`` file."""
+    """The complete rows of a ``metrics.jsonl`` file. A last line without its newline (a write
+    cut by a kill or a full disk) is not a complete row and is skipped."""
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = f.read().split("\n")
+    return [json.loads(line) for line in lines[:-1] if line.strip()]

@@ -36,6 +36,7 @@ def test_model_section_equals_registry_kwargs():
         ("model", "token_mixer", "attention", "config.model.token_mixer"),
         ("model", "dtype", "int8", "config.model"),
         ("optimizer", "lr", 0.0, "config.optimizer.lr"),
+        ("optimizer", "lr", 1e39, "config.optimizer.lr"),  # overflows float32
         ("optimizer", "accum_steps", 0, "config.optimizer.accum_steps"),
         ("optimizer", "ema_decay", 1.0, "config.optimizer.ema_decay"),
         ("schedule", "unit", "hours", "config.schedule.unit"),

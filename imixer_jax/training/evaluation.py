@@ -44,19 +44,22 @@ def evaluate_state(setup: Setup, eval_step, state: TrainState) -> dict[str, floa
 
 
 def restore_state(setup: Setup, workdir: str, step: int | None = None) -> TrainState:
-    """Train state of checkpoint ``step`` (default: the newest) in ``workdir``, placed in the
-    setup's shardings.
+    """Train state of checkpoint ``step`` (default: the newest intact one; a damaged newer one
+    gets a warning line) in ``workdir``, placed in the setup's shardings. Reads only: creates,
+    moves and deletes nothing.
 
     Raises:
       FileNotFoundError: no such checkpoint.
       checkpointing.CheckpointError: it does not fit ``setup``'s train state, or is damaged.
     """
-    config = setup.config
-    ckpt = checkpointing.Checkpointer(
-        workdir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep
-    )
+    ckpt = checkpointing.Checkpointer(workdir, read_only=True)
     try:
-        return ckpt.restore(setup.abstract_state, step)
+        if step is not None:
+            return ckpt.restore(setup.abstract_state, step)
+        _, state = ckpt.restore_newest_intact(setup.abstract_state, set_aside=False)
+        if state is None:
+            raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
+        return state
     finally:
         ckpt.close()
 

@@ -1,8 +1,15 @@
 """``train_and_evaluate(config, workdir)``: the training loop with logging, checkpoints and
-evaluation; it resumes from the newest checkpoint in ``workdir``."""
+evaluation; it resumes from the newest intact checkpoint in ``workdir``.
+
+What the loop guarantees: one trainer per workdir (``lock.py``); ``config.json`` is written only
+once the resume has been accepted; a state with a non-finite loss, gradient norm or parameter is
+never saved; a failed save or metrics write stops the run with one line and keeps the previous
+checkpoint; SIGTERM / SIGINT save and end the run normally (``preemption.py``).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -17,6 +24,8 @@ from imixer_jax import checkpointing, data, sharding
 from imixer_jax import config as config_lib
 from imixer_jax.training.errors import TrainingError
 from imixer_jax.training.evaluation import evaluate_state
+from imixer_jax.training.lock import WorkdirLock
+from imixer_jax.training.preemption import StopRequest
 from imixer_jax.training.state import Setup, TrainState, init_state, prepare
 from imixer_jax.training.steps import make_eval_step, make_sigma_fn, make_train_step
 from imixer_jax.training.writers import MetricWriter
@@ -43,10 +52,18 @@ def _train_batches(setup: Setup, start_step: int) -> Iterator[dict]:
         raise config_lib.ConfigError(f"config.data: {' '.join(str(e).split())}") from e
 
 
+_GUARDED = (("loss", "loss"), ("grad_norm", "gradient norm"))
+
+
 def _check_finite(rows: list[tuple[int, dict]], ckpt: checkpointing.Checkpointer) -> None:
-    """Raise TrainingError at the first non-finite loss, after pending saves are complete."""
+    """Raise TrainingError at the first step whose loss, gradient norm or updated parameters are
+    not finite, after pending saves are complete (so that the message names the kept one)."""
     for step, row in rows:
-        if not math.isfinite(float(row["loss"])):
+        bad = [f"{label} ({float(row[key])})" for key, label in _GUARDED]
+        bad = [b for b, (key, _) in zip(bad, _GUARDED) if not math.isfinite(float(row[key]))]
+        if not row["params_finite"]:
+            bad.append("updated parameters")
+        if bad:
             ckpt.wait()
             latest = ckpt.latest_step()
             kept = (
@@ -55,8 +72,8 @@ def _check_finite(rows: list[tuple[int, dict]], ckpt: checkpointing.Checkpointer
                 else f"the last good checkpoint (step {latest}) in {ckpt.directory} is kept"
             )
             raise TrainingError(
-                f"non-finite loss ({float(row['loss'])}) at step {step}: training stopped; "
-                f"{kept}. Lower optimizer.lr or set optimizer.grad_clip_norm."
+                f"non-finite {', '.join(bad)} at step {step}: training stopped; {kept}. "
+                f"Lower optimizer.lr or set optimizer.grad_clip_norm."
             )
 
 
@@ -66,9 +83,17 @@ def _format_eta(seconds: float) -> str:
 
 
 def _save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+    """Write ``workdir/config.json`` atomically (a full disk leaves the previous one)."""
+    path = os.path.join(workdir, "config.json")
+    try:
+        with open(path + ".tmp", "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+        os.replace(path + ".tmp", path)
+    except OSError as e:
+        raise TrainingError(
+            f"writing {path} failed ({e.strerror}); free disk space or fix the workdir's "
+            f"permissions and rerun"
+        ) from e
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -78,31 +103,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     Returns:
       Final metrics: ``step``, ``train/loss`` (last logged), ``test/top1``, ``test/top5``,
-      ``test/loss`` (and ``test_ema/*`` with EMA), ``wall_time_s``.
+      ``test/loss`` (and ``test_ema/*`` with EMA), ``wall_time_s``. After SIGTERM / SIGINT:
+      ``step`` (of the checkpoint saved), ``preempted`` (1.0) and ``wall_time_s``.
 
-    Raises:
+    Raises (each with a one-line message):
       config_lib.ConfigError: before anything compiles (config, dataset, augmentation).
-      TrainingError: non-finite loss; the last good checkpoint is kept.
+      lock.WorkdirBusyError: another trainer uses ``workdir``.
+      checkpointing.CheckpointError: the newest checkpoint does not fit ``config``, every
+        checkpoint is damaged, or a save failed (the previous checkpoint is kept).
+      TrainingError: non-finite values (the last good checkpoint is kept); a file cannot be
+        written.
     """
     start_time = time.time()
     setup = prepare(config)
     config, plan = setup.config, setup.plan
     is_main = jax.process_index() == 0
-    if is_main:
-        _save_config(config, workdir)
-    ckpt = checkpointing.Checkpointer(
-        workdir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep
-    )
-    writer = MetricWriter(workdir, enabled=is_main)
-    try:
-        latest = ckpt.latest_step()
+    with contextlib.ExitStack() as stack:
+        if is_main:
+            stack.enter_context(WorkdirLock(workdir))
+        ckpt = checkpointing.Checkpointer(
+            workdir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep
+        )
+        stack.callback(ckpt.close)
+        latest, state = ckpt.restore_newest_intact(setup.abstract_state, set_aside=is_main)
         start = 0 if latest is None else latest
         batches = _train_batches(setup, start) if start < plan.total_steps else iter(())
-        if latest is None:
+        if state is None:
             state = init_state(setup)
         else:
-            state = ckpt.restore(setup.abstract_state)
             logging.info("resumed from the checkpoint of step %d in %s", start, ckpt.directory)
+        if is_main:  # only now: a rejected resume leaves the config.json of the checkpoints
+            _save_config(config, workdir)
+        writer = MetricWriter(workdir, enabled=is_main, resume_step=start)
+        stack.callback(writer.close)
         logging.info(
             "%d steps (%d per epoch, batch %d, %d updates of %d steps), mesh %s",
             plan.total_steps,
@@ -112,12 +145,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             plan.accum_steps,
             dict(setup.mesh.shape),
         )
-        loop = _Loop(setup, ckpt, writer)
-        result = loop.run(state, start, batches)
-    finally:
-        ckpt.close()
-        writer.close()
+        result = _Loop(setup, ckpt, writer).run(state, start, batches)
+        ckpt.wait()
     result["wall_time_s"] = time.time() - start_time
+    if "preempted" in result:
+        return result
     logging.info(
         "final: step %d, test top-1 %.2f%%, top-5 %.2f%%, loss %.4f, %.1f s",
         result["step"],
@@ -162,32 +194,45 @@ class _Loop:
         window: list[dict] = []  # host metrics since the last log
         result: dict[str, float] = {}
         window_start = time.time()
-        for step in range(start + 1, total + 1):  # step = steps done after this update
-            batch = sharding.global_batch(setup.mesh, next(batches))
-            state, metrics = self.train_step(state, batch)
-            pending.append((step, metrics))
-            log_now = step % config.log_every_steps == 0 or step == total
-            save_now = ckpt.should_save(step) or step == total
-            eval_now = step == total or (
-                config.eval_every_steps > 0 and step % config.eval_every_steps == 0
-            )
-            if not (log_now or save_now or eval_now):
-                continue
-            rows = jax.device_get(pending)
-            pending = []
-            _check_finite(rows, ckpt)  # before a save: a bad state never replaces a good one
-            window.extend(row for _, row in rows)
-            if save_now:
-                ckpt.save(step, state)
-            if log_now:
-                result["train/loss"] = self._log(state, step, window, time.time() - window_start)
-                window = []
-                window_start = time.time()
-            if eval_now:
-                result.update(self._evaluate(state, step))
-                window_start = time.time()  # evaluation time is not training time
+        with StopRequest(ckpt.reached_preemption) as stop:
+            for step in range(start + 1, total + 1):  # step = steps done after this update
+                batch = sharding.global_batch(setup.mesh, next(batches))
+                state, metrics = self.train_step(state, batch)
+                pending.append((step, metrics))
+                stopping = stop(step)
+                log_now = step % config.log_every_steps == 0 or step == total
+                save_now = ckpt.should_save(step) or step == total or stopping
+                eval_now = step == total or (
+                    config.eval_every_steps > 0 and step % config.eval_every_steps == 0
+                )
+                if not (log_now or save_now or eval_now):
+                    continue
+                rows = jax.device_get(pending)
+                pending = []
+                _check_finite(rows, ckpt)  # before a save: a bad state never replaces a good one
+                window.extend(row for _, row in rows)
+                if save_now:
+                    ckpt.save(step, state)
+                if log_now:
+                    seconds = time.time() - window_start
+                    result["train/loss"] = self._log(state, step, window, seconds)
+                    window = []
+                    window_start = time.time()
+                if stopping:
+                    ckpt.wait()
+                    logging.warning(
+                        "%s: saved the checkpoint of step %d in %s and stopped; rerun the same "
+                        "command to resume",
+                        stop.signal,
+                        step,
+                        ckpt.directory,
+                    )
+                    return {**result, "step": step, "preempted": 1.0}
+                if eval_now:
+                    result.update(self._evaluate(state, step))
+                    window_start = time.time()  # evaluation time is not training time
         if start >= total:  # already complete: evaluate the final checkpoint again
-            result.update(self._evaluate(state, total))
+            result.update(self._evaluate(state, total, write=not self.writer.logged(total)))
         result["step"] = total
         return result
 
@@ -210,8 +255,9 @@ class _Loop:
         )
         return scalars["train/loss"]
 
-    def _evaluate(self, state: TrainState, step: int) -> dict[str, float]:
+    def _evaluate(self, state: TrainState, step: int, write: bool = True) -> dict[str, float]:
         scalars = evaluate_state(self.setup, self.eval_step, state)
-        self.writer.write(step, scalars)
+        if write:
+            self.writer.write(step, scalars)
         logging.info("step %d  %s", step, "  ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
         return scalars

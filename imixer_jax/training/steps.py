@@ -32,7 +32,8 @@ def make_train_step(setup: Setup) -> Callable[[TrainState, dict], tuple[TrainSta
 
     ``batch``: global ``{'image': [B, H, W, 3] float32, 'label': [B] int32}`` on ``'data'``.
     ``metrics``: replicated float32 scalars ``loss`` (soft-target cross-entropy), ``accuracy``
-    (on the hard labels), ``grad_norm`` (before clipping) and ``lr`` (of this step's update).
+    (on the hard labels), ``grad_norm`` (before clipping) and ``lr`` (of this step's update), and
+    the bool ``params_finite`` (every updated parameter is finite; the loop's guard).
     """
     config, graphdef = setup.config, setup.graphdef
     num_classes = config.model.num_classes
@@ -65,6 +66,9 @@ def make_train_step(setup: Setup) -> Callable[[TrainState, dict], tuple[TrainSta
             accuracy=jnp.mean(jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32),
             grad_norm=optax.global_norm(grads),
             lr=jnp.asarray(setup.schedule(state.step // k), jnp.float32),
+            params_finite=jnp.all(
+                jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)])
+            ),
         )
         new_state = state.replace(
             step=state.step + 1, params=params, rest=rest, opt_state=opt_state, ema_params=ema
