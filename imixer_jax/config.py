@@ -23,6 +23,8 @@ Schema (defaults in ``base_config``):
     mesh.shape, mesh.axes  device mesh, e.g. (-1, 1) over ('data', 'model'); one -1 at most
     checkpoint             every_steps (0 = only at the end), keep (newest kept)
     log_every_steps, eval_every_steps (0 = only at the end)
+    profile_steps          trace this many steps (after the first, compiling one) into
+                           DIR/profile for TensorBoard's profiler; 0 = off
     distributed            initialize ('auto' | 'always' | 'never'), coordinator_address,
                            num_processes, process_id (None = detected by jax.distributed)
 
@@ -95,6 +97,7 @@ def base_config(model: str = "imixer_s16", **model_overrides) -> ml_collections.
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3))
     c.log_every_steps = 100
     c.eval_every_steps = 0
+    c.profile_steps = 0
     c.distributed = ml_collections.ConfigDict(
         dict(
             initialize="auto",
@@ -196,6 +199,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(config.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")
     _check(config.log_every_steps >= 1, "log_every_steps", "must be >= 1")
     _check(config.eval_every_steps >= 0, "eval_every_steps", "must be >= 0 (0 = at the end)")
+    _check(config.profile_steps >= 0, "profile_steps", "must be >= 0 (0 = no profile)")
 
     dist = config.distributed
     _check(

@@ -17,7 +17,6 @@ What each fault must leave:
 import glob
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -214,17 +213,16 @@ def jax_cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("jax_cache"))
 
 
-def _trainer(config_path, workdir, jax_cache, preexec_fn=None):
+def _trainer(config_path, workdir, jax_cache, file_size_limit=None):
     command = [sys.executable, "-m", "imixer_jax.train", "--config", config_path]
+    command += ["--workdir", workdir]
+    if file_size_limit is not None:  # in 1 KiB blocks; past it writes fail with EFBIG
+        command = ["bash", "-c", f'ulimit -f {file_size_limit}; trap "" XFSZ; exec "$@"', "-"]
+        command += [sys.executable, "-m", "imixer_jax.train", "--config", config_path]
+        command += ["--workdir", workdir]
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": jax_cache}
     return subprocess.Popen(
-        [*command, "--workdir", workdir],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=preexec_fn,
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
 
@@ -235,7 +233,7 @@ def _logged_steps(workdir):
         return []
 
 
-def _wait_for(condition, process, timeout=240):
+def _wait_for(condition, process, timeout=600):  # generous: a loaded machine compiles slowly
     deadline = time.time() + timeout
     while time.time() < deadline and process.poll() is None and not condition():
         time.sleep(0.01)
@@ -250,7 +248,7 @@ def test_signal_saves_and_exits_cleanly(data_dir, jax_cache, tmp_path, sig):
     trainer = _trainer(config_path, workdir, jax_cache)
     _wait_for(lambda: len(_logged_steps(workdir)) >= 3, trainer)
     trainer.send_signal(sig)
-    _, err = trainer.communicate(timeout=120)
+    _, err = trainer.communicate(timeout=600)
     assert trainer.returncode == 0, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
     lines = [line for line in err.splitlines() if f"{sig.name}: saved the checkpoint" in line]
@@ -280,14 +278,6 @@ def test_sigkill_during_a_save_leaves_a_restorable_workdir(data_dir, jax_cache, 
     assert int(state.step) == complete
 
 
-def _limit_file_size(limit):
-    def preexec():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past it fail with EFBIG instead
-
-    return preexec
-
-
 def test_full_disk_stops_with_one_line_and_keeps_checkpoint_and_metrics(
     data_dir, trained, jax_cache, tmp_path
 ):
@@ -301,7 +291,7 @@ def test_full_disk_stops_with_one_line_and_keeps_checkpoint_and_metrics(
         os.path.getsize(os.path.join(workdir, "checkpoints", "2", "default", "_METADATA")) > limit
     )
     trainer = _trainer(config_path, workdir, jax_cache, preexec_fn=_limit_file_size(limit))
-    _, err = trainer.communicate(timeout=300)
+    _, err = trainer.communicate(timeout=600)
     assert trainer.returncode == 1, err[-3000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: ") and "failed" in last, err[-3000:]
@@ -311,3 +301,11 @@ def test_full_disk_stops_with_one_line_and_keeps_checkpoint_and_metrics(
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         text = f.read()
     assert text.endswith("\n") and all(json.loads(line) for line in text.splitlines())
+
+
+def test_workdir_that_is_a_file_fails_with_one_line(tmp_path):
+    path = tmp_path / "run"
+    path.write_text("not a directory")
+    with pytest.raises(training.TrainingError, match="cannot use .* as the workdir") as info:
+        WorkdirLock(str(path)).__enter__()
+    assert "\n" not in str(info.value)

@@ -323,3 +323,37 @@ def test_mismatched_or_damaged_checkpoint_fails_with_one_line_and_deletes_nothin
     # Without a step, evaluation takes the newest intact checkpoint and moves nothing.
     assert training.evaluate_checkpoint(config, workdir)["step"] == newest - 2
     assert set(_checkpoint_files(workdir)) == set(before)
+
+
+def test_parameter_overview_lists_every_array_and_the_total():
+    from imixer_jax.training.summary import parameter_overview
+
+    params = nnx.state(nnx.Linear(3, 2, rngs=nnx.Rngs(0)), nnx.Param)
+    lines = parameter_overview(params).splitlines()
+    assert lines[0].split() == ["parameter", "shape", "size", "sharding"]
+    assert [line.split()[:3] for line in lines[1:3]] == [
+        ["bias", "(2,)", "2"],
+        ["kernel", "(3,", "2)"],
+    ]
+    assert lines[-1] == "total 8 parameters in 2 arrays"
+
+
+def test_progress_leaves_out_what_it_did_not_time(monkeypatch):
+    from imixer_jax.training import progress as progress_lib
+
+    now = [100.0]
+    monkeypatch.setattr(progress_lib.time, "time", lambda: now[0])
+    progress = progress_lib.Progress(total=20, batch_size=8)
+    now[0] = 160.0  # the compiling first step: the loop restarts the clock after it
+    progress.restart()
+    assert progress.report(1) == {}  # nothing timed yet: no rate, no ETA
+    progress.data_wait(0.5)
+    progress.step()
+    progress.step()
+    now[0] = 164.0
+    assert progress.report(10) == {
+        "train/images_per_s": 4.0,
+        "train/step_time_s": 2.0,
+        "train/data_wait_s": 0.25,
+        "train/eta_s": 20.0,
+    }

@@ -34,15 +34,22 @@ class WorkdirLock:
         self._fd: int | None = None
 
     def __enter__(self) -> WorkdirLock:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        workdir = os.path.dirname(self.path)
+        try:
+            os.makedirs(workdir, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise TrainingError(
+                f"cannot use {workdir} as the workdir ({e.strerror}): give a writable directory "
+                f"(it is created if missing)"
+            ) from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise WorkdirBusyError(
-                f"{os.path.dirname(self.path)} is in use by another trainer ({holder}); wait "
+                f"{workdir} is in use by another trainer ({holder}); wait "
                 f"for it to end or train into another workdir"
             ) from None
         except OSError as e:

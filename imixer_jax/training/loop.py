@@ -26,8 +26,10 @@ from imixer_jax.training.errors import TrainingError
 from imixer_jax.training.evaluation import evaluate_state
 from imixer_jax.training.lock import WorkdirLock
 from imixer_jax.training.preemption import StopRequest
+from imixer_jax.training.progress import Progress
 from imixer_jax.training.state import Setup, TrainState, init_state, prepare
 from imixer_jax.training.steps import make_eval_step, make_sigma_fn, make_train_step
+from imixer_jax.training.summary import parameter_overview
 from imixer_jax.training.writers import MetricWriter
 
 
@@ -145,7 +147,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             plan.accum_steps,
             dict(setup.mesh.shape),
         )
-        result = _Loop(setup, ckpt, writer).run(state, start, batches)
+        logging.info("parameters:\n%s", parameter_overview(state.params))
+        writer.write_text("config", config.to_json_best_effort(indent=2, sort_keys=True))
+        result = _Loop(setup, ckpt, writer, workdir).run(state, start, batches)
         ckpt.wait()
     result["wall_time_s"] = time.time() - start_time
     if "preempted" in result:
@@ -161,18 +165,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return result
 
 
-def _train_scalars(window: list[dict], seconds: float, step: int, setup: Setup) -> dict[str, float]:
-    """Scalars of one log window (host metrics of its steps, wall time): window means of loss,
-    accuracy and gradient norm; the last lr; throughput; time per step; ETA."""
-    step_time = seconds / len(window)
+def _train_scalars(window: list[dict]) -> dict[str, float]:
+    """Window means of loss, accuracy and gradient norm over the host metrics of a log window;
+    the last lr."""
     scalars = {
         f"train/{name}": float(np.mean([row[name] for row in window]))
         for name in ("loss", "accuracy", "grad_norm")
     }
     scalars["train/lr"] = float(window[-1]["lr"])
-    scalars["train/images_per_s"] = setup.config.batch_size / step_time
-    scalars["train/step_time_s"] = step_time
-    scalars["train/eta_s"] = (setup.plan.total_steps - step) * step_time
     return scalars
 
 
@@ -180,11 +180,23 @@ class _Loop:
     """The steps of one run with their compiled functions, checkpointer and metric writer."""
 
     def __init__(
-        self, setup: Setup, ckpt: checkpointing.Checkpointer, writer: MetricWriter
+        self, setup: Setup, ckpt: checkpointing.Checkpointer, writer: MetricWriter, workdir: str
     ) -> None:
         self.setup, self.ckpt, self.writer = setup, ckpt, writer
         self.train_step, self.eval_step = make_train_step(setup), make_eval_step(setup)
         self.sigma_fn = make_sigma_fn(setup)
+        self.progress = Progress(setup.plan.total_steps, setup.config.batch_size)
+        self.profile_dir = os.path.join(workdir, "profile")
+
+    def _profile(self, step: int, start: int, metrics: dict) -> None:
+        """Trace steps ``start + 2 ..= start + 1 + profile_steps`` (``config.profile_steps``)."""
+        n = self.setup.config.profile_steps
+        if n and step == start + 1:
+            jax.profiler.start_trace(self.profile_dir)
+        if n and step == start + 1 + n:
+            jax.block_until_ready(metrics)
+            jax.profiler.stop_trace()
+            logging.info("profile of steps %d-%d written to %s", start + 2, step, self.profile_dir)
 
     def run(self, state: TrainState, start: int, batches: Iterator[dict]) -> dict[str, float]:
         """Train from step ``start`` to the end; ``batches`` yields global batch ``start`` on."""
@@ -193,12 +205,20 @@ class _Loop:
         pending: list[tuple[int, dict]] = []  # device metrics not yet checked on host
         window: list[dict] = []  # host metrics since the last log
         result: dict[str, float] = {}
-        window_start = time.time()
+        progress = self.progress
         with StopRequest(ckpt.reached_preemption) as stop:
             for step in range(start + 1, total + 1):  # step = steps done after this update
+                waited = time.time()
                 batch = sharding.global_batch(setup.mesh, next(batches))
+                progress.data_wait(time.time() - waited)
                 state, metrics = self.train_step(state, batch)
                 pending.append((step, metrics))
+                if step == start + 1:  # it compiled: time the steps after it
+                    jax.block_until_ready(metrics)
+                    progress.restart()
+                else:
+                    progress.step()
+                self._profile(step, start, metrics)
                 stopping = stop(step)
                 log_now = step % config.log_every_steps == 0 or step == total
                 save_now = ckpt.should_save(step) or step == total or stopping
@@ -214,10 +234,8 @@ class _Loop:
                 if save_now:
                     ckpt.save(step, state)
                 if log_now:
-                    seconds = time.time() - window_start
-                    result["train/loss"] = self._log(state, step, window, seconds)
+                    result["train/loss"] = self._log(state, step, window)
                     window = []
-                    window_start = time.time()
                 if stopping:
                     ckpt.wait()
                     logging.warning(
@@ -230,28 +248,35 @@ class _Loop:
                     return {**result, "step": step, "preempted": 1.0}
                 if eval_now:
                     result.update(self._evaluate(state, step))
-                    window_start = time.time()  # evaluation time is not training time
+                    progress.restart()  # evaluation time is not training time
         if start >= total:  # already complete: evaluate the final checkpoint again
             result.update(self._evaluate(state, total, write=not self.writer.logged(total)))
         result["step"] = total
         return result
 
-    def _log(self, state: TrainState, step: int, window: list[dict], seconds: float) -> float:
+    def _log(self, state: TrainState, step: int, window: list[dict]) -> float:
         """Write and log the scalars of a window; returns its mean loss."""
-        scalars = _train_scalars(window, seconds, step, self.setup)
+        scalars = {**_train_scalars(window), **self.progress.report(step)}
         sigmas = jax.device_get(self.sigma_fn(state.params, state.rest))
         self.writer.write(step, {**scalars, **{k: float(v) for k, v in sigmas.items()}})
+        if "train/step_time_s" in scalars:
+            timing = (
+                f"{scalars['train/images_per_s']:.0f} img/s  "
+                f"{1000 * scalars['train/step_time_s']:.1f} ms/step "
+                f"({1000 * scalars['train/data_wait_s']:.1f} data)  "
+                f"ETA {_format_eta(scalars['train/eta_s'])}"
+            )
+        else:
+            timing = "compiled; ETA after the next log"
         logging.info(
-            "step %d/%d  loss %.4f  acc %.3f  lr %.2e  |g| %.3f  %.0f img/s  %.1f ms/step  ETA %s",
+            "step %d/%d  loss %.4f  acc %.3f  lr %.2e  |g| %.3f  %s",
             step,
             self.setup.plan.total_steps,
             scalars["train/loss"],
             scalars["train/accuracy"],
             scalars["train/lr"],
             scalars["train/grad_norm"],
-            scalars["train/images_per_s"],
-            1000 * scalars["train/step_time_s"],
-            _format_eta(scalars["train/eta_s"]),
+            timing,
         )
         return scalars["train/loss"]
 

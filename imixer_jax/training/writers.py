@@ -66,8 +66,11 @@ class MetricWriter:
         from tensorflow.core.framework import summary_pb2  # noqa: PLC0415
 
         self._tf = tf
-        self._scalar = summary_pb2.SummaryMetadata(
-            plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+        self._scalar, self._text = (
+            summary_pb2.SummaryMetadata(
+                plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=name)
+            )
+            for name in ("scalars", "text")
         )
         self.path = os.path.join(workdir, METRICS_FILE)
         try:
@@ -109,6 +112,20 @@ class MetricWriter:
                 for key, value in scalars.items():
                     value = tf.constant(float(value))
                     tf.summary.write(key, value, step=int(step), metadata=self._scalar)
+            self._tb.flush()
+        except tf.errors.OpError as e:
+            raise _write_error(os.path.join(os.path.dirname(self.path), "tensorboard"), e) from e
+
+    def write_text(self, tag: str, text: str, step: int = 0) -> None:
+        """A text summary in TensorBoard's text tab, e.g. the run's config (its
+        hyperparameters) as Markdown code."""
+        if not self.enabled:
+            return
+        tf = self._tf
+        markdown = "\n".join("    " + line for line in text.splitlines())
+        try:
+            with self._tb.as_default():
+                tf.summary.write(tag, tf.constant(markdown), step=step, metadata=self._text)
             self._tb.flush()
         except tf.errors.OpError as e:
             raise _write_error(os.path.join(os.path.dirname(self.path), "tensorboard"), e) from e
