@@ -286,11 +286,10 @@ def test_full_disk_stops_with_one_line_and_keeps_checkpoint_and_metrics(
     workdir = _copy(source, tmp_path)
     shutil.rmtree(os.path.join(workdir, "checkpoints", str(STEPS)))  # resume from step 2
     # Room for the metrics and event files, not for a checkpoint's metadata file.
-    limit = 16_000
-    assert (
-        os.path.getsize(os.path.join(workdir, "checkpoints", "2", "default", "_METADATA")) > limit
-    )
-    trainer = _trainer(config_path, workdir, jax_cache, preexec_fn=_limit_file_size(limit))
+    limit_kib = 16
+    metadata = os.path.join(workdir, "checkpoints", "2", "default", "_METADATA")
+    assert os.path.getsize(metadata) > limit_kib * 1024
+    trainer = _trainer(config_path, workdir, jax_cache, file_size_limit=limit_kib)
     _, err = trainer.communicate(timeout=600)
     assert trainer.returncode == 1, err[-3000:]
     last = err.strip().splitlines()[-1]
