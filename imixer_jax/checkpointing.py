@@ -123,7 +123,9 @@ class Checkpointer:
     ``read_only=True`` (evaluation, inspection) creates, saves, moves and deletes nothing.
     """
 
-    def __init__(self, workdir: str, *, every_steps: int = 0, keep: int = 1, read_only=False):
+    def __init__(
+        self, workdir: str, *, every_steps: int = 0, keep: int = 1, read_only: bool = False
+    ):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         if read_only and not os.path.isdir(self.directory):
             raise FileNotFoundError(

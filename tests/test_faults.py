@@ -308,3 +308,10 @@ def test_workdir_that_is_a_file_fails_with_one_line(tmp_path):
     with pytest.raises(training.TrainingError, match="cannot use .* as the workdir") as info:
         WorkdirLock(str(path)).__enter__()
     assert "\n" not in str(info.value)
+
+
+def test_reading_a_missing_workdir_creates_nothing(data_dir, tmp_path):
+    workdir = tmp_path / "no" / "such" / "run"
+    with pytest.raises(FileNotFoundError, match="no checkpoint directory") as info:
+        training.evaluate_checkpoint(tiny_config(data_dir), str(workdir))
+    assert "\n" not in str(info.value) and not (tmp_path / "no").exists()
