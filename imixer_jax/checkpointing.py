@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 _STATE, _INTEGRITY = "default", "integrity"  # "default": the layout of single-item checkpoints
@@ -34,9 +35,15 @@ DAMAGED_DIR = "damaged_checkpoints"
 
 
 class _DropOrbaxInfo(py_logging.Filter):
+    """orbax's INFO lines and read-only notes dropped; its errors cut to one line without the
+    traceback (a failed background save: the trainer raises the same error as one line)."""
+
     def filter(self, record: py_logging.LogRecord) -> bool:
         if "/orbax/" not in record.pathname:
             return True
+        if record.levelno >= py_logging.ERROR:
+            record.msg, record.args = " ".join(record.getMessage().split())[:300], None
+            record.exc_info = record.exc_text = None
         return record.levelno >= py_logging.WARNING and "is read only" not in record.getMessage()
 
 
@@ -132,7 +139,6 @@ class Checkpointer:
                 f"no checkpoint directory {self.directory}: train into {workdir} first"
             )
         self.every_steps, self.read_only = every_steps, read_only
-        self._pending: int | None = None  # step of the newest save started
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -180,17 +186,15 @@ class Checkpointer:
         try:
             self._manager.save(step, args=args, force=True)
         except Exception as e:  # orbax raises what the filesystem raises (OSError, ...)
-            raise self._save_error(step, e) from e
+            raise self._save_error(e) from e
         logging.info("checkpoint: saving step %d to %s", step, self.directory)
-        self._pending = step
 
-    def _save_error(self, step: int | None, e: Exception) -> CheckpointError:
+    def _save_error(self, e: Exception) -> CheckpointError:
         self._manager.reload()
         kept = self.latest_step()
         kept = "no checkpoint is kept" if kept is None else f"checkpoint {kept} is kept"
-        which = "a checkpoint" if step is None else f"checkpoint {step}"
         return CheckpointError(
-            f"saving {which} to {self.directory} failed ({_one_line(e, 200)}); {kept}. "
+            f"saving a checkpoint to {self.directory} failed ({_one_line(e, 200)}); {kept}. "
             f"Free disk space (or fix the directory) and rerun the same command to resume."
         )
 
@@ -199,7 +203,7 @@ class Checkpointer:
         try:
             self._manager.check_for_errors()
         except Exception as e:
-            raise self._save_error(self._pending, e) from e
+            raise self._save_error(e) from e
 
     def _check_fits(self, step: int, abstract_state) -> None:
         """Compare the saved tree (paths, shapes, dtypes) with ``abstract_state``."""
@@ -276,6 +280,9 @@ class Checkpointer:
                 where = ""
                 if set_aside and jax.process_index() == 0:
                     where = f"; moved to {self._set_aside(step)}"
+                if set_aside and jax.process_count() > 1:  # every process sees it moved
+                    multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
+                    self._manager.reload()
                 logging.warning("%s%s; trying an older checkpoint", e, where)
         if steps:
             raise CheckpointError(
@@ -302,7 +309,7 @@ class Checkpointer:
         try:
             self._manager.wait_until_finished()
         except Exception as e:
-            raise self._save_error(self._pending, e) from e
+            raise self._save_error(e) from e
         self.check_for_errors()
 
     def close(self) -> None:

@@ -292,9 +292,10 @@ def test_full_disk_stops_with_one_line_and_keeps_checkpoint_and_metrics(
     trainer = _trainer(config_path, workdir, jax_cache, file_size_limit=limit_kib)
     _, err = trainer.communicate(timeout=600)
     assert trainer.returncode == 1, err[-3000:]
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "failed" in last, err[-3000:]
-    assert "checkpoint 2 is kept" in last or "metrics.jsonl" in last, last
+    # TensorStore's own threads may print after it (see the README); the trainer's line is one.
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "failed" in errors[0], err[-3000:]
+    assert "checkpoint 2 is kept" in errors[0] or "metrics.jsonl" in errors[0], errors
     config = tiny_config(data_dir, steps=6)
     assert int(training.restore_state(training.prepare(config), workdir).step) == 2
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
