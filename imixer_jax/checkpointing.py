@@ -6,45 +6,152 @@ end), and keep the newest ``keep``. A save that was interrupted (e.g. SIGKILL) l
 temporary directory, which orbax ignores: ``latest_step`` is always a complete checkpoint.
 Restores go straight into the shardings of an abstract target (``jax.ShapeDtypeStruct`` leaves
 with ``.sharding``).
+
+Integrity: every checkpoint holds, next to the state (item ``default``), the item ``integrity``:
+a 64-bit content hash of every saved array (``fingerprints``), computed on device before the
+save. A restore recomputes them and calls a checkpoint whose arrays differ (a flipped byte, a
+truncated or missing file) damaged. The hash detects storage damage, not deliberate tampering:
+any change of a single element changes it with certainty, several changes cancel with
+probability about 2**-64.
 """
 
 from __future__ import annotations
 
+import functools
 import logging as py_logging
 import os
+import shutil
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
+
+_STATE, _INTEGRITY = "default", "integrity"  # "default": the layout of single-item checkpoints
+DAMAGED_DIR = "damaged_checkpoints"
 
 
 class _DropOrbaxInfo(py_logging.Filter):
+    """orbax's INFO lines and read-only notes dropped; its errors cut to one line without the
+    traceback (a failed background save: the trainer raises the same error as one line)."""
+
     def filter(self, record: py_logging.LogRecord) -> bool:
-        return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
+        if "/orbax/" not in record.pathname:
+            return True
+        if record.levelno >= py_logging.ERROR:
+            record.msg, record.args = " ".join(record.getMessage().split())[:300], None
+            record.exc_info = record.exc_text = None
+        return record.levelno >= py_logging.WARNING and "is read only" not in record.getMessage()
 
 
-_ORBAX_FILTER = _DropOrbaxInfo()
+class _DropOrphanedTasks(py_logging.Filter):
+    """orbax leaves the failed reads of a damaged checkpoint as asyncio tasks whose errors (the
+    whole TensorStore spec, ~60 lines each) asyncio logs when they are collected; the restore
+    itself has already raised them as one line."""
+
+    def filter(self, record: py_logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Task exception was never retrieved")
+
+
+_ORBAX_FILTER, _TASK_FILTER = _DropOrbaxInfo(), _DropOrphanedTasks()
 
 
 def quiet_orbax_logging() -> None:
-    """Drop orbax's INFO lines (a dozen per save) from the absl log; its warnings stay."""
+    """Drop orbax's INFO lines (a dozen per save) and read-only notes from the absl log, and the
+    asyncio echo of a failed restore; orbax's other warnings stay."""
     py_logging.getLogger("absl").addFilter(_ORBAX_FILTER)  # adding it twice is a no-op
+    py_logging.getLogger("asyncio").addFilter(_TASK_FILTER)
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be restored into this config's train state; one-line message."""
+    """A checkpoint that cannot be saved, or restored into this config's train state; one-line
+    message."""
+
+
+class DamagedCheckpointError(CheckpointError):
+    """A checkpoint whose files are missing, unreadable or differ from what was saved."""
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())[:limit]}"
+
+
+# A hand-written checksum (neither orbax nor tensorstore stores one for OCDBT arrays), computed
+# on device so that sharded and multi-host arrays need no gather.
+_MULTIPLIERS = (np.uint32(0x9E3779B1), np.uint32(0x85EBCA77))
+
+
+def _fingerprint(x: jax.Array) -> jax.Array:
+    """uint32 ``[2]`` content hash of any array (its bits, shape-independent order): the sums of
+    ``mix(bits[i]) * w_k(i)`` mod 2**32 with odd weights ``w_k(i)``; ``mix`` is a bijection, so a
+    change of one element always changes both sums."""
+    bits = jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{8 * x.dtype.itemsize}"))
+    bits = bits.astype(jnp.uint32).ravel()
+    mixed = bits ^ (bits >> 16)
+    index = jnp.arange(bits.size, dtype=jnp.uint32)
+    return jnp.stack([jnp.sum(mixed * (index * m | 1), dtype=jnp.uint32) for m in _MULTIPLIERS])
+
+
+@functools.cache
+def _fingerprints_fn(out: NamedSharding | None):
+    return jax.jit(lambda xs: [_fingerprint(x) for x in xs], out_shardings=out)
+
+
+def fingerprints(state) -> dict[str, list[int]]:
+    """``{key path: [h0, h1]}`` content hashes of every array of the pytree ``state``."""
+    leaves = jax.tree_util.tree_leaves_with_path(state)
+    shardings = [x.sharding for _, x in leaves if isinstance(x.sharding, NamedSharding)]
+    out = NamedSharding(shardings[0].mesh, PartitionSpec()) if shardings else None
+    hashes = _fingerprints_fn(out)([x for _, x in leaves])
+    return {
+        jax.tree_util.keystr(path): [int(h) for h in np.asarray(value)]
+        for (path, _), value in zip(leaves, hashes)
+    }
+
+
+def _shapes(tree) -> dict[str, tuple]:
+    """``{'params/stem/kernel': (shape, dtype)}`` of a state or of its saved metadata (which
+    holds nnx Variables as dicts: the trailing '/value' is dropped from both)."""
+    return {
+        jax.tree_util.keystr(path, simple=True, separator="/").removesuffix("/value"): (
+            tuple(x.shape),
+            np.dtype(x.dtype),
+        )
+        for path, x in jax.tree_util.tree_leaves_with_path(tree)
+    }
 
 
 class Checkpointer:
-    """Thin wrapper of ``ocp.CheckpointManager`` for one pytree (the train state)."""
+    """Thin wrapper of ``ocp.CheckpointManager`` for one pytree (the train state).
 
-    def __init__(self, workdir: str, *, every_steps: int, keep: int):
+    ``read_only=True`` (evaluation, inspection) creates, saves, moves and deletes nothing.
+    """
+
+    def __init__(
+        self, workdir: str, *, every_steps: int = 0, keep: int = 1, read_only: bool = False
+    ):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-        self.every_steps = every_steps
+        if read_only and not os.path.isdir(self.directory):
+            raise FileNotFoundError(
+                f"no checkpoint directory {self.directory}: train into {workdir} first"
+            )
+        self.every_steps, self.read_only = every_steps, read_only
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, enable_async_checkpointing=True, create=True
+                max_to_keep=None if read_only else keep,
+                save_interval_steps=0 if read_only else 1,
+                enable_async_checkpointing=not read_only,
+                create=not read_only,
+                read_only=read_only,
             ),
+            item_handlers={
+                _STATE: ocp.StandardCheckpointHandler(),
+                _INTEGRITY: ocp.JsonCheckpointHandler(),
+            },
         )
 
     def latest_step(self) -> int | None:
@@ -58,33 +165,152 @@ class Checkpointer:
         """Whether ``step`` is a periodic save step (``every_steps`` > 0)."""
         return self.every_steps > 0 and step % self.every_steps == 0
 
+    def reached_preemption(self, step: int) -> bool:
+        """Whether every process has agreed to stop and save at ``step`` after a preemption
+        notice (orbax / JAX's preemption sync point; False in a single process)."""
+        return self._manager.reached_preemption(step)
+
     def save(self, step: int, state) -> None:
-        """Start an asynchronous save of ``state`` as checkpoint ``step``."""
-        self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+        """Start an asynchronous save of ``state`` as checkpoint ``step``.
+
+        Raises:
+          CheckpointError: the previous save failed (e.g. disk full); one line.
+        """
+        self.check_for_errors()
+        args = ocp.args.Composite(
+            **{
+                _STATE: ocp.args.StandardSave(state),
+                _INTEGRITY: ocp.args.JsonSave(fingerprints(state)),
+            }
+        )
+        try:
+            self._manager.save(step, args=args, force=True)
+        except Exception as e:  # orbax raises what the filesystem raises (OSError, ...)
+            raise self._save_error(e) from e
         logging.info("checkpoint: saving step %d to %s", step, self.directory)
+
+    def _save_error(self, e: Exception) -> CheckpointError:
+        self._manager.reload()
+        kept = self.latest_step()
+        kept = "no checkpoint is kept" if kept is None else f"checkpoint {kept} is kept"
+        return CheckpointError(
+            f"saving a checkpoint to {self.directory} failed ({_one_line(e, 200)}); {kept}. "
+            f"Free disk space (or fix the directory) and rerun the same command to resume."
+        )
+
+    def check_for_errors(self) -> None:
+        """Raise the error of a failed background save as a one-line CheckpointError."""
+        try:
+            self._manager.check_for_errors()
+        except Exception as e:
+            raise self._save_error(e) from e
+
+    def _check_fits(self, step: int, abstract_state) -> None:
+        """Compare the saved tree (paths, shapes, dtypes) with ``abstract_state``."""
+        try:
+            saved = _shapes(self._manager.item_metadata(step)[_STATE].tree)
+        except Exception as e:  # unreadable metadata: the checkpoint is damaged
+            raise DamagedCheckpointError(
+                f"checkpoint {step} in {self.directory} is damaged ({_one_line(e)})"
+            ) from e
+        want = _shapes(abstract_state)
+        if saved != want:
+            diff = min(k for k in saved.keys() | want.keys() if saved.get(k) != want.get(k))
+            raise CheckpointError(
+                f"checkpoint {step} in {self.directory} does not fit this config's train state "
+                f"(first difference at {diff}); use the config it was written with (see "
+                f"config.json next to it) or a new workdir. Nothing was deleted."
+            )
+
+    def _restore_step(self, step: int, abstract_state):
+        self._check_fits(step, abstract_state)
+        has_integrity = os.path.isdir(os.path.join(self.directory, str(step), _INTEGRITY))
+        items = {_STATE: ocp.args.StandardRestore(abstract_state)}
+        if has_integrity:
+            items[_INTEGRITY] = ocp.args.JsonRestore()
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as e:  # orbax raises many types (ValueError, KeyError, tensorstore...)
+            raise DamagedCheckpointError(
+                f"checkpoint {step} in {self.directory} is damaged ({_one_line(e)})"
+            ) from e
+        state = restored[_STATE]
+        if not has_integrity:
+            logging.warning("checkpoint %d has no integrity record (older format)", step)
+            return state
+        saved, now = restored[_INTEGRITY], fingerprints(state)
+        bad = [path for path in now if saved.get(path) != now[path]]
+        if bad or set(saved) != set(now):
+            raise DamagedCheckpointError(
+                f"checkpoint {step} in {self.directory} is damaged (content hash of "
+                f"{bad[0] if bad else 'its array list'} differs from the one saved with it)"
+            )
+        return state
 
     def restore(self, abstract_state, step: int | None = None):
         """Checkpoint ``step`` (default: the latest) with the structure, dtypes and shardings of
-        ``abstract_state``."""
+        ``abstract_state``, its content verified.
+
+        Raises:
+          FileNotFoundError: no such checkpoint.
+          DamagedCheckpointError: it is damaged; CheckpointError: it does not fit.
+        """
         step = self.latest_step() if step is None else step
         if step not in self.all_steps():
             raise FileNotFoundError(
                 f"no checkpoint{'' if step is None else f' of step {step}'} in "
                 f"{self.directory}; available steps: {self.all_steps() or 'none'}"
             )
-        try:
-            return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
-        except Exception as e:  # orbax raises many types (ValueError, KeyError, tensorstore...)
-            first = " ".join(str(e).split())[:300]
+        return self._restore_step(step, abstract_state)
+
+    def restore_newest_intact(self, abstract_state, *, set_aside: bool):
+        """``(step, state)`` of the newest checkpoint that is intact, or ``(None, None)`` when
+        there is none at all. Each damaged newer one gets one warning line; with ``set_aside``
+        (the trainer, which will save these steps again) it is moved to
+        ``DIR/damaged_checkpoints/<step>``, never deleted.
+
+        Raises:
+          CheckpointError: the newest checkpoint does not fit, or every checkpoint is damaged.
+        """
+        steps = sorted(self.all_steps(), reverse=True)
+        for step in steps:
+            try:
+                return step, self._restore_step(step, abstract_state)
+            except DamagedCheckpointError as e:
+                where = ""
+                if set_aside and jax.process_index() == 0:
+                    where = f"; moved to {self._set_aside(step)}"
+                if set_aside and jax.process_count() > 1:  # every process sees it moved
+                    multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
+                    self._manager.reload()
+                logging.warning("%s%s; trying an older checkpoint", e, where)
+        if steps:
             raise CheckpointError(
-                f"checkpoint {step} in {self.directory} does not fit this config's train state or "
-                f"is damaged ({type(e).__name__}: {first}); use the config it was written with "
-                f"(see config.json next to it) or a new workdir. Nothing was deleted."
-            ) from e
+                f"every checkpoint in {self.directory} (steps {sorted(steps)}) is damaged; "
+                f"move them away to start again in this workdir, or use a new workdir"
+            )
+        return None, None
+
+    def _set_aside(self, step: int) -> str:
+        target = os.path.join(os.path.dirname(self.directory), DAMAGED_DIR, str(step))
+        if os.path.exists(target):
+            target += f".{len(os.listdir(os.path.dirname(target)))}"
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.move(os.path.join(self.directory, str(step)), target)
+        self._manager.reload()
+        return target
 
     def wait(self) -> None:
-        """Block until pending saves are on disk."""
-        self._manager.wait_until_finished()
+        """Block until pending saves are on disk.
+
+        Raises:
+          CheckpointError: a save failed (e.g. disk full); one line.
+        """
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:
+            raise self._save_error(e) from e
+        self.check_for_errors()
 
     def close(self) -> None:
         self._manager.close()

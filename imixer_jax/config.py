@@ -23,6 +23,8 @@ Schema (defaults in ``base_config``):
     mesh.shape, mesh.axes  device mesh, e.g. (-1, 1) over ('data', 'model'); one -1 at most
     checkpoint             every_steps (0 = only at the end), keep (newest kept)
     log_every_steps, eval_every_steps (0 = only at the end)
+    profile_steps          trace this many steps (after the first, compiling one) into
+                           DIR/profile for TensorBoard's profiler; 0 = off
     distributed            initialize ('auto' | 'always' | 'never'), coordinator_address,
                            num_processes, process_id (None = detected by jax.distributed)
 
@@ -33,8 +35,6 @@ schedule (defined in optimiser updates) spans ``steps / k`` updates.
 from __future__ import annotations
 
 import inspect
-import math
-import os
 
 import ml_collections
 from flax import nnx
@@ -44,9 +44,11 @@ from imixer_jax.data import defaults as data
 from imixer_jax.models import registry
 from imixer_jax.models.mixer import Mixer
 
-_CLUSTER_ENV = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "MEGASCALE_NUM_SLICES")
 INITIALIZE = ("auto", "always", "never")
 UNITS = ("epochs", "steps")
+
+
+FLOAT32_MAX = 3.4028234663852886e38  # the trainer's parameters and learning rates are float32
 
 
 class ConfigError(ValueError):
@@ -92,6 +94,7 @@ def base_config(model: str = "imixer_s16", **model_overrides) -> ml_collections.
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3))
     c.log_every_steps = 100
     c.eval_every_steps = 0
+    c.profile_steps = 0
     c.distributed = ml_collections.ConfigDict(
         dict(
             initialize="auto",
@@ -156,6 +159,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _check(config[key] >= 1, key, f"must be >= 1, got {config[key]}")
 
     opt = config.optimizer
+    for key in ("lr", "eps", "weight_decay", "grad_clip_norm"):
+        _check(
+            abs(opt[key]) < FLOAT32_MAX,
+            f"optimizer.{key}",
+            f"{opt[key]} overflows float32 (the largest float32 is {FLOAT32_MAX:.4g})",
+        )
     _check(opt.lr > 0, "optimizer.lr", f"must be > 0, got {opt.lr}")
     for key in ("b1", "b2"):
         _check(0 <= opt[key] < 1, f"optimizer.{key}", f"must be in [0, 1), got {opt[key]}")
@@ -187,6 +196,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(config.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")
     _check(config.log_every_steps >= 1, "log_every_steps", "must be >= 1")
     _check(config.eval_every_steps >= 0, "eval_every_steps", "must be >= 0 (0 = at the end)")
+    _check(config.profile_steps >= 0, "profile_steps", "must be >= 0 (0 = no profile)")
 
     dist = config.distributed
     _check(
@@ -202,47 +212,3 @@ def validate(config: ml_collections.ConfigDict) -> None:
             "distributed.process_id",
             f"must be in [0, {dist.num_processes}), got {dist.process_id}",
         )
-
-
-def validate_devices(config: ml_collections.ConfigDict, device_count: int, process_count: int):
-    """Checks that need the device and process counts (still before anything compiles).
-
-    Returns:
-      The mesh shape with its -1 resolved.
-    """
-    shape = tuple(config.mesh.shape)
-    known = math.prod(n for n in shape if n != -1)
-    if -1 in shape:
-        _check(
-            device_count % known == 0,
-            "mesh.shape",
-            f"{shape} does not divide the {device_count} devices",
-        )
-        shape = tuple(device_count // known if n == -1 else n for n in shape)
-    _check(
-        math.prod(shape) == device_count,
-        "mesh.shape",
-        f"{shape} needs {math.prod(shape)} devices, but there are {device_count}",
-    )
-    data_size = shape[tuple(config.mesh.axes).index("data")]
-    shards = math.lcm(data_size, process_count)
-    for key in ("batch_size", "eval_batch_size"):
-        _check(
-            config[key] % shards == 0,
-            key,
-            f"{config[key]} is not divisible by the {data_size} data-parallel devices "
-            f"and {process_count} processes",
-        )
-    return shape
-
-
-def wants_distributed(config: ml_collections.ConfigDict) -> bool:
-    """Whether to call ``jax.distributed.initialize``: 'always'; 'never'; 'auto' = a coordinator
-    address is set or a multi-process launcher's environment is found (SLURM, Open MPI,
-    multislice TPU). On a Cloud TPU pod without these variables use 'always'."""
-    mode = config.distributed.initialize
-    if mode != "auto":
-        return mode == "always"
-    if config.distributed.coordinator_address:
-        return True
-    return any(int(os.environ.get(name, "1") or "1") > 1 for name in _CLUSTER_ENV)

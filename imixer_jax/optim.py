@@ -50,14 +50,14 @@ def plan(config: ml_collections.ConfigDict, num_train: int) -> Plan:
     )
 
 
-def learning_rate(config: ml_collections.ConfigDict, run: Plan) -> optax.Schedule:
+def learning_rate(config: ml_collections.ConfigDict, plan: Plan) -> optax.Schedule:
     """Learning rate as a function of the optimiser update count (see module docstring)."""
     peak, sch = config.optimizer.lr, config.schedule
-    warmup = optax.linear_schedule(sch.init_lr, peak, max(run.warmup_updates, 1))
-    cosine = optax.cosine_decay_schedule(peak, run.length_updates, alpha=sch.min_lr / peak)
+    warmup = optax.linear_schedule(sch.init_lr, peak, max(plan.warmup_updates, 1))
+    cosine = optax.cosine_decay_schedule(peak, plan.length_updates, alpha=sch.min_lr / peak)
 
     def schedule(count):
-        return jnp.where(count < run.warmup_updates, warmup(count), cosine(count))
+        return jnp.where(count < plan.warmup_updates, warmup(count), cosine(count))
 
     return schedule
 
@@ -68,10 +68,11 @@ def decay_mask(params):
 
 
 def create(
-    config: ml_collections.ConfigDict, run: Plan
+    config: ml_collections.ConfigDict, plan: Plan
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """``(optimiser, schedule)``; the optimiser's update count drives the schedule."""
-    opt, schedule = config.optimizer, learning_rate(config, run)
+    """``(optimiser, schedule)`` of ``config.optimizer`` over the durations of ``plan``; the
+    optimiser's update count drives the schedule."""
+    opt, schedule = config.optimizer, learning_rate(config, plan)
     tx = optax.adamw(
         schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay, mask=decay_mask
     )

@@ -1,7 +1,10 @@
 """Device mesh, partition rules, multi-host start-up and global batches.
 
-* ``create_mesh``: a ``jax.sharding.Mesh`` of the config's shape and axis names (``('data',
-  'model')`` by default) with ``Auto`` axes, i.e. GSPMD propagates shardings inside ``jit``.
+* ``initialize_distributed``: ``jax.distributed.initialize`` when the ``distributed`` settings or
+  a multi-process launcher ask for it.
+* ``mesh_shape`` resolves the -1 of a configured mesh shape; ``create_mesh``: a
+  ``jax.sharding.Mesh`` of that shape and the axis names (``('data', 'model')`` by default) with
+  ``Auto`` axes, i.e. GSPMD propagates shardings inside ``jit``.
 * ``PARTITION_RULES``: parameter path (regex) -> ``PartitionSpec``. Megatron-style pairs on
   ``'model'``: the first Linear of an MLP splits its output features, the second its input features
   (channel MLP fc_c1/fc_c2 over C, token MLP fc1/fc2 over T, iMLP fc_sn1/fc_sn2 over H). Every other
@@ -13,6 +16,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 import re
 from collections.abc import Mapping
 
@@ -22,9 +27,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from imixer_jax import config as config_lib
-
 P = PartitionSpec
+_CLUSTER_ENV = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "MEGASCALE_NUM_SLICES")
 
 PARTITION_RULES: tuple[tuple[str, PartitionSpec], ...] = (
     (r"channel_mlp/fc_c1/kernel$", P(None, "model")),
@@ -39,13 +43,23 @@ PARTITION_RULES: tuple[tuple[str, PartitionSpec], ...] = (
 )
 
 
-def initialize_distributed(config: ml_collections.ConfigDict) -> None:
-    """``jax.distributed.initialize`` when ``config.distributed`` asks for it (see
-    ``config.wants_distributed``); must run before any other JAX call touches a device. On CPU the
-    cross-process collectives use gloo."""
-    if not config_lib.wants_distributed(config):
+def wants_distributed(dist: ml_collections.ConfigDict) -> bool:
+    """Whether to call ``jax.distributed.initialize`` for the ``distributed`` settings ``dist``:
+    ``initialize`` 'always'; 'never'; 'auto' = a coordinator address is set or a multi-process
+    launcher's environment is found (SLURM, Open MPI, multislice TPU). On a Cloud TPU pod without
+    these variables use 'always'."""
+    if dist.initialize != "auto":
+        return dist.initialize == "always"
+    if dist.coordinator_address:
+        return True
+    return any(int(os.environ.get(name, "1") or "1") > 1 for name in _CLUSTER_ENV)
+
+
+def initialize_distributed(dist: ml_collections.ConfigDict) -> None:
+    """``jax.distributed.initialize`` when ``wants_distributed(dist)``; must run before any other
+    JAX call touches a device. On CPU the cross-process collectives use gloo."""
+    if not wants_distributed(dist):
         return
-    dist = config.distributed
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address=dist.coordinator_address,
@@ -55,27 +69,34 @@ def initialize_distributed(config: ml_collections.ConfigDict) -> None:
     logging.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
 
 
+def mesh_shape(shape: tuple[int, ...], device_count: int) -> tuple[int, ...]:
+    """``shape`` (at most one -1) with its -1 resolved for ``device_count`` devices.
+
+    Raises:
+      ValueError: the shape does not use exactly ``device_count`` devices; one line.
+    """
+    shape = tuple(shape)
+    known = math.prod(n for n in shape if n != -1)
+    if -1 in shape:
+        if device_count % known:
+            raise ValueError(f"{shape} does not divide the {device_count} devices")
+        shape = tuple(device_count // known if n == -1 else n for n in shape)
+    if math.prod(shape) != device_count:
+        raise ValueError(f"{shape} needs {math.prod(shape)} devices, but there are {device_count}")
+    return shape
+
+
 def create_mesh(shape: tuple[int, ...], axes: tuple[str, ...]) -> Mesh:
-    """Mesh over all devices of every process; ``shape`` has no -1 (see validate_devices)."""
+    """Mesh over all devices of every process; ``shape`` has no -1 (see ``mesh_shape``)."""
     return jax.make_mesh(tuple(shape), tuple(axes), axis_types=(AxisType.Auto,) * len(axes))
 
 
 def path_str(path: tuple) -> str:
     """``jax.tree_util`` key path -> 'blocks/0/channel_mlp/fc_c1/kernel' (nnx's trailing
     ``.value`` of a Variable dropped)."""
-    names = []
-    for key in path:
-        if isinstance(key, jax.tree_util.DictKey):
-            names.append(str(key.key))
-        elif isinstance(key, jax.tree_util.SequenceKey):
-            names.append(str(key.idx))
-        elif isinstance(key, jax.tree_util.GetAttrKey):
-            names.append(key.name)
-        else:
-            names.append(str(key))
-    if names and names[-1] == "value":
-        names.pop()
-    return "/".join(names)
+    if path and path[-1] == jax.tree_util.GetAttrKey("value"):
+        path = path[:-1]
+    return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def partition_spec(path: str, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:

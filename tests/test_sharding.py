@@ -117,6 +117,59 @@ def data_dir(tmp_path_factory):
     return path
 
 
+def test_mesh_shape_resolves_the_free_axis():
+    assert sharding.mesh_shape((-1, 1), 8) == (8, 1)
+    assert sharding.mesh_shape((-1, 2), 8) == (4, 2)
+    with pytest.raises(ValueError, match=r"^\(3, 1\) needs 3 devices, but there are 8$"):
+        sharding.mesh_shape((3, 1), 8)
+    with pytest.raises(ValueError, match="does not divide the 8 devices"):
+        sharding.mesh_shape((-1, 3), 8)
+
+
+def test_device_checks_name_the_config_key():
+    from configs import default
+    from imixer_jax import config as config_lib
+    from imixer_jax import training
+
+    config = default.get_config()
+    config.batch_size, config.eval_batch_size = 64, 120
+    assert training.state.resolve_mesh_shape(config, 8, 1) == (8, 1)
+    config.mesh.shape = (-1, 2)
+    assert training.state.resolve_mesh_shape(config, 8, 2) == (4, 2)
+    config.mesh.shape = (3, 1)
+    with pytest.raises(config_lib.ConfigError, match=r"^config.mesh.shape: .*8"):
+        training.state.resolve_mesh_shape(config, 8, 1)
+    config.mesh.shape = (-1, 1)
+    config.batch_size = 60
+    with pytest.raises(config_lib.ConfigError, match=r"^config.batch_size: 60 is not divisible"):
+        training.state.resolve_mesh_shape(config, 8, 1)
+
+
+def test_wants_distributed(monkeypatch):
+    from configs import default
+
+    dist = default.get_config().distributed
+    for name in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "MEGASCALE_NUM_SLICES"):
+        monkeypatch.delenv(name, raising=False)
+    assert not sharding.wants_distributed(dist)
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    assert sharding.wants_distributed(dist)
+    dist.initialize = "never"
+    assert not sharding.wants_distributed(dist)
+    monkeypatch.delenv("SLURM_NTASKS")
+    dist.initialize = "auto"
+    dist.coordinator_address = "localhost:1234"
+    assert sharding.wants_distributed(dist)
+
+
+def test_path_str_drops_the_variable_value():
+    from flax import nnx
+
+    params = nnx.state(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), nnx.Param)
+    paths = [sharding.path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path({"p": params})]
+    assert paths == ["p/bias", "p/kernel"]
+
+
 def test_partition_rules():
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
     # A 1-device mesh never splits; the rule table still decides which specs apply.

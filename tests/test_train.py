@@ -84,13 +84,14 @@ def test_train_and_evaluate_writes_metrics_checkpoints_and_resumes(data_dir, tmp
     with pytest.raises(FileNotFoundError, match="step 5"):
         training.evaluate_checkpoint(config, workdir, step=5)
 
-    # A finished run restarted resumes at the end: no training, the same evaluation.
+    # A finished run restarted resumes at the end: no training, the same evaluation, no
+    # second row for it.
     again = training.train_and_evaluate(config, workdir)
     assert again["test/top1"] == result["test/top1"]
-    assert len(metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))) == len(rows) + 1
+    assert metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl")) == rows
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
+def test_non_finite_values_stop_and_keep_the_last_good_checkpoint(data_dir, tmp_path):
     config, workdir = tiny_config(data_dir), str(tmp_path / "run")
     config.schedule.length, config.schedule.warmup = 30.0, 0.0
     config.optimizer.lr = 1e30  # the first update blows the parameters up to inf/nan
@@ -99,14 +100,49 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_
     with pytest.raises(training.TrainingError) as info:
         training.train_and_evaluate(config, workdir)
     message = str(info.value)
-    assert "\n" not in message and "non-finite loss" in message, message
+    assert "\n" not in message and "non-finite" in message, message
     bad_step = int(message.split(" at step ")[1].split(":")[0])
     saved = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")))
-    assert saved and max(saved) < bad_step and f"(step {max(saved)})" in message
+    if not saved:
+        assert "no checkpoint had been saved" in message
+        return
+    assert max(saved) < bad_step and f"(step {max(saved)})" in message
     restored = ocp.StandardCheckpointer().restore(
         os.path.join(workdir, "checkpoints", str(max(saved)), "default")
     )
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored["params"]))
+
+
+class _FakeCheckpointer:
+    directory = "/runs/x/checkpoints"
+    waited = False
+
+    def wait(self):
+        self.waited = True
+
+    def latest_step(self):
+        return 6
+
+
+@pytest.mark.parametrize(
+    "row, named",
+    [
+        (dict(loss=float("nan"), grad_norm=1.0, params_finite=True), "loss (nan)"),
+        (dict(loss=2.0, grad_norm=float("inf"), params_finite=True), "gradient norm (inf)"),
+        # Finite loss and gradients, yet the update overflowed: the state must not be saved.
+        (dict(loss=2.0, grad_norm=1.0, params_finite=False), "updated parameters"),
+    ],
+)
+def test_guard_names_the_non_finite_value_and_the_kept_checkpoint(row, named):
+    from imixer_jax.training.loop import _check_finite
+
+    ckpt = _FakeCheckpointer()
+    _check_finite([(6, dict(loss=1.0, grad_norm=1.0, params_finite=True))], ckpt)
+    with pytest.raises(training.TrainingError) as info:
+        _check_finite([(7, row)], ckpt)
+    message = str(info.value)
+    assert message.startswith(f"non-finite {named} at step 7: training stopped;"), message
+    assert "(step 6) in /runs/x/checkpoints is kept" in message and ckpt.waited
 
 
 def test_plan_and_schedule_follow_timm():
@@ -211,7 +247,7 @@ def test_bfloat16_compute_keeps_float32_parameters(data_dir):
     run = training.prepare(config)
     state = training.init_state(run)
     state, metrics_ = training.make_train_step(run)(state, _batches(1, 16)[0])
-    assert math.isfinite(float(metrics_["loss"]))
+    assert math.isfinite(float(metrics_["loss"])) and bool(metrics_["params_finite"])
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype("float32")}
 
 
@@ -273,7 +309,7 @@ def test_mismatched_or_damaged_checkpoint_fails_with_one_line_and_deletes_nothin
     assert "\n" not in str(info.value)
     assert _checkpoint_files(workdir) == before
 
-    # Damage the newest checkpoint's array data: restoring it must fail the same way.
+    # Damage the newest checkpoint's array data: restoring it must fail as damaged.
     newest = max(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
     data_files = [
         f for f in before if f"/checkpoints/{newest}/" in f and "/d/" in f and os.path.getsize(f)
@@ -284,3 +320,40 @@ def test_mismatched_or_damaged_checkpoint_fails_with_one_line_and_deletes_nothin
             handle.truncate(1)
     with pytest.raises(CheckpointError, match="damaged"):
         training.evaluate_checkpoint(config, workdir, newest)
+    # Without a step, evaluation takes the newest intact checkpoint and moves nothing.
+    assert training.evaluate_checkpoint(config, workdir)["step"] == newest - 2
+    assert set(_checkpoint_files(workdir)) == set(before)
+
+
+def test_parameter_overview_lists_every_array_and_the_total():
+    from imixer_jax.training.summary import parameter_overview
+
+    params = nnx.state(nnx.Linear(3, 2, rngs=nnx.Rngs(0)), nnx.Param)
+    lines = parameter_overview(params).splitlines()
+    assert lines[0].split() == ["parameter", "shape", "size", "sharding"]
+    assert [line.split()[:3] for line in lines[1:3]] == [
+        ["bias", "(2,)", "2"],
+        ["kernel", "(3,", "2)"],
+    ]
+    assert lines[-1] == "total 8 parameters in 2 arrays"
+
+
+def test_progress_leaves_out_what_it_did_not_time(monkeypatch):
+    from imixer_jax.training import progress as progress_lib
+
+    now = [100.0]
+    monkeypatch.setattr(progress_lib.time, "time", lambda: now[0])
+    progress = progress_lib.Progress(total=20, batch_size=8)
+    now[0] = 160.0  # the compiling first step: the loop restarts the clock after it
+    progress.restart()
+    assert progress.report(1) == {}  # nothing timed yet: no rate, no ETA
+    progress.data_wait(0.5)
+    progress.step()
+    progress.step()
+    now[0] = 164.0
+    assert progress.report(10) == {
+        "train/images_per_s": 4.0,
+        "train/step_time_s": 2.0,
+        "train/data_wait_s": 0.25,
+        "train/eta_s": 20.0,
+    }

@@ -58,9 +58,10 @@ def has_checkpoint(workdir: str) -> bool:
     """Whether ``workdir`` holds a config and at least one complete checkpoint."""
     if not os.path.exists(os.path.join(workdir, "config.json")):
         return False
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):  # orbax would create it
+    try:
+        ckpt = checkpointing.Checkpointer(workdir, read_only=True)  # creates nothing
+    except FileNotFoundError:
         return False
-    ckpt = checkpointing.Checkpointer(workdir, every_steps=0, keep=1)
     try:
         return ckpt.latest_step() is not None
     finally:

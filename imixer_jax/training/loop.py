@@ -1,0 +1,288 @@
+"""``train_and_evaluate(config, workdir)``: the training loop with logging, checkpoints and
+evaluation; it resumes from the newest intact checkpoint in ``workdir``.
+
+What the loop guarantees: one trainer per workdir (``lock.py``); ``config.json`` is written only
+once the resume has been accepted; a state with a non-finite loss, gradient norm or parameter is
+never saved; a failed save or metrics write stops the run with one line and keeps the previous
+checkpoint; SIGTERM / SIGINT save and end the run normally (``preemption.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Iterator
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from imixer_jax import checkpointing, data, sharding
+from imixer_jax import config as config_lib
+from imixer_jax.training.errors import TrainingError
+from imixer_jax.training.evaluation import evaluate_state
+from imixer_jax.training.lock import WorkdirLock
+from imixer_jax.training.preemption import StopRequest
+from imixer_jax.training.progress import Progress
+from imixer_jax.training.state import Setup, TrainState, init_state, prepare
+from imixer_jax.training.steps import make_eval_step, make_sigma_fn, make_train_step
+from imixer_jax.training.summary import parameter_overview
+from imixer_jax.training.writers import MetricWriter
+
+
+def _train_batches(setup: Setup, start_step: int) -> Iterator[dict]:
+    """The pipeline from global batch ``start_step`` on; built before anything compiles, so that
+    a bad augmentation setting fails first."""
+    config = setup.config
+    try:
+        return data.train_batches(
+            name=config.data.name,
+            data_dir=config.data.data_dir,
+            split=config.data.train_split,
+            image_size=config.model.img_size,
+            global_batch_size=config.batch_size,
+            seed=config.seed,
+            start_step=start_step,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            augment=config.data.augment.to_dict(),
+        )
+    except ValueError as e:
+        raise config_lib.ConfigError(f"config.data: {' '.join(str(e).split())}") from e
+
+
+_GUARDED = (("loss", "loss"), ("grad_norm", "gradient norm"))
+
+
+def _check_finite(rows: list[tuple[int, dict]], ckpt: checkpointing.Checkpointer) -> None:
+    """Raise TrainingError at the first step whose loss, gradient norm or updated parameters are
+    not finite, after pending saves are complete (so that the message names the kept one)."""
+    for step, row in rows:
+        bad = [f"{label} ({float(row[key])})" for key, label in _GUARDED]
+        bad = [b for b, (key, _) in zip(bad, _GUARDED) if not math.isfinite(float(row[key]))]
+        if not row["params_finite"]:
+            bad.append("updated parameters")
+        if bad:
+            ckpt.wait()
+            latest = ckpt.latest_step()
+            kept = (
+                "no checkpoint had been saved"
+                if latest is None
+                else f"the last good checkpoint (step {latest}) in {ckpt.directory} is kept"
+            )
+            raise TrainingError(
+                f"non-finite {', '.join(bad)} at step {step}: training stopped; {kept}. "
+                f"Lower optimizer.lr or set optimizer.grad_clip_norm."
+            )
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Write ``workdir/config.json`` atomically (a full disk leaves the previous one)."""
+    path = os.path.join(workdir, "config.json")
+    try:
+        with open(path + ".tmp", "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+        os.replace(path + ".tmp", path)
+    except OSError as e:
+        raise TrainingError(
+            f"writing {path} failed ({e.strerror}); free disk space or fix the workdir's "
+            f"permissions and rerun"
+        ) from e
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Train ``config`` in ``workdir`` (resuming from its newest checkpoint) and evaluate.
+
+    Writes ``workdir/config.json``, ``metrics.jsonl``, ``tensorboard/`` and ``checkpoints/``.
+
+    Returns:
+      Final metrics: ``step``, ``train/loss`` (last logged), ``test/top1``, ``test/top5``,
+      ``test/loss`` (and ``test_ema/*`` with EMA), ``wall_time_s``. After SIGTERM / SIGINT:
+      ``step`` (of the checkpoint saved), ``preempted`` (1.0) and ``wall_time_s``.
+
+    Raises (each with a one-line message):
+      config_lib.ConfigError: before anything compiles (config, dataset, augmentation).
+      lock.WorkdirBusyError: another trainer uses ``workdir``.
+      checkpointing.CheckpointError: the newest checkpoint does not fit ``config``, every
+        checkpoint is damaged, or a save failed (the previous checkpoint is kept).
+      TrainingError: non-finite values (the last good checkpoint is kept); a file cannot be
+        written.
+    """
+    start_time = time.time()
+    setup = prepare(config)
+    config, plan = setup.config, setup.plan
+    is_main = jax.process_index() == 0
+    with contextlib.ExitStack() as stack:
+        if is_main:
+            stack.enter_context(WorkdirLock(workdir))
+        ckpt = checkpointing.Checkpointer(
+            workdir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep
+        )
+        stack.callback(ckpt.close)
+        latest, state = ckpt.restore_newest_intact(setup.abstract_state, set_aside=is_main)
+        start = 0 if latest is None else latest
+        batches = _train_batches(setup, start) if start < plan.total_steps else iter(())
+        if state is None:
+            state = init_state(setup)
+        else:
+            logging.info("resumed from the checkpoint of step %d in %s", start, ckpt.directory)
+        if is_main:  # only now: a rejected resume leaves the config.json of the checkpoints
+            _save_config(config, workdir)
+        writer = MetricWriter(workdir, enabled=is_main, resume_step=start)
+        stack.callback(writer.close)
+        logging.info(
+            "%d steps (%d per epoch, batch %d, %d updates of %d steps), mesh %s",
+            plan.total_steps,
+            plan.steps_per_epoch,
+            config.batch_size,
+            plan.total_steps // plan.accum_steps,
+            plan.accum_steps,
+            dict(setup.mesh.shape),
+        )
+        logging.info("parameters:\n%s", parameter_overview(state.params))
+        writer.write_text("config", config.to_json_best_effort(indent=2, sort_keys=True))
+        result = _Loop(setup, ckpt, writer, workdir).run(state, start, batches)
+        ckpt.wait()
+    result["wall_time_s"] = time.time() - start_time
+    if "preempted" in result:
+        return result
+    logging.info(
+        "final: step %d, test top-1 %.2f%%, top-5 %.2f%%, loss %.4f, %.1f s",
+        result["step"],
+        100 * result["test/top1"],
+        100 * result["test/top5"],
+        result["test/loss"],
+        result["wall_time_s"],
+    )
+    return result
+
+
+def _train_scalars(window: list[dict]) -> dict[str, float]:
+    """Window means of loss, accuracy and gradient norm over the host metrics of a log window;
+    the last lr."""
+    scalars = {
+        f"train/{name}": float(np.mean([row[name] for row in window]))
+        for name in ("loss", "accuracy", "grad_norm")
+    }
+    scalars["train/lr"] = float(window[-1]["lr"])
+    return scalars
+
+
+class _Loop:
+    """The steps of one run with their compiled functions, checkpointer and metric writer."""
+
+    def __init__(
+        self, setup: Setup, ckpt: checkpointing.Checkpointer, writer: MetricWriter, workdir: str
+    ) -> None:
+        self.setup, self.ckpt, self.writer = setup, ckpt, writer
+        self.train_step, self.eval_step = make_train_step(setup), make_eval_step(setup)
+        self.sigma_fn = make_sigma_fn(setup)
+        self.progress = Progress(setup.plan.total_steps, setup.config.batch_size)
+        self.profile_dir = os.path.join(workdir, "profile")
+
+    def _profile(self, step: int, start: int, metrics: dict) -> None:
+        """Trace steps ``start + 2 ..= start + 1 + profile_steps`` (``config.profile_steps``)."""
+        n = self.setup.config.profile_steps
+        if n and step == start + 1:
+            jax.profiler.start_trace(self.profile_dir)
+        if n and step == start + 1 + n:
+            jax.block_until_ready(metrics)
+            jax.profiler.stop_trace()
+            logging.info("profile of steps %d-%d written to %s", start + 2, step, self.profile_dir)
+
+    def run(self, state: TrainState, start: int, batches: Iterator[dict]) -> dict[str, float]:
+        """Train from step ``start`` to the end; ``batches`` yields global batch ``start`` on."""
+        setup, ckpt = self.setup, self.ckpt
+        config, total = setup.config, setup.plan.total_steps
+        pending: list[tuple[int, dict]] = []  # device metrics not yet checked on host
+        window: list[dict] = []  # host metrics since the last log
+        result: dict[str, float] = {}
+        progress = self.progress
+        with StopRequest(ckpt.reached_preemption) as stop:
+            for step in range(start + 1, total + 1):  # step = steps done after this update
+                waited = time.time()
+                batch = sharding.global_batch(setup.mesh, next(batches))
+                progress.data_wait(time.time() - waited)
+                state, metrics = self.train_step(state, batch)
+                pending.append((step, metrics))
+                if step == start + 1:  # it compiled: time the steps after it
+                    jax.block_until_ready(metrics)
+                    progress.restart()
+                else:
+                    progress.step()
+                self._profile(step, start, metrics)
+                stopping = stop(step)
+                log_now = step % config.log_every_steps == 0 or step == total
+                save_now = ckpt.should_save(step) or step == total or stopping
+                eval_now = step == total or (
+                    config.eval_every_steps > 0 and step % config.eval_every_steps == 0
+                )
+                if not (log_now or save_now or eval_now):
+                    continue
+                rows = jax.device_get(pending)
+                pending = []
+                _check_finite(rows, ckpt)  # before a save: a bad state never replaces a good one
+                window.extend(row for _, row in rows)
+                if save_now:
+                    ckpt.save(step, state)
+                if log_now:
+                    result["train/loss"] = self._log(state, step, window)
+                    window = []
+                if stopping:
+                    ckpt.wait()
+                    logging.warning(
+                        "%s: saved the checkpoint of step %d in %s and stopped; rerun the same "
+                        "command to resume",
+                        stop.signal,
+                        step,
+                        ckpt.directory,
+                    )
+                    return {**result, "step": step, "preempted": 1.0}
+                if eval_now:
+                    result.update(self._evaluate(state, step))
+                    progress.restart()  # evaluation time is not training time
+        if start >= total:  # already complete: evaluate the final checkpoint again
+            result.update(self._evaluate(state, total, write=not self.writer.logged(total)))
+        result["step"] = total
+        return result
+
+    def _log(self, state: TrainState, step: int, window: list[dict]) -> float:
+        """Write and log the scalars of a window; returns its mean loss."""
+        scalars = {**_train_scalars(window), **self.progress.report(step)}
+        sigmas = jax.device_get(self.sigma_fn(state.params, state.rest))
+        self.writer.write(step, {**scalars, **{k: float(v) for k, v in sigmas.items()}})
+        if "train/step_time_s" in scalars:
+            timing = (
+                f"{scalars['train/images_per_s']:.0f} img/s  "
+                f"{1000 * scalars['train/step_time_s']:.1f} ms/step "
+                f"({1000 * scalars['train/data_wait_s']:.1f} data)  "
+                f"ETA {_format_eta(scalars['train/eta_s'])}"
+            )
+        else:
+            timing = "compiled; ETA after the next log"
+        logging.info(
+            "step %d/%d  loss %.4f  acc %.3f  lr %.2e  |g| %.3f  %s",
+            step,
+            self.setup.plan.total_steps,
+            scalars["train/loss"],
+            scalars["train/accuracy"],
+            scalars["train/lr"],
+            scalars["train/grad_norm"],
+            timing,
+        )
+        return scalars["train/loss"]
+
+    def _evaluate(self, state: TrainState, step: int, write: bool = True) -> dict[str, float]:
+        scalars = evaluate_state(self.setup, self.eval_step, state)
+        if write:
+            self.writer.write(step, scalars)
+        logging.info("step %d  %s", step, "  ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
+        return scalars

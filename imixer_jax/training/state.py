@@ -1,0 +1,173 @@
+"""The train state and ``prepare``: everything derived from a config before anything compiles.
+
+``prepare`` validates the config, starts ``jax.distributed`` when asked, resolves the mesh, reads
+the dataset's facts, builds the optimiser and the abstract model: everything that can fail does so
+here. ``init_state`` then creates a fresh state directly into its ``NamedSharding``s
+(``jax.eval_shape``, then ``jit(init, out_shardings)``).
+
+The model is held as ``graphdef, params, rest = nnx.split(model, nnx.Param, ...)``: ``params`` are
+differentiated and updated by the optimiser; ``rest`` (spectral-norm power-iteration vectors) is
+carried through the step and updated by the training-mode forward pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from imixer_jax import config as config_lib
+from imixer_jax import data, optim, sharding
+from imixer_jax.models.mixer import Mixer
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a resumed run needs; a pytree of arrays.
+
+    Attributes:
+      step: int32 ``[]``, steps done = index of the next global batch (the data position).
+      rng: uint32 key data of the root key; step s draws from ``fold_in(root, s)``.
+      params: ``nnx.State`` of the model's ``Param``s.
+      rest: ``nnx.State`` of the other model variables (spectral-norm u, v).
+      opt_state: optax state of ``params``.
+      ema_params: exponential moving average of ``params``, or None without EMA.
+    """
+
+    step: Array
+    rng: Array
+    params: nnx.State
+    rest: nnx.State
+    opt_state: optax.OptState
+    ema_params: nnx.State | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What ``prepare`` derives from a config; nothing here has been compiled."""
+
+    config: ml_collections.ConfigDict
+    mesh: Mesh
+    plan: optim.Plan
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    graphdef: nnx.GraphDef  # training mode
+    eval_graphdef: nnx.GraphDef  # evaluation mode
+    abstract_state: TrainState  # jax.ShapeDtypeStruct leaves with .sharding
+    eval_split: str
+
+    @property
+    def state_shardings(self):
+        return jax.tree.map(lambda x: x.sharding, self.abstract_state)
+
+
+def _model(config: ml_collections.ConfigDict, key: Array) -> Mixer:
+    return Mixer(**config.model.to_dict(), rngs=nnx.Rngs(params=key))
+
+
+def resolve_mesh_shape(
+    config: ml_collections.ConfigDict, device_count: int, process_count: int
+) -> tuple[int, ...]:
+    """``config.mesh.shape`` with its -1 resolved, after checking that the devices and the batch
+    sizes fit it (still before anything compiles).
+
+    Raises:
+      config_lib.ConfigError: one line naming ``mesh.shape``, ``batch_size`` or
+        ``eval_batch_size``.
+    """
+    try:
+        shape = sharding.mesh_shape(tuple(config.mesh.shape), device_count)
+    except ValueError as e:
+        raise config_lib.ConfigError(f"config.mesh.shape: {e}") from e
+    data_size = shape[tuple(config.mesh.axes).index("data")]
+    shards = math.lcm(data_size, process_count)
+    for key in ("batch_size", "eval_batch_size"):
+        if config[key] % shards:
+            raise config_lib.ConfigError(
+                f"config.{key}: {config[key]} is not divisible by the {data_size} data-parallel "
+                f"devices and {process_count} processes"
+            )
+    return shape
+
+
+def prepare(config: ml_collections.ConfigDict) -> Setup:
+    """Validate ``config`` and derive everything needed to train or evaluate it.
+
+    Raises (each with a one-line message, before any compilation):
+      config_lib.ConfigError: invalid config, or a dataset that is not prepared (the message
+        says how to prepare it) or does not fit (split, features).
+    """
+    config_lib.validate(config)
+    if not jax.distributed.is_initialized():
+        sharding.initialize_distributed(config.distributed)
+    shape = resolve_mesh_shape(config, jax.device_count(), jax.process_count())
+    try:  # not prepared (the message says how to prepare it), unknown split, not images, ...
+        info = data.dataset_info(
+            config.data.name,
+            data_dir=config.data.data_dir,
+            train_split=config.data.train_split,
+            eval_split=config.data.eval_split,
+        )
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        raise config_lib.ConfigError(f"config.data: {' '.join(str(e).split())}") from e
+    if info.num_classes != config.model.num_classes:
+        raise config_lib.ConfigError(
+            f"config.model.num_classes: {config.model.num_classes} but dataset "
+            f"{config.data.name!r} has {info.num_classes} classes"
+        )
+    mesh = sharding.create_mesh(shape, tuple(config.mesh.axes))
+    plan = optim.plan(config, info.num_train)
+    tx, schedule = optim.create(config, plan)
+
+    model = nnx.eval_shape(lambda: _model(config, jax.random.key(0)))
+    model.train()
+    graphdef, _, _ = nnx.split(model, nnx.Param, ...)
+    model.eval()
+    eval_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
+    abstract = jax.eval_shape(lambda: _init(config, tx))
+    shardings = sharding.tree_shardings(mesh, abstract)
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings
+    )
+    return Setup(
+        config=config,
+        mesh=mesh,
+        plan=plan,
+        tx=tx,
+        schedule=schedule,
+        graphdef=graphdef,
+        eval_graphdef=eval_graphdef,
+        abstract_state=abstract,
+        eval_split=info.eval_split,
+    )
+
+
+def _init(config: ml_collections.ConfigDict, tx: optax.GradientTransformation) -> TrainState:
+    init_key, root = jax.random.split(jax.random.key(config.seed))  # root: the run's streams
+    model = _model(config, init_key)
+    model.train()
+    _, params, rest = nnx.split(model, nnx.Param, ...)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        rng=jax.random.key_data(root),
+        params=params,
+        rest=rest,
+        opt_state=tx.init(params),
+        ema_params=params if config.optimizer.ema_decay > 0 else None,
+    )
+
+
+def init_state(setup: Setup) -> TrainState:
+    """A fresh train state, created directly into its shardings."""
+    init = jax.jit(lambda: _init(setup.config, setup.tx), out_shardings=setup.state_shardings)
+    # It runs once: XLA's backend (LLVM) optimisation would only add seconds of CPU compile time.
+    return init.lower().compile({"xla_backend_optimization_level": 0})()

@@ -1,0 +1,119 @@
+"""The jitted, sharded train and eval steps, pure functions of ``(state, global batch)``.
+
+Every random draw of step s uses ``fold_in(root key, s)`` and the data pipeline yields batch s for
+any restart point, so a resumed run repeats an uninterrupted one exactly. Evaluation merges the
+state into the graphdef of ``model.eval()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from imixer_jax import data, sharding
+from imixer_jax.models.spectral_norm import spectral_sigmas
+from imixer_jax.training.state import Setup, TrainState
+
+Array = jax.Array
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Every device holds the whole array."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def make_train_step(setup: Setup) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """Jitted ``(state, batch) -> (state, metrics)``; ``state`` is donated.
+
+    ``batch``: global ``{'image': [B, H, W, 3] float32, 'label': [B] int32}`` on ``'data'``.
+    ``metrics``: replicated float32 scalars ``loss`` (soft-target cross-entropy), ``accuracy``
+    (on the hard labels), ``grad_norm`` (before clipping) and ``lr`` (of this step's update), and
+    the bool ``params_finite`` (every updated parameter is finite; the loop's guard).
+    """
+    config, graphdef = setup.config, setup.graphdef
+    num_classes = config.model.num_classes
+    mix = {key: config.data.augment[key] for key in data.MIX_KEYS}
+    k, ema_decay = config.optimizer.accum_steps, config.optimizer.ema_decay
+
+    def step_fn(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        mix_key, drop_key = jax.random.split(key)
+        images, targets = data.mix_batch(
+            mix_key, batch["image"], batch["label"], num_classes=num_classes, **mix
+        )
+
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params, state.rest, copy=True)
+            logits = model(images, rngs=nnx.Rngs(dropout=drop_key))  # [B, classes] float32
+            loss = optax.softmax_cross_entropy(logits, targets).mean()
+            return loss, (logits, nnx.state(model, nnx.Not(nnx.Param)))
+
+        (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = state.ema_params
+        if ema is not None:  # advances with the optimiser updates (every k steps)
+            updated = (state.step + 1) % k == 0
+            new_ema = optax.incremental_update(params, ema, step_size=1.0 - ema_decay)
+            ema = jax.tree.map(lambda n, o: jnp.where(updated, n, o), new_ema, ema)
+        metrics = dict(
+            loss=loss,
+            accuracy=jnp.mean(jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32),
+            grad_norm=optax.global_norm(grads),
+            lr=jnp.asarray(setup.schedule(state.step // k), jnp.float32),
+            params_finite=jnp.all(
+                jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)])
+            ),
+        )
+        new_state = state.replace(
+            step=state.step + 1, params=params, rest=rest, opt_state=opt_state, ema_params=ema
+        )
+        return new_state, metrics
+
+    return jax.jit(
+        step_fn,
+        in_shardings=(setup.state_shardings, sharding.batch_sharding(setup.mesh)),
+        out_shardings=(setup.state_shardings, replicated(setup.mesh)),
+        donate_argnums=0,
+    )
+
+
+def make_eval_step(setup: Setup) -> Callable[[nnx.State, nnx.State, dict], dict]:
+    """Jitted ``(params, rest, batch) -> sums`` over the unmasked examples of a global batch
+    ``{'image', 'label', 'mask': [B] bool}``: ``loss``, ``top1``, ``top5`` (correct counts),
+    ``count``."""
+    k = min(5, setup.config.model.num_classes)
+
+    def eval_fn(params, rest, batch):
+        logits = nnx.merge(setup.eval_graphdef, params, rest)(batch["image"])
+        labels, mask = batch["label"], batch["mask"]
+        top = jax.lax.top_k(logits, k)[1]  # [B, k]
+        per_example = dict(
+            loss=optax.softmax_cross_entropy_with_integer_labels(logits, labels),
+            top1=(top[:, 0] == labels).astype(jnp.float32),
+            top5=jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32),
+            count=jnp.ones(labels.shape, jnp.float32),
+        )
+        return {name: jnp.sum(jnp.where(mask, v, 0.0)) for name, v in per_example.items()}
+
+    shardings = setup.state_shardings
+    return jax.jit(
+        eval_fn,
+        in_shardings=(shardings.params, shardings.rest, sharding.batch_sharding(setup.mesh)),
+        out_shardings=replicated(setup.mesh),
+    )
+
+
+def make_sigma_fn(setup: Setup) -> Callable[[nnx.State, nnx.State], dict[str, Array]]:
+    """Jitted spectral-norm sigma of every iMLP layer, keyed 'train/sigma/<path>'."""
+
+    def sigmas(params, rest):
+        model = nnx.merge(setup.eval_graphdef, params, rest)
+        return {f"train/sigma/{path}": s for path, s in spectral_sigmas(model).items()}
+
+    return jax.jit(sigmas, out_shardings=replicated(setup.mesh))

@@ -1,0 +1,136 @@
+"""Metric writers: JSON lines (``metrics.jsonl``) and TensorBoard event files in the workdir.
+
+``metrics.jsonl`` stays a valid file whatever happens: each row is appended with one ``write``
+and cut back if that fails (disk full), a row cut by a kill is dropped when the next run opens
+the file, and rows of steps that a resumed run replays are dropped then too, so that every step
+appears once.
+
+TensorBoard scalars are written with TensorFlow's core summary op (``tf.summary.write`` with the
+'scalars' plugin metadata, what ``tf.summary.scalar`` writes): the ``tensorboard`` package, which
+provides ``tf.summary.scalar``, is needed only to view the files, not to write them. TensorFlow is
+imported when a writer is created, not when the trainer is imported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+
+from imixer_jax import metrics
+from imixer_jax.training.errors import TrainingError
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _write_error(path: str, e: Exception) -> TrainingError:
+    return TrainingError(
+        f"writing {path} failed ({type(e).__name__}: {' '.join(str(e).split())[:200]}); the "
+        f"file keeps its complete rows. Free disk space and rerun the same command to resume."
+    )
+
+
+def _keep_rows_through(path: str, step: int) -> None:
+    """Rewrite ``path`` (atomically) without rows after ``step`` and without a cut last row."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        text = f.read()
+    rows = metrics.read_jsonl(path)
+    kept = [row for row in rows if row["step"] <= step]
+    if len(kept) == len(rows) and (not text or text.endswith("\n")):
+        return
+    with open(path + ".tmp", "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in kept)
+    os.replace(path + ".tmp", path)
+
+
+class MetricWriter:
+    """Appends ``{"step": step, key: value, ...}`` to ``DIR/metrics.jsonl`` and the same scalars
+    to TensorBoard events under ``DIR/tensorboard``. Inactive (writes nothing) when ``enabled`` is
+    False, e.g. on every process but the first.
+
+    ``resume_step``: the step the run starts from; rows after it (written by an earlier run that
+    got further than its last checkpoint) are dropped, since this run writes them again.
+
+    Raises (``write``): TrainingError with one line when a file cannot be written.
+    """
+
+    def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int = 0):
+        self.enabled = enabled
+        if not enabled:
+            return
+        # Lazy: importing the trainer (or a config) must not import TensorFlow.
+        import tensorflow as tf  # noqa: PLC0415
+        from tensorflow.core.framework import summary_pb2  # noqa: PLC0415
+
+        self._tf = tf
+        self._scalar, self._text = (
+            summary_pb2.SummaryMetadata(
+                plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=name)
+            )
+            for name in ("scalars", "text")
+        )
+        self.path = os.path.join(workdir, METRICS_FILE)
+        try:
+            os.makedirs(workdir, exist_ok=True)
+            _keep_rows_through(self.path, resume_step)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise _write_error(self.path, e) from e
+        self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+
+    def logged(self, step: int) -> bool:
+        """Whether ``metrics.jsonl`` holds test metrics of ``step`` (a finished run restarted
+        evaluates again but writes no second row)."""
+        if not self.enabled:
+            return True
+        return any(r["step"] == step and "test/top1" in r for r in metrics.read_jsonl(self.path))
+
+    def _append(self, line: bytes) -> None:
+        end = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            written = 0
+            while written < len(line):
+                written += os.write(self._fd, line[written:])
+        except OSError as e:
+            os.ftruncate(self._fd, end)  # shrinking a file needs no space
+            raise _write_error(self.path, e) from e
+
+    def write(self, step: int, scalars: Mapping[str, float]) -> None:
+        """Record ``scalars`` (keys like 'train/loss', 'test/top1') at ``step``."""
+        if not self.enabled:
+            return
+        row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
+        # JSON has no NaN/Inf: write them as strings so that the file stays strict JSON.
+        row = {k: v if isinstance(v, int) or math.isfinite(v) else str(v) for k, v in row.items()}
+        self._append((json.dumps(row) + "\n").encode())
+        tf = self._tf
+        try:
+            with self._tb.as_default():
+                for key, value in scalars.items():
+                    value = tf.constant(float(value))
+                    tf.summary.write(key, value, step=int(step), metadata=self._scalar)
+            self._tb.flush()
+        except tf.errors.OpError as e:
+            raise _write_error(os.path.join(os.path.dirname(self.path), "tensorboard"), e) from e
+
+    def write_text(self, tag: str, text: str, step: int = 0) -> None:
+        """A text summary in TensorBoard's text tab, e.g. the run's config (its
+        hyperparameters) as Markdown code."""
+        if not self.enabled:
+            return
+        tf = self._tf
+        markdown = "\n".join("    " + line for line in text.splitlines())
+        try:
+            with self._tb.as_default():
+                tf.summary.write(tag, tf.constant(markdown), step=step, metadata=self._text)
+            self._tb.flush()
+        except tf.errors.OpError as e:
+            raise _write_error(os.path.join(os.path.dirname(self.path), "tensorboard"), e) from e
+
+    def close(self) -> None:
+        if self.enabled:
+            os.close(self._fd)
+            self._tb.close()

@@ -1,0 +1,321 @@
+"""Fault injection: what a run survives. A tiny iMixer on the embedded digits; the runs that must
+be interrupted from outside (signals, SIGKILL during a save, a full disk) are trainer processes
+started by the entry point, the rest run in this process on copies of one trained workdir.
+
+What each fault must leave:
+* byte flipped / file truncated / file missing in the newest checkpoint: one warning line, resume
+  from the newest intact one (the damaged one moved to DIR/damaged_checkpoints, nothing deleted),
+  ending bit-identical to an undisturbed run;
+* a second trainer on the same workdir: a one-line refusal, nothing touched;
+* SIGKILL during a save: the lock is free again, the newest complete checkpoint restores;
+* SIGTERM / SIGINT: the current step saved, one line, exit status 0;
+* a full disk (file-size limit): one line, exit status 1, the previous checkpoint and a valid
+  metrics.jsonl kept;
+* a resume that the config does not fit: one line, config.json untouched.
+"""
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import default
+from imixer_jax import checkpointing, metrics, training
+from imixer_jax import config as config_lib
+from imixer_jax.training.lock import WorkdirBusyError, WorkdirLock
+
+# orbax leaves the tensorstore reads of a damaged checkpoint to the garbage collector.
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(img_size=16, patch_size=4, num_blocks=1, hidden_dim=16, tokens_mlp_dim=8)
+TINY.update(channels_mlp_dim=32, n_power=2, drop_path_rate=0.1)
+STEPS, EVERY = 4, 2
+
+CONFIG = """
+from configs import default
+from imixer_jax import config as config_lib
+
+
+def get_config():
+    c = default.get_config()
+    c.model = config_lib.model_config("imixer_s16", num_classes=10, **{tiny})
+    c.data.data_dir = {data_dir!r}
+    c.batch_size, c.eval_batch_size = 16, 360
+    c.schedule.update(unit="steps", length={steps}.0, warmup=1.0)
+    c.checkpoint.every_steps, c.checkpoint.keep = {every}, 3
+    c.log_every_steps, c.eval_every_steps = 1, 0
+    return c
+"""
+
+
+def tiny_config(data_dir, steps=STEPS, every=EVERY):
+    c = default.get_config()
+    c.model = config_lib.model_config("imixer_s16", num_classes=10, **TINY)
+    c.data.data_dir = data_dir
+    c.batch_size, c.eval_batch_size = 16, 360
+    c.schedule.update(unit="steps", length=float(steps), warmup=1.0)
+    c.checkpoint.every_steps, c.checkpoint.keep = every, 3
+    c.log_every_steps, c.eval_every_steps = 1, 0
+    return c
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from imixer_jax import data
+
+    path = str(tmp_path_factory.mktemp("tfds"))
+    data.dataset_info("digits", data_dir=path)  # prepared once, before any subprocess starts
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory):
+    """A finished run (checkpoints 2 and 4) and its final parameters."""
+    workdir = str(tmp_path_factory.mktemp("trained") / "run")
+    result = training.train_and_evaluate(tiny_config(data_dir), workdir)
+    return workdir, result
+
+
+def _copy(workdir, tmp_path):
+    target = str(tmp_path / "run")
+    shutil.copytree(workdir, target)
+    return target
+
+
+def _params(config, workdir, step=None):
+    state = training.restore_state(training.prepare(config), workdir, step)
+    return jax.device_get(jax.tree.leaves(state.params))
+
+
+def _files(workdir):
+    out = {}
+    for path in sorted(glob.glob(os.path.join(workdir, "**", "*"), recursive=True)):
+        if os.path.isfile(path) and not path.endswith("/lock"):
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, workdir)] = f.read()
+    return out
+
+
+def _flip_byte(workdir, step):
+    data_files = glob.glob(os.path.join(workdir, "checkpoints", str(step), "default", "d", "*"))
+    path = max(data_files, key=os.path.getsize)
+    with open(path, "r+b") as f:
+        f.seek(os.path.getsize(path) // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0x01]))
+
+
+def test_flipped_byte_in_newest_checkpoint_resumes_from_the_previous_one(
+    data_dir, trained, tmp_path, caplog
+):
+    source, result = trained
+    config, workdir = tiny_config(data_dir), _copy(source, tmp_path)
+    want = _params(config, source)
+    _flip_byte(workdir, STEPS)
+    again = training.train_and_evaluate(config, workdir)
+    warnings = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
+    assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+    assert f"checkpoint {STEPS} " in warnings[0] and "damaged_checkpoints" in warnings[0]
+    # Nothing deleted: the damaged checkpoint was moved aside, step 4 trained again.
+    assert os.path.isdir(os.path.join(workdir, "damaged_checkpoints", str(STEPS), "default"))
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
+    # Steps 3-4 replayed from checkpoint 2: the same keys and batches give the same bits.
+    for a, b in zip(_params(config, workdir), want, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert again["test/top1"] == result["test/top1"]
+    # One row per step: the replayed steps replaced the rows of the first run.
+    steps = [r["step"] for r in metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
+    assert steps == [1, 2, 3, 4, 4], steps  # step 4: a train row and the evaluation
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_damaged_newest_checkpoint_is_skipped_by_a_read(data_dir, trained, tmp_path, damage):
+    source, _ = trained
+    config, workdir = tiny_config(data_dir), _copy(source, tmp_path)
+    newest = os.path.join(workdir, "checkpoints", str(STEPS), "default")
+    if damage == "truncated":
+        for path in glob.glob(os.path.join(newest, "d", "*")):
+            os.truncate(path, os.path.getsize(path) // 2)
+    else:
+        os.remove(os.path.join(newest, "_METADATA"))
+    before = _files(workdir)
+    with pytest.raises(checkpointing.DamagedCheckpointError, match="is damaged") as info:
+        training.restore_state(training.prepare(config), workdir, STEPS)
+    assert "\n" not in str(info.value)
+    # Without a step, a read falls back to the newest intact checkpoint and moves nothing.
+    got = _params(config, workdir)
+    for a, b in zip(got, _params(config, source, EVERY), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert _files(workdir) == before
+
+
+def test_second_trainer_is_refused_and_touches_nothing(data_dir, trained, tmp_path):
+    source, _ = trained
+    workdir = _copy(source, tmp_path)
+    before = _files(workdir)
+    other = tiny_config(data_dir)
+    other.seed = 1
+    busy = pytest.raises(WorkdirBusyError, match="is in use by another trainer")
+    with WorkdirLock(workdir), busy as info:  # the lock: a first trainer, still running
+        training.train_and_evaluate(other, workdir)
+    message = str(info.value)
+    assert "\n" not in message and f"pid {os.getpid()}" in message
+    assert _files(workdir) == before
+
+
+def test_rejected_resume_keeps_config_json(data_dir, trained, tmp_path):
+    source, _ = trained
+    workdir = _copy(source, tmp_path)
+    before = _files(workdir)
+    wider = tiny_config(data_dir)
+    wider.model.hidden_dim = 24
+    with pytest.raises(checkpointing.CheckpointError, match="does not fit") as info:
+        training.train_and_evaluate(wider, workdir)
+    assert "\n" not in str(info.value) and "config.json" in str(info.value)
+    assert _files(workdir) == before
+
+
+def test_cut_metrics_row_is_dropped_on_read_and_on_resume(data_dir, trained, tmp_path):
+    source, _ = trained
+    workdir = _copy(source, tmp_path)
+    path = os.path.join(workdir, "metrics.jsonl")
+    rows = metrics.read_jsonl(path)
+    with open(path, "a") as f:
+        f.write('{"step": 5, "train/lo')  # a write cut by a kill or a full disk
+    assert metrics.read_jsonl(path) == rows
+    training.train_and_evaluate(tiny_config(data_dir), workdir)  # finished: evaluates only
+    with open(path) as f:
+        assert f.read().endswith("}\n")
+    assert metrics.read_jsonl(path) == rows  # no second row for the same evaluation
+
+
+# Trainer processes, started as a user would.
+
+
+def _config_file(tmp_path, data_dir, steps, every):
+    path = tmp_path / "tiny.py"
+    text = CONFIG.format(tiny=TINY, data_dir=data_dir, steps=steps, every=every)
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def jax_cache(tmp_path_factory):
+    """The trainer processes compile the same programs: share them through JAX's cache."""
+    return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+def _trainer(config_path, workdir, jax_cache, file_size_limit=None):
+    command = [sys.executable, "-m", "imixer_jax.train", "--config", config_path]
+    command += ["--workdir", workdir]
+    if file_size_limit is not None:  # in 1 KiB blocks; past it writes fail with EFBIG
+        command = ["bash", "-c", f'ulimit -f {file_size_limit}; trap "" XFSZ; exec "$@"', "-"]
+        command += [sys.executable, "-m", "imixer_jax.train", "--config", config_path]
+        command += ["--workdir", workdir]
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": jax_cache}
+    return subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _logged_steps(workdir):
+    try:
+        return [r["step"] for r in metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
+    except FileNotFoundError:
+        return []
+
+
+def _wait_for(condition, process, timeout=600):  # generous: a loaded machine compiles slowly
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None and not condition():
+        time.sleep(0.01)
+    assert process.poll() is None, process.communicate()[1][-3000:]
+    assert condition(), "timed out"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_and_exits_cleanly(data_dir, jax_cache, tmp_path, sig):
+    config_path = _config_file(tmp_path, data_dir, steps=1000, every=0)
+    workdir = str(tmp_path / "run")
+    trainer = _trainer(config_path, workdir, jax_cache)
+    _wait_for(lambda: len(_logged_steps(workdir)) >= 3, trainer)
+    trainer.send_signal(sig)
+    _, err = trainer.communicate(timeout=600)
+    assert trainer.returncode == 0, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    lines = [line for line in err.splitlines() if f"{sig.name}: saved the checkpoint" in line]
+    assert len(lines) == 1, err[-3000:]
+    saved = int(lines[0].split("of step ")[1].split()[0])
+    assert saved >= 3 and os.listdir(os.path.join(workdir, "checkpoints")) == [str(saved)]
+    assert max(_logged_steps(workdir)) <= saved
+
+
+def test_sigkill_during_a_save_leaves_a_restorable_workdir(data_dir, jax_cache, tmp_path):
+    config_path = _config_file(tmp_path, data_dir, steps=1000, every=1)
+    workdir = str(tmp_path / "run")
+    trainer = _trainer(config_path, workdir, jax_cache)
+
+    def saving():  # a save in progress after at least two complete ones
+        names = os.listdir(os.path.join(workdir, "checkpoints"))
+        return sum(n.isdigit() for n in names) >= 2 and any("tmp" in n for n in names)
+
+    _wait_for(lambda: os.path.isdir(os.path.join(workdir, "checkpoints")) and saving(), trainer)
+    trainer.send_signal(signal.SIGKILL)
+    trainer.communicate()
+    with WorkdirLock(workdir):  # the kernel released the dead trainer's lock
+        pass
+    config = tiny_config(data_dir, steps=1000, every=1)
+    complete = max(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit())
+    state = training.restore_state(training.prepare(config), workdir)
+    assert int(state.step) == complete
+
+
+def test_full_disk_stops_with_one_line_and_keeps_checkpoint_and_metrics(
+    data_dir, trained, jax_cache, tmp_path
+):
+    source, _ = trained
+    config_path = _config_file(tmp_path, data_dir, steps=6, every=2)
+    workdir = _copy(source, tmp_path)
+    shutil.rmtree(os.path.join(workdir, "checkpoints", str(STEPS)))  # resume from step 2
+    # Room for the metrics and event files, not for a checkpoint's metadata file.
+    limit_kib = 16
+    metadata = os.path.join(workdir, "checkpoints", "2", "default", "_METADATA")
+    assert os.path.getsize(metadata) > limit_kib * 1024
+    trainer = _trainer(config_path, workdir, jax_cache, file_size_limit=limit_kib)
+    _, err = trainer.communicate(timeout=600)
+    assert trainer.returncode == 1, err[-3000:]
+    # TensorStore's own threads may print after it (see the README); the trainer's line is one.
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "failed" in errors[0], err[-3000:]
+    assert "checkpoint 2 is kept" in errors[0] or "metrics.jsonl" in errors[0], errors
+    config = tiny_config(data_dir, steps=6)
+    assert int(training.restore_state(training.prepare(config), workdir).step) == 2
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        text = f.read()
+    assert text.endswith("\n") and all(json.loads(line) for line in text.splitlines())
+
+
+def test_workdir_that_is_a_file_fails_with_one_line(tmp_path):
+    path = tmp_path / "run"
+    path.write_text("not a directory")
+    with pytest.raises(training.TrainingError, match="cannot use .* as the workdir") as info:
+        WorkdirLock(str(path)).__enter__()
+    assert "\n" not in str(info.value)
+
+
+def test_reading_a_missing_workdir_creates_nothing(data_dir, tmp_path):
+    workdir = tmp_path / "no" / "such" / "run"
+    with pytest.raises(FileNotFoundError, match="no checkpoint directory") as info:
+        training.evaluate_checkpoint(tiny_config(data_dir), str(workdir))
+    assert "\n" not in str(info.value) and not (tmp_path / "no").exists()
