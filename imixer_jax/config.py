@@ -1,4 +1,5 @@
-"""Training configuration: the base ``ConfigDict`` (official recipe, SPEC section 5) and its checks.
+"""Training configuration: the base ``ConfigDict`` (the official recipe,
+docs/recipe.md#official-recipe) and its checks.
 
 Config files (``configs/*.py``) call ``base_config(model, **model_overrides)`` and change what they
 need; the result is locked, so a misspelt key fails at once. ``validate(config)`` runs before
@@ -7,7 +8,9 @@ anything is compiled and raises ``ConfigError`` with one line naming the offendi
 Schema (defaults in ``base_config``):
 
     seed                   int: root of every random stream (init, data order, mixing, drop path)
-    model                  the complete ``Mixer`` constructor kwargs (registry.model_kwargs);
+    arch                   'mixer' (``Mixer``: MLP-Mixer, iMixer) or 'paramixer' (``ParaMixer``: the
+                           parallelized Mixer family); ``registry.model_arch(name)``
+    model                  the complete constructor kwargs of that class (registry.model_kwargs);
                            ``model.dtype``: None (float32) or a compute dtype name ('bfloat16')
     data.name              TFDS dataset name; data.data_dir: TFDS data_dir (None = TFDS default)
     data.train_split; data.eval_split (None: 'validation' if the dataset has it, else 'test')
@@ -42,7 +45,6 @@ from ml_collections import config_dict
 
 from imixer_jax.data import defaults as data
 from imixer_jax.models import registry
-from imixer_jax.models.mixer import Mixer
 
 INITIALIZE = ("auto", "always", "never")
 UNITS = ("epochs", "steps")
@@ -56,12 +58,15 @@ class ConfigError(ValueError):
 
 
 def base_config(model: str = "imixer_s16", **model_overrides) -> ml_collections.ConfigDict:
-    """The official CIFAR-10 recipe (SPEC section 5) for registered variant ``model``, locked.
+    """The official CIFAR-10 recipe (docs/recipe.md#official-recipe) for registered variant
+    ``model``, locked.
 
-    ``model_overrides`` are ``Mixer`` arguments (e.g. ``num_classes=10, img_size=32``).
+    ``model_overrides`` are constructor arguments of ``registry.model_class(model)`` (e.g.
+    ``num_classes=10, img_size=32``).
     """
     c = ml_collections.ConfigDict()
     c.seed = 0
+    c.arch = registry.model_arch(model)  # the class that ``model`` is the constructor kwargs of
     c.model = model_config(model, **{"num_classes": 10, **model_overrides})
 
     c.data = ml_collections.ConfigDict()
@@ -133,13 +138,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
     Raises:
       ConfigError: one line ``config.<key>: <what is wrong>``.
     """
-    model_keys = set(inspect.signature(Mixer.__init__).parameters) - {"self", "rngs"}
+    archs = registry.ARCHITECTURES
+    _check(config.arch in archs, "arch", f"must be one of {', '.join(archs)}, got {config.arch!r}")
+    model_class = archs[config.arch]
+    model_keys = set(inspect.signature(model_class.__init__).parameters) - {"self", "rngs"}
     for key in sorted(set(config.model.keys()) - model_keys):
-        _fail(f"model.{key}", "unknown model argument (keys are Mixer's constructor arguments)")
+        _fail(
+            f"model.{key}",
+            f"unknown model argument (keys are {model_class.__name__}'s constructor arguments)",
+        )
     for key in sorted(model_keys - set(config.model.keys())):
         _fail(f"model.{key}", "missing model argument")
-    try:  # Mixer checks its arguments; abstract construction allocates nothing
-        nnx.eval_shape(lambda: Mixer(**config.model, rngs=nnx.Rngs(0)))
+    try:  # the model checks its arguments; abstract construction allocates nothing
+        nnx.eval_shape(lambda: model_class(**config.model, rngs=nnx.Rngs(0)))
     except ValueError as e:
         first = str(e).split()[0]
         _fail(f"model.{first}" if first in model_keys else "model", str(e))

@@ -25,7 +25,7 @@ from jax.sharding import Mesh
 
 from imixer_jax import config as config_lib
 from imixer_jax import data, optim, sharding
-from imixer_jax.models.mixer import Mixer
+from imixer_jax.models import registry
 
 Array = jax.Array
 
@@ -70,8 +70,9 @@ class Setup:
         return jax.tree.map(lambda x: x.sharding, self.abstract_state)
 
 
-def _model(config: ml_collections.ConfigDict, key: Array) -> Mixer:
-    return Mixer(**config.model.to_dict(), rngs=nnx.Rngs(params=key))
+def _model(config: ml_collections.ConfigDict, key: Array) -> nnx.Module:
+    model_class = registry.ARCHITECTURES[config.arch]
+    return model_class(**config.model.to_dict(), rngs=nnx.Rngs(params=key))
 
 
 def resolve_mesh_shape(
