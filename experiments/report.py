@@ -43,12 +43,15 @@ def collect(name: str, root: str) -> list[dict[str, Any]]:
                 loss=final["test/loss"],
                 steps=final["step"],
                 batch_size=config.batch_size,
-                # Every Mixer argument is overridden: the variant name only seeds the defaults.
-                params=registry.param_count("imixer_s16", **model),
+                # Every argument is overridden: the variant name only picks the class.
+                params=registry.param_count(_ARCH_VARIANT[config.arch], **model),
                 seconds=_logged_seconds(workdir),
             )
         rows.append(row)
     return rows
+
+
+_ARCH_VARIANT = {"mixer": "imixer_s16", "paramixer": "paramixer_s16_224"}  # one name per class
 
 
 def _logged_seconds(workdir: str) -> float | None:

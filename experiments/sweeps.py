@@ -17,8 +17,8 @@ the sweep's numbers.
 | adjoint | 3 | 8 unrolled steps / 8 steps with implicit gradients / converged (tol 1e-4) implicit |
 | cpu_study | 15 | digits (``configs/default.py``): mixer, imixer n_iter 0, 1, 2, 4; seeds 0, 1, 2 |
 
-``PARAMIXER_SWEEPS`` (same format; base ``configs/paramixer.py``, the official paramixer CIFAR-10
-recipe; to join ``SWEEPS`` once the trainer builds ``ParaMixer`` variants):
+``PARAMIXER_SWEEPS`` (also in ``SWEEPS``; base ``configs/paramixer.py``, the official paramixer
+CIFAR-10 recipe):
 
 | sweep | runs | what varies |
 |---|---|---|
@@ -123,12 +123,12 @@ _PAPER_SCALE = (
     "difference within the seed-to-seed spread is not evidence either way; measure that spread "
     "by repeating a run with another --config.seed before reading small differences."
 )
+SWEEPS.update(PARAMIXER_SWEEPS)
 NOTES: dict[str, str] = {name: _PAPER_SCALE for name in SWEEPS}
 NOTES["paper"] = (
     "Official CIFAR-10 top-1 for comparison (README, n_iter 2): iMixer-S 88.56, B 89.07, L 87.48. "
     + _PAPER_SCALE
 )
-NOTES.update(dict.fromkeys(PARAMIXER_SWEEPS, _PAPER_SCALE))
 NOTES["symmetry_breaking"] = (
     "lambda is the coefficient of the L2 penalty on the symmetry-breaking weights W_2 (added to "
     "the loss by the trainer): large lambda pushes AsymMixer towards SymMixer, lambda 0 leaves "

@@ -27,6 +27,9 @@ EXPECTED_RUNS = {
     "tied": 2,
     "adjoint": 3,
     "cpu_study": 15,
+    "paramixer": 4,
+    "paramixer_n_iter": 12,
+    "symmetry_breaking": 9,
 }
 
 

@@ -43,7 +43,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     path = os.path.join(workdir, "config.json")
     try:
         with open(path) as f:
-            return ml_collections.ConfigDict(json.load(f))
+            fields = json.load(f)
     except FileNotFoundError as e:
         raise RunError(
             f"no {path}: {workdir} is not the workdir of a training run; pass one"
@@ -52,6 +52,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         raise RunError(
             f"{path} is not valid JSON ({e.msg}, line {e.lineno}); restore it or retrain"
         ) from e
+    fields.setdefault("arch", "mixer")  # runs written before the parallel Mixer family
+    return ml_collections.ConfigDict(fields)
 
 
 def has_checkpoint(workdir: str) -> bool:
