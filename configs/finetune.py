@@ -25,7 +25,6 @@ from __future__ import annotations
 import ml_collections
 
 from imixer_jax import config as config_lib
-from imixer_jax.models import pretrained
 
 MODELS = ("mixer_b16", "mixer_b32", "mixer_l16")
 
@@ -39,10 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             f"checkpoint), got {arg!r}"
         )
     c = config_lib.base_config(model, num_classes=10, img_size=224, drop_path_rate=0.0)
-    with c.unlocked():
-        c.init_from = pretrained.init_from_config()
-        c.optimizer.name = "sgd"
-        c.optimizer.momentum = 0.9
+    c.optimizer.name, c.optimizer.momentum = "sgd", 0.9
     c.data.name = "cifar10"
     c.data.train_split = "train[:98%]"
     c.data.eval_split = "test"

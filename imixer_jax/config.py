@@ -12,14 +12,18 @@ Schema (defaults in ``base_config``):
                            parallelized Mixer family); ``registry.model_arch(name)``
     model                  the complete constructor kwargs of that class (registry.model_kwargs);
                            ``model.dtype``: None (float32) or a compute dtype name ('bfloat16')
-    data.name              TFDS dataset name; data.data_dir: TFDS data_dir (None = TFDS default)
+    data.name              TFDS dataset name, or 'synthetic' / 'synthetic/K' (numpy batches, no
+                           TensorFlow); data.data_dir: TFDS data_dir (None = TFDS default)
     data.train_split; data.eval_split (None: 'validation' if the dataset has it, else 'test')
     data.crop_ratio        eval: resize to img_size / crop_ratio, centre crop
     data.augment           data.AUGMENT_DEFAULTS (crop, flip, RandAugment ('' = off), random
                            erasing, and the mix_batch keys mixup_alpha, cutmix_alpha,
                            switch_prob, label_smoothing)
     batch_size             global batch per step (all processes); eval_batch_size likewise
-    optimizer              AdamW lr (peak), b1, b2, eps, weight_decay (not on 1-D params),
+    init_from              path (None: from scratch), format, head: initial parameters from a
+                           pretrained checkpoint (``models.pretrained``; fresh runs only)
+    optimizer              name ('adamw' | 'sgd' with momentum), lr (peak), b1, b2, eps,
+                           weight_decay (not on 1-D params),
                            grad_clip_norm (0 = off), ema_decay (0 = off), accum_steps (>= 1)
     schedule               unit ('epochs' | 'steps'); length (warm-up + cosine, timm --epochs),
                            warmup, cooldown (extra, at min_lr) in that unit; init_lr, min_lr
@@ -44,7 +48,7 @@ from flax import nnx
 from ml_collections import config_dict
 
 from imixer_jax.data import defaults as data
-from imixer_jax.models import registry
+from imixer_jax.models import pretrained, registry
 
 INITIALIZE = ("auto", "always", "never")
 UNITS = ("epochs", "steps")
@@ -90,12 +94,15 @@ def base_config(model: str = "imixer_s16", **model_overrides) -> ml_collections.
             grad_clip_norm=0.0,
             ema_decay=0.0,
             accum_steps=1,
+            name="adamw",
+            momentum=0.9,  # 'sgd' only
         )
     )
     c.schedule = ml_collections.ConfigDict(
         dict(unit="epochs", length=300.0, warmup=20.0, cooldown=10.0, init_lr=1e-6, min_lr=1e-6)
     )
     c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1), axes=("data", "model")))
+    c.init_from = pretrained.init_from_config()
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3))
     c.log_every_steps = 100
     c.eval_every_steps = 0
@@ -184,6 +191,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _check(opt[key] >= 0, f"optimizer.{key}", f"must be >= 0, got {opt[key]}")
     _check(0 <= opt.ema_decay < 1, "optimizer.ema_decay", "must be in [0, 1) (0 = no EMA)")
     _check(opt.accum_steps >= 1, "optimizer.accum_steps", f"must be >= 1, got {opt.accum_steps}")
+    names = ("adamw", "sgd")
+    _check(opt.name in names, "optimizer.name", f"must be one of {names}, got {opt.name!r}")
+    _check(0 <= opt.momentum < 1, "optimizer.momentum", f"must be in [0, 1), got {opt.momentum}")
+    try:
+        pretrained.check_init_from(config)
+    except (ValueError, FileNotFoundError) as e:
+        _fail("init_from", " ".join(str(e).split()).removeprefix("config.init_from"))
 
     sch = config.schedule
     _check(sch.unit in UNITS, "schedule.unit", f"must be one of {UNITS}, got {sch.unit!r}")

@@ -73,9 +73,19 @@ def create(
     """``(optimiser, schedule)`` of ``config.optimizer`` over the durations of ``plan``; the
     optimiser's update count drives the schedule."""
     opt, schedule = config.optimizer, learning_rate(config, plan)
-    tx = optax.adamw(
-        schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay, mask=decay_mask
-    )
+    if opt.name == "sgd":  # the vit_jax fine-tuning recipe
+        tx = optax.sgd(schedule, momentum=opt.momentum)
+        if opt.weight_decay > 0:
+            tx = optax.chain(optax.add_decayed_weights(opt.weight_decay, mask=decay_mask), tx)
+    else:
+        tx = optax.adamw(
+            schedule,
+            b1=opt.b1,
+            b2=opt.b2,
+            eps=opt.eps,
+            weight_decay=opt.weight_decay,
+            mask=decay_mask,
+        )
     if opt.grad_clip_norm > 0:
         tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), tx)
     if opt.accum_steps > 1:

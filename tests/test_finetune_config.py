@@ -36,3 +36,48 @@ def test_schedule_is_10k_steps_with_500_warmup():
 def test_unknown_model_is_one_line():
     with pytest.raises(ValueError, match="takes one of mixer_b16, mixer_b32, mixer_l16"):
         finetune.get_config("imixer_b16")
+
+
+def _tiny_finetune(tmp_path, path):
+    """configs/finetune.py shrunk to tests/test_pretrained.py's tiny Mixer, on synthetic data."""
+    from tests.test_pretrained import TINY, TINY_MLP
+
+    c = finetune.get_config("mixer_b16")
+    c.model = config_lib.model_config(
+        "mixer_s16", num_classes=10, channels_mlp_dim=TINY_MLP, drop_path_rate=0.0, **TINY
+    )
+    c.data.name, c.data.train_split, c.data.eval_split = "synthetic/10", "train", "validation"
+    c.batch_size, c.eval_batch_size = 8, 8
+    c.mesh.shape = (1, 1)
+    c.init_from.path = path
+    return c
+
+
+def test_missing_checkpoint_is_one_config_line(tmp_path):
+    config = _tiny_finetune(tmp_path, str(tmp_path / "nowhere.npz"))
+    with pytest.raises(config_lib.ConfigError, match=r"^config\.init_from: .*nowhere\.npz"):
+        config_lib.validate(config)
+
+
+def test_trainer_starts_from_the_checkpoint_with_a_zero_head(tmp_path):
+    """The trainer's fresh state carries the checkpoint's weights (a new zero head for the new
+    classes); the optimiser state is the one of those parameters."""
+    import jax
+
+    from imixer_jax import training
+    from imixer_jax.models import pretrained
+    from imixer_jax.training import loop
+    from tests.test_pretrained import _fabricated
+
+    flat, _ = _fabricated(num_classes=21)  # another head: replaced by zeros
+    path = str(tmp_path / "mixer.npz")
+    np.savez(path, **flat)
+    setup = training.prepare(_tiny_finetune(tmp_path, path))
+    state = loop._pretrained(setup, training.init_state(setup))
+    got = {k: np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(state.params)}
+    want = pretrained.from_vit_jax(flat, training.init_state(setup).params, head="zero")
+    for path_, value in jax.tree_util.tree_leaves_with_path(want):
+        np.testing.assert_array_equal(got[path_], np.asarray(value), err_msg=str(path_))
+    assert not np.any(np.asarray(state.params["head"]["kernel"][...]))
+    stem = np.asarray(state.params["stem"]["kernel"][...])
+    np.testing.assert_array_equal(stem, flat["stem/kernel"])

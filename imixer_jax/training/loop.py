@@ -22,6 +22,7 @@ from absl import logging
 
 from imixer_jax import checkpointing, data, sharding
 from imixer_jax import config as config_lib
+from imixer_jax.models import pretrained
 from imixer_jax.training.errors import TrainingError
 from imixer_jax.training.evaluation import evaluate_state
 from imixer_jax.training.lock import WorkdirLock
@@ -131,7 +132,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         start = 0 if latest is None else latest
         batches = _train_batches(setup, start) if start < plan.total_steps else iter(())
         if state is None:
-            state = init_state(setup)
+            state = _pretrained(setup, init_state(setup))
         else:
             logging.info("resumed from the checkpoint of step %d in %s", start, ckpt.directory)
         if is_main:  # only now: a rejected resume leaves the config.json of the checkpoints
@@ -286,3 +287,17 @@ class _Loop:
             self.writer.write(step, scalars)
         logging.info("step %d  %s", step, "  ".join(f"{k} {v:.4f}" for k, v in scalars.items()))
         return scalars
+
+
+def _pretrained(setup: Setup, state: TrainState) -> TrainState:
+    """A fresh state with the parameters of ``config.init_from`` (unchanged without one); the
+    optimiser state does not depend on the parameter values, so it stays valid."""
+    config = setup.config
+    if config.get("init_from") is None or config.init_from.path is None:
+        return state
+    params = jax.device_put(
+        pretrained.apply_init(config, state.params), setup.state_shardings.params
+    )
+    ema = None if state.ema_params is None else params
+    logging.info("parameters initialised from %s", config.init_from.path)
+    return state.replace(params=params, ema_params=ema)
