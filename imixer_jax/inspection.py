@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 
 from imixer_jax import checkpointing, data, training
 from imixer_jax.hopfield import HierarchicalNetwork, Layer, Synapse, lagrangians
-from imixer_jax.models.mixer import Mixer
+from imixer_jax.models.mixer import Mixer, capture_intermediates
 from imixer_jax.models.spectral_norm import spectral_sigmas
 
 Array = jax.Array
@@ -250,7 +250,9 @@ def with_solver(model: Mixer, model_kwargs: Mapping, **solver) -> Mixer:
 
 @nnx.jit
 def _inspect_forward(model: Mixer, images: Array) -> tuple[Array, dict]:
-    return model(images, inspect=True)
+    logits, sown = capture_intermediates(model, images)
+    blocks = nnx.to_pure_dict(sown).get("blocks", {})
+    return logits, {f"block_{i}": block["token_mixer"] for i, block in blocks.items()}
 
 
 def forward(model: Mixer, images) -> tuple[np.ndarray, dict]:
@@ -346,8 +348,8 @@ def block_energy_descent(
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _descend_block(graphdef, state, x0: Array, num_steps: int) -> Array:
     def energy_and_increment(x):
-        increment, info = nnx.merge(graphdef, state)(x, inspect=True)
-        return info["energy_before"], increment
+        increment, sown = capture_intermediates(nnx.merge(graphdef, state), x)
+        return sown["energy_before"][...], increment
 
     def step(x, _):
         energy, increment = energy_and_increment(x)

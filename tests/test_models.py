@@ -7,6 +7,7 @@ import itertools
 import subprocess
 import sys
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 from flax import nnx
 
 from imixer_jax.models import Mixer, MixerBlock, create_model, layers, model_kwargs, param_count
+from imixer_jax.models.mixer import capture_intermediates
 from imixer_jax.models.registry import VARIANT_NAMES
 from imixer_jax.models.token_mixers import IMLP
 
@@ -54,7 +56,7 @@ PARAMS_10 = {
 
 
 def closed_form_count(name: str, num_classes: int, img_size: int = 224) -> int:
-    """Parameter count by arithmetic from the official architecture (SPEC section 4)."""
+    """Parameter count by arithmetic from the official architecture ."""
     num_blocks, dim = {"s": (8, 512), "b": (12, 768), "l": (24, 1024)}[name.split("_")[1][0]]
     patch = int(name[-2:])
     s, t, c = (img_size // patch) ** 2, dim // 2, 4 * dim
@@ -206,14 +208,49 @@ def _images(batch: int, key: int = 1) -> jax.Array:
     return jax.random.uniform(jax.random.key(key), (batch, 32, 32, 3), minval=-1.0, maxval=1.0)
 
 
-def test_inspect_returns_per_block_intermediates():
+def test_capture_intermediates_returns_logits_and_per_block_intermediates():
     model = _tiny()
     model.eval()
     images = _images(2)
-    logits, info = model(images, inspect=True)
+    logits, sown = capture_intermediates(model, images)
     np.testing.assert_array_equal(logits, model(images))
-    assert list(info) == ["block_0", "block_1"]
-    assert info["block_0"]["residuals"].shape == (2,)  # one residual per fixed-point step
+    blocks = nnx.to_pure_dict(sown)["blocks"]
+    assert sorted(blocks) == [0, 1]
+    assert blocks[0]["token_mixer"]["residuals"].shape == (2,)  # one per fixed-point step
+    assert set(blocks[1]["token_mixer"]) == {"residuals", "steps", "fc_sn1", "fc_sn2"}
+    # Sowing is off by default and the view leaves the model's own flag alone.
+    assert not model.blocks[0].token_mixer.sow_intermediates
+    assert not jax.tree.leaves(nnx.state(model, nnx.Intermediate))
+
+
+def test_capture_intermediates_under_jit_matches_eager():
+    model = _tiny(tied=True, update="euler", step_size=0.5)
+    model.eval()
+    images = _images(2)
+    eager = nnx.to_pure_dict(capture_intermediates(model, images)[1])
+    jitted = nnx.to_pure_dict(nnx.jit(capture_intermediates)(model, images)[1])
+    energy = eager["blocks"][1]["token_mixer"]["energy_before"]
+    assert energy.shape == (2,)  # one reduced energy per image
+    # Same computation inside and outside jit: equal up to float32 fusion round-off.
+    chex.assert_trees_all_close(eager, jitted, rtol=1e-5, atol=1e-6)
+
+
+def test_deterministic_view_stops_power_iteration_and_drop_path():
+    model = _tiny(drop_path_rate=0.5)
+    _randomise_head(model)
+    images = _images(2)
+    view = nnx.view(model, deterministic=True)
+    sn = model.blocks[0].token_mixer.fc_sn1
+    assert view.blocks[0].token_mixer.fc_sn1.deterministic and not sn.deterministic
+    u = np.asarray(sn.u[...])
+    first = view(images)
+    np.testing.assert_array_equal(sn.u[...], u)  # no power-iteration step in the view
+    np.testing.assert_array_equal(view(images), first)  # and no drop path
+    model.eval()
+    np.testing.assert_array_equal(model(images), first)
+    model.train()
+    model(images, rngs=nnx.Rngs(dropout=0))
+    assert not np.array_equal(sn.u[...], u)  # the training-mode model itself still iterates
 
 
 def test_mlp_mixer_uses_token_mlp():

@@ -50,7 +50,8 @@ class SpectralNormLinear(nnx.Module):
 
     Attributes:
       kernel: Param ``[in, out]``; bias: Param ``[out]``; u: ``[out]``, v: ``[in]`` SpectralVectors.
-      deterministic: False (training) runs the power iteration; toggled by ``train()``/``eval()``.
+      deterministic: False (training) runs the power iteration; toggled by ``train()``/``eval()``
+        and by ``nnx.view(model, deterministic=...)`` (``set_view``).
     """
 
     def __init__(
@@ -76,6 +77,11 @@ class SpectralNormLinear(nnx.Module):
         self.coeff = coeff
         self.n_power = n_power
         self.deterministic = deterministic
+
+    def set_view(self, deterministic: bool | None = None) -> None:
+        """Used by ``nnx.view``: ``deterministic=True`` stops the power iteration (u, v frozen)."""
+        if deterministic is not None:
+            self.deterministic = deterministic
 
     def sigma(self) -> Array:
         """Current spectral-norm estimate u^T W v (differentiable in the kernel)."""
