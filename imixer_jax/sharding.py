@@ -26,7 +26,7 @@ from imixer_jax import config as config_lib
 
 P = PartitionSpec
 
-PARTITION_RULES: tuple[tuple[str, PartitionSpec], ...] = (
+_PER_BLOCK_RULES: tuple[tuple[str, PartitionSpec], ...] = (
     (r"channel_mlp/fc_c1/kernel$", P(None, "model")),
     (r"channel_mlp/fc_c1/bias$", P("model")),
     (r"channel_mlp/fc_c2/kernel$", P("model", None)),
@@ -36,6 +36,10 @@ PARTITION_RULES: tuple[tuple[str, PartitionSpec], ...] = (
     (r"token_mixer/fc_sn1/kernel$", P(None, "model")),
     (r"token_mixer/fc_sn1/bias$", P("model")),
     (r"token_mixer/fc_sn2/kernel$", P("model", None)),
+)
+# scan_blocks: every block variable has a leading [num_blocks] axis, kept replicated.
+PARTITION_RULES: tuple[tuple[str, PartitionSpec], ...] = _PER_BLOCK_RULES + tuple(
+    (pattern, P(None, *spec)) for pattern, spec in _PER_BLOCK_RULES
 )
 
 
