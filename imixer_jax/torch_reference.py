@@ -36,8 +36,9 @@ class SoftSpectralLinear(nn.Linear):
                     u = nn.functional.normalize(self.weight @ v, dim=0)
                 self.u.copy_(u)
                 self.v.copy_(v)
-        sigma = torch.dot(self.u, self.weight @ self.v)
-        weight = self.weight / torch.clamp(sigma / self.coeff, min=1.0)
+        with torch.autocast(x.device.type, enabled=False):  # fp32, as the official hook
+            sigma = torch.dot(self.u.clone(), self.weight @ self.v.clone())  # u, v: per call
+            weight = self.weight / torch.clamp(sigma / self.coeff, min=1.0)
         return nn.functional.linear(x, weight, self.bias)
 
 
