@@ -1,14 +1,38 @@
-"""Throughput benchmark of a registered model on the local default device.
+"""Benchmark of the trainer's own train step on synthetic batches.
 
     python -m imixer_jax.benchmark --model imixer_s16 --batch 16 [--img-size 224]
-        [--num-classes 1000] [--train] [--steps 10] [--dtype float32|bfloat16] [--json]
+        [--num-classes 1000] [--dtype float32|bfloat16] [--scan-blocks] [--remat none|block|...]
+        [--data synthetic] [--steps 10] [--warmup 2] [--matmul-size 2048] [--compare-torch]
+        [--json]
 
-Eval mode times the jitted forward; ``--train`` times a full train step (forward with drop path
-and power iteration, backward, optax AdamW update). Reported: compile seconds (lower + compile,
-timed apart from running), images/s over ``--steps`` timed steps after ``--warmup`` untimed ones
-(each ended by ``block_until_ready``), the step's FLOPs from XLA's cost analysis and the achieved
-GFLOP/s, and, measured in the same process on the same device and dtype, a jitted square matmul's
-GFLOP/s, so that ``efficiency = model GFLOP/s / matmul GFLOP/s``.
+What is timed is ``training.make_train_step`` of the config ``config.base_config(model, ...)``
+(the official recipe: AdamW, mixup/cutmix on device, drop path, per-call power iteration), with
+its shardings and donated state, built through ``training.prepare`` / ``init_state`` exactly as
+training builds it; only the batches are synthetic (uniform images in [-1, 1], random labels).
+
+Reported: ``compile_s`` (lower + compile of that step), ``step_s`` and ``images_per_s`` over
+``--steps`` timed steps after ``--warmup`` untimed ones, the analytic FLOPs below, the achieved
+TFLOP/s, ``mfu`` = achieved / ``matmul_tflops_per_s`` (a jitted square matmul in the same dtype,
+timed in the same process: the device's practical matmul peak), ``peak_memory_bytes`` from
+``device.memory_stats()`` (None where the backend has none, e.g. CPU) and XLA's compile-time
+estimate ``temp_bytes`` (activations and other temporaries of the step).
+
+Analytic FLOPs (matmuls only, 2 per multiply-add; LayerNorm, GELU, softmax, the optimiser and
+the power iteration, O(T H n_power) per step, are left out), with S = (img/P)^2 tokens, D hidden,
+T token-MLP, C channel-MLP, H = int(T * hidden_ratio), N blocks, K classes:
+
+    forward per image = 2 S (3 P^2) D                      patch stem
+                      + N [4 D S T                         token MLP fc1, fc2
+                           + n_iter * 4 D T H              iMLP fc_sn1, fc_sn2 per iteration
+                           + 4 S D C]                      channel MLP fc_c1, fc_c2
+                      + 2 D K                              head
+    train step per image = 3 x forward (backward: one matmul for the input gradient and one
+                           for the weight gradient per forward matmul)
+
+``--remat`` recomputes part of the forward in the backward pass: those extra FLOPs are not
+counted (the MFU is that of useful work). ``--compare-torch`` also times a plain PyTorch
+implementation of the official model (eager, fp32 or bf16 autocast, AdamW, same shapes) in the
+same process; it needs the optional extra ``torch``.
 """
 
 from __future__ import annotations
@@ -20,47 +44,77 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import optax
-from flax import nnx
+import numpy as np
 
-from imixer_jax.models.registry import VARIANT_NAMES, create_model
+from imixer_jax.models.mixer import REMATS
+from imixer_jax.models.registry import VARIANT_NAMES, model_kwargs
 
 DTYPES = ("float32", "bfloat16")
 
 
-def _flops(compiled) -> float:
-    """FLOPs of one call of an XLA executable (cost analysis is a dict or a list of dicts)."""
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        return float(sum(c.get("flops", 0.0) for c in cost))
-    return float(cost.get("flops", 0.0))
+def forward_flops_per_image(model: str, **overrides) -> float:
+    """Analytic matmul FLOPs of one image's forward pass (formula in the module docstring)."""
+    k = model_kwargs(model, **overrides)
+    tokens = (k["img_size"] // k["patch_size"]) ** 2
+    dim, token_dim, channel_dim = k["hidden_dim"], k["tokens_mlp_dim"], k["channels_mlp_dim"]
+    token_mixer = 4 * dim * tokens * token_dim
+    if k["token_mixer"] == "imlp":
+        hidden = int(token_dim * k["hidden_ratio"])
+        token_mixer += k["n_iter"] * 4 * dim * token_dim * hidden
+    block = token_mixer + 4 * tokens * dim * channel_dim
+    stem = 2 * tokens * 3 * k["patch_size"] ** 2 * dim
+    return float(stem + k["num_blocks"] * block + 2 * dim * k["num_classes"])
 
 
-def _time_steps(run: Callable[[tuple], tuple], carry: tuple, warmup: int, steps: int) -> float:
-    """Seconds for ``steps`` calls of ``carry = run(carry)`` after ``warmup`` untimed calls."""
+def _time(run: Callable[[], object], warmup: int, steps: int) -> float:
+    """Seconds for ``steps`` calls of ``run`` after ``warmup`` untimed ones (each waited for)."""
     for _ in range(warmup):
-        carry = run(carry)
-    jax.block_until_ready(carry)
+        jax.block_until_ready(run())
     start = time.perf_counter()
+    out = None
     for _ in range(steps):
-        carry = run(carry)
-    jax.block_until_ready(carry)
+        out = run()
+    jax.block_until_ready(out)
     return time.perf_counter() - start
 
 
-def _compile(fn, *args, donate_argnums=()) -> tuple:
-    """(compiled executable, lower + compile seconds)."""
-    start = time.perf_counter()
-    compiled = jax.jit(fn, donate_argnums=donate_argnums).lower(*args).compile()
-    return compiled, time.perf_counter() - start
-
-
-def matmul_gflops(size: int, dtype: str, *, warmup: int = 2, steps: int = 5) -> float:
-    """Achieved GFLOP/s of a jitted ``[size, size] @ [size, size]`` matmul in ``dtype``."""
+def matmul_tflops(size: int, dtype: str, *, warmup: int = 2, steps: int = 5) -> float:
+    """Achieved TFLOP/s of a jitted ``[size, size] @ [size, size]`` matmul in ``dtype``."""
     a, b = jax.random.normal(jax.random.key(0), (2, size, size), jnp.dtype(dtype))
-    compiled, _ = _compile(jnp.matmul, a, b)
-    seconds = _time_steps(lambda c: (compiled(a, c[0]),), (b,), warmup, steps)
-    return 2.0 * size**3 * steps / seconds / 1e9
+    matmul = jax.jit(jnp.matmul).lower(a, b).compile()
+    return 2.0 * size**3 * steps / _time(lambda: matmul(a, b), warmup, steps) / 1e12
+
+
+def benchmark_config(
+    model: str,
+    *,
+    batch: int,
+    img_size: int = 224,
+    num_classes: int = 1000,
+    dtype: str = "float32",
+    data: str = "synthetic",
+    data_dir: str | None = None,
+    **overrides,
+):
+    """``config.base_config`` of ``model`` for a benchmark: global batch ``batch``, dataset
+    ``data`` (its class count must be ``num_classes``), a long constant schedule, no
+    checkpoints or evaluation."""
+    from imixer_jax import config as config_lib  # imports the data pipeline
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+    config = config_lib.base_config(
+        model,
+        num_classes=num_classes,
+        img_size=img_size,
+        dtype=None if dtype == "float32" else dtype,
+        **overrides,
+    )
+    config.data.name, config.data.data_dir = data, data_dir
+    config.batch_size = batch
+    config.schedule.update(unit="steps", length=1e6, warmup=0.0, cooldown=0.0)
+    config.checkpoint.every_steps, config.eval_every_steps = 0, 0
+    return config
 
 
 def benchmark(
@@ -69,78 +123,78 @@ def benchmark(
     batch: int,
     img_size: int = 224,
     num_classes: int = 1000,
-    train: bool = False,
+    dtype: str = "float32",
+    data: str = "synthetic",
+    data_dir: str | None = None,
     steps: int = 10,
     warmup: int = 2,
-    dtype: str = "float32",
     matmul_size: int = 2048,
     **overrides,
 ) -> dict:
-    """Benchmark variant ``model`` (``overrides`` go to the registry); returns the report dict."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
-    if batch < 1 or steps < 1 or warmup < 0:
-        raise ValueError(
-            f"need batch >= 1, steps >= 1, warmup >= 0; got {batch}, {steps}, {warmup}"
-        )
-    kwargs = dict(num_classes=num_classes, img_size=img_size, dtype=dtype, **overrides)
-    net = create_model(model, rngs=nnx.Rngs(params=0), **kwargs)
-    num_params = sum(x.size for x in jax.tree.leaves(nnx.state(net, nnx.Param)))
-    images = jax.random.uniform(
-        jax.random.key(1), (batch, img_size, img_size, 3), minval=-1.0, maxval=1.0
+    """Time the trainer's train step of ``model`` (``overrides``: Mixer arguments, e.g.
+    ``scan_blocks=True``); returns the report dict (keys as printed by the CLI)."""
+    from imixer_jax import sharding, training
+
+    _check_counts(batch, steps, warmup)
+    config = benchmark_config(
+        model,
+        batch=batch,
+        img_size=img_size,
+        num_classes=num_classes,
+        dtype=dtype,
+        data=data,
+        data_dir=data_dir,
+        **overrides,
     )
-    labels = jax.random.randint(jax.random.key(2), (batch,), 0, num_classes)
+    run = training.prepare(config)  # one-line ConfigError for anything invalid, before compiling
+    state = training.init_state(run)
+    train_step = training.make_train_step(run)
+    rng = np.random.default_rng(0)
+    batch_arrays = sharding.global_batch(
+        run.mesh,
+        {
+            "image": rng.uniform(-1, 1, (batch, img_size, img_size, 3)).astype(np.float32),
+            "label": rng.integers(0, num_classes, batch).astype(np.int32),
+        },
+    )
+    start = time.perf_counter()
+    compiled = train_step.lower(state, batch_arrays).compile()
+    compile_s = time.perf_counter() - start
+    memory = compiled.memory_analysis()
 
-    if train:
-        net.train()
-        graphdef, params, rest = nnx.split(net, nnx.Param, ...)
-        tx = optax.adamw(1e-3, weight_decay=0.05)
+    def step():
+        nonlocal state
+        state, metrics = compiled(state, batch_arrays)  # the state is donated, as in training
+        return metrics
 
-        def train_step(params, rest, opt_state, key):
-            key, dropout_key = jax.random.split(key)
-
-            def loss_fn(params):
-                m = nnx.merge(graphdef, params, rest, copy=True)
-                logits = m(images, rngs=nnx.Rngs(dropout=dropout_key))
-                loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-                return loss, nnx.state(m, nnx.Not(nnx.Param))  # updated power-iteration vectors
-
-            grads, rest = jax.grad(loss_fn, has_aux=True)(params)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), rest, opt_state, key
-
-        carry = (params, rest, tx.init(params), jax.random.key(3))
-        compiled, compile_s = _compile(train_step, *carry, donate_argnums=(0, 1, 2))
-        run = lambda c: compiled(*c)
-    else:
-        net.eval()
-        graphdef, state = nnx.split(net)
-        compiled, compile_s = _compile(lambda s, x: nnx.merge(graphdef, s)(x), state, images)
-        run = lambda c: (compiled(state, images),)
-        carry = (jnp.zeros(()),)
-
-    seconds = _time_steps(run, carry, warmup, steps)
-    flops = _flops(compiled)
-    model_gflops = flops * steps / seconds / 1e9
-    reference = matmul_gflops(matmul_size, dtype)
+    seconds = _time(step, warmup, steps)
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    flops = 3.0 * forward_flops_per_image(
+        model, num_classes=num_classes, img_size=img_size, **overrides
+    )
+    achieved = flops * batch * steps / seconds / 1e12
+    peak = matmul_tflops(matmul_size, dtype)
     device = jax.devices()[0]
+    stats = device.memory_stats() or {}
     return {
         "model": model,
-        "mode": "train" if train else "eval",
         "batch": batch,
         "img_size": img_size,
         "num_classes": num_classes,
         "dtype": dtype,
-        "params": num_params,
-        "steps": steps,
+        "scan_blocks": bool(config.model.scan_blocks),
+        "remat": config.model.remat,
+        "params": int(num_params),
         "compile_s": compile_s,
         "step_s": seconds / steps,
         "images_per_s": batch * steps / seconds,
-        "gflops_per_step": flops / 1e9,
-        "gflops_per_s": model_gflops,
+        "train_gflops_per_image": flops / 1e9,
+        "tflops_per_s": achieved,
         "matmul_size": matmul_size,
-        "matmul_gflops_per_s": reference,
-        "efficiency": model_gflops / reference,
+        "matmul_tflops_per_s": peak,
+        "mfu": achieved / peak,
+        "peak_memory_bytes": stats.get("peak_bytes_in_use"),
+        "temp_bytes": int(memory.temp_size_in_bytes) if memory is not None else None,
         "platform": device.platform,
         "device_kind": device.device_kind,
         "device_count": jax.device_count(),
@@ -148,38 +202,80 @@ def benchmark(
     }
 
 
+def _check_counts(batch: int, steps: int, warmup: int) -> None:
+    if batch < 1 or steps < 1 or warmup < 0:
+        raise ValueError(
+            f"need --batch >= 1, --steps >= 1, --warmup >= 0; got {batch}, {steps}, {warmup}"
+        )
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """One line on stderr naming the bad argument, exit status 2."""
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m imixer_jax.benchmark", description=__doc__)
+    parser = _Parser(
+        prog="python -m imixer_jax.benchmark",
+        description="Time the trainer's train step on synthetic batches (see the module doc).",
+    )
     parser.add_argument("--model", required=True, choices=VARIANT_NAMES)
-    parser.add_argument("--batch", type=int, required=True)
+    parser.add_argument("--batch", type=int, required=True, help="global batch size")
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--num-classes", type=int, default=1000)
-    parser.add_argument("--train", action="store_true", help="time a full train step")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32")
+    parser.add_argument("--scan-blocks", action="store_true", help="blocks under nnx.scan")
+    parser.add_argument("--remat", choices=REMATS, default="none")
+    parser.add_argument("--data", default="synthetic", help="dataset name (class count only)")
+    parser.add_argument("--data-dir", default=None, help="TFDS data_dir of --data")
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
-    parser.add_argument("--dtype", choices=DTYPES, default="float32")
     parser.add_argument("--matmul-size", type=int, default=2048)
+    parser.add_argument("--compare-torch", action="store_true", help="also time PyTorch")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
+    try:
+        _check_counts(args.batch, args.steps, args.warmup)
+    except ValueError as e:
+        parser.error(str(e))
+    if args.compare_torch:
+        try:
+            from imixer_jax import torch_reference
+        except ImportError as e:
+            parser.error(f"--compare-torch needs PyTorch: pip install 'imixer-jax[torch]' ({e})")
     try:
         report = benchmark(
             args.model,
             batch=args.batch,
             img_size=args.img_size,
             num_classes=args.num_classes,
-            train=args.train,
+            dtype=args.dtype,
+            data=args.data,
+            data_dir=args.data_dir,
             steps=args.steps,
             warmup=args.warmup,
-            dtype=args.dtype,
             matmul_size=args.matmul_size,
+            scan_blocks=args.scan_blocks,
+            remat=args.remat,
         )
-    except ValueError as e:
+    except ValueError as e:  # config.ConfigError included
         parser.error(str(e))
+    if args.compare_torch:
+        torch_s = torch_reference.train_step_seconds(
+            model_kwargs(args.model, num_classes=args.num_classes, img_size=args.img_size),
+            batch=args.batch,
+            dtype=args.dtype,
+            steps=args.steps,
+            warmup=args.warmup,
+        )
+        report["torch_images_per_s"] = args.batch / torch_s
+        report["speedup_vs_torch"] = report["images_per_s"] / report["torch_images_per_s"]
     if args.json:
         print(json.dumps(report))
-    else:
-        for key, value in report.items():
-            print(f"{key:>20}: {value:.4g}" if isinstance(value, float) else f"{key:>20}: {value}")
+        return
+    for key, value in report.items():
+        print(f"{key:>22}: {value:.4g}" if isinstance(value, float) else f"{key:>22}: {value}")
 
 
 if __name__ == "__main__":

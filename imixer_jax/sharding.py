@@ -30,7 +30,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 P = PartitionSpec
 _CLUSTER_ENV = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "MEGASCALE_NUM_SLICES")
 
-PARTITION_RULES: tuple[tuple[str, PartitionSpec], ...] = (
+_PER_BLOCK_RULES: tuple[tuple[str, PartitionSpec], ...] = (
     (r"channel_mlp/fc_c1/kernel$", P(None, "model")),
     (r"channel_mlp/fc_c1/bias$", P("model")),
     (r"channel_mlp/fc_c2/kernel$", P("model", None)),
@@ -40,6 +40,10 @@ PARTITION_RULES: tuple[tuple[str, PartitionSpec], ...] = (
     (r"token_mixer/fc_sn1/kernel$", P(None, "model")),
     (r"token_mixer/fc_sn1/bias$", P("model")),
     (r"token_mixer/fc_sn2/kernel$", P("model", None)),
+)
+# scan_blocks: every block variable has a leading [num_blocks] axis, kept replicated.
+PARTITION_RULES: tuple[tuple[str, PartitionSpec], ...] = _PER_BLOCK_RULES + tuple(
+    (pattern, P(None, *spec)) for pattern, spec in _PER_BLOCK_RULES
 )
 
 

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import json
+import os
 import subprocess
 import sys
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
 from imixer_jax.models import Mixer, MixerBlock, create_model, layers, model_kwargs, param_count
+from imixer_jax.models.mixer import capture_intermediates, copy_variables
 from imixer_jax.models.registry import VARIANT_NAMES
+from imixer_jax.models.spectral_norm import spectral_sigmas
 from imixer_jax.models.token_mixers import IMLP
 
 # A small iMixer: 16 tokens (32 px, patch 8), D 16, T 8, H 16, C 32, 2 blocks.
@@ -54,7 +60,7 @@ PARAMS_10 = {
 
 
 def closed_form_count(name: str, num_classes: int, img_size: int = 224) -> int:
-    """Parameter count by arithmetic from the official architecture (SPEC section 4)."""
+    """Parameter count by arithmetic from the official architecture ."""
     num_blocks, dim = {"s": (8, 512), "b": (12, 768), "l": (24, 1024)}[name.split("_")[1][0]]
     patch = int(name[-2:])
     s, t, c = (img_size // patch) ** 2, dim // 2, 4 * dim
@@ -206,14 +212,49 @@ def _images(batch: int, key: int = 1) -> jax.Array:
     return jax.random.uniform(jax.random.key(key), (batch, 32, 32, 3), minval=-1.0, maxval=1.0)
 
 
-def test_inspect_returns_per_block_intermediates():
+def test_capture_intermediates_returns_logits_and_per_block_intermediates():
     model = _tiny()
     model.eval()
     images = _images(2)
-    logits, info = model(images, inspect=True)
+    logits, sown = capture_intermediates(model, images)
     np.testing.assert_array_equal(logits, model(images))
-    assert list(info) == ["block_0", "block_1"]
-    assert info["block_0"]["residuals"].shape == (2,)  # one residual per fixed-point step
+    blocks = nnx.to_pure_dict(sown)["blocks"]
+    assert sorted(blocks) == [0, 1]
+    assert blocks[0]["token_mixer"]["residuals"].shape == (2,)  # one per fixed-point step
+    assert set(blocks[1]["token_mixer"]) == {"residuals", "steps", "fc_sn1", "fc_sn2"}
+    # Sowing is off by default and the view leaves the model's own flag alone.
+    assert not model.blocks[0].token_mixer.sow_intermediates
+    assert not jax.tree.leaves(nnx.state(model, nnx.Intermediate))
+
+
+def test_capture_intermediates_under_jit_matches_eager():
+    model = _tiny(tied=True, update="euler", step_size=0.5)
+    model.eval()
+    images = _images(2)
+    eager = nnx.to_pure_dict(capture_intermediates(model, images)[1])
+    jitted = nnx.to_pure_dict(nnx.jit(capture_intermediates)(model, images)[1])
+    energy = eager["blocks"][1]["token_mixer"]["energy_before"]
+    assert energy.shape == (2,)  # one reduced energy per image
+    # Same computation inside and outside jit: equal up to float32 fusion round-off.
+    chex.assert_trees_all_close(eager, jitted, rtol=1e-5, atol=1e-6)
+
+
+def test_deterministic_view_stops_power_iteration_and_drop_path():
+    model = _tiny(drop_path_rate=0.5)
+    _randomise_head(model)
+    images = _images(2)
+    view = nnx.view(model, deterministic=True)
+    sn = model.blocks[0].token_mixer.fc_sn1
+    assert view.blocks[0].token_mixer.fc_sn1.deterministic and not sn.deterministic
+    u = np.asarray(sn.u[...])
+    first = view(images)
+    np.testing.assert_array_equal(sn.u[...], u)  # no power-iteration step in the view
+    np.testing.assert_array_equal(view(images), first)  # and no drop path
+    model.eval()
+    np.testing.assert_array_equal(model(images), first)
+    model.train()
+    model(images, rngs=nnx.Rngs(dropout=0))
+    assert not np.array_equal(sn.u[...], u)  # the training-mode model itself still iterates
 
 
 def test_mlp_mixer_uses_token_mlp():
@@ -297,3 +338,130 @@ def test_bfloat16_compute_float32_params():
     # sum of 16 unit-scale features times N(0, 1) weights (scale ~4) after 2 blocks of a few
     # dozen rounded ops each: a few percent of the logit scale. Allow 5%.
     np.testing.assert_allclose(logits, expected, atol=0.05 * np.abs(expected).max())
+
+
+def _copy_of(model: Mixer, **layout) -> Mixer:
+    other = _tiny(**layout)
+    copy_variables(model, other)
+    return other
+
+
+@pytest.mark.parametrize("layout", [dict(scan_blocks=True), dict(scan_blocks=True, remat="block")])
+def test_scanned_layout_matches_per_block_layout(layout):
+    model = _tiny(num_blocks=3)
+    _randomise_head(model)
+    scanned = _copy_of(model, num_blocks=3, **layout)
+    kernel = nnx.to_pure_dict(nnx.state(scanned))["blocks"]["token_mixer"]["fc_sn1"]["kernel"]
+    chex.assert_shape(kernel, (3, 8, 16))  # [num_blocks, T, H]
+    np.testing.assert_array_equal(kernel[1], model.blocks[1].token_mixer.fc_sn1.kernel[...])
+    images = _images(2)
+    model.eval()
+    scanned.eval()
+    # Same arithmetic in a loop and under scan; XLA may fuse it differently: float32 round-off
+    # (~1e-7 relative) through 3 blocks of a few dozen ops each.
+    np.testing.assert_allclose(scanned(images), model(images), rtol=1e-5, atol=1e-5)
+    sigmas, stacked_sigmas = spectral_sigmas(model), spectral_sigmas(scanned)
+    assert sorted(stacked_sigmas) == sorted(sigmas)  # blocks/i/token_mixer/fc_sn1, ...
+    chex.assert_trees_all_close(stacked_sigmas, sigmas, rtol=1e-6)  # vmapped dot: round-off
+    back = _copy_of(scanned, num_blocks=3)
+    back.eval()
+    np.testing.assert_array_equal(back(images), model(images))  # the round trip is exact
+
+
+def test_scanned_training_forward_advances_each_blocks_spectral_vectors():
+    model = _tiny(drop_path_rate=0.0)
+    scanned = _copy_of(model, scan_blocks=True, drop_path_rate=0.0)
+    images = _images(2)
+    model(images)
+    scanned(images)
+    stacked = scanned.blocks.token_mixer.fc_sn2
+    for i, block in enumerate(model.blocks):
+        # Same power iteration per block, inside a scan: round-off only.
+        np.testing.assert_allclose(stacked.u[...][i], block.token_mixer.fc_sn2.u[...], atol=1e-6)
+        assert not np.allclose(stacked.u[...][i], _tiny().blocks[i].token_mixer.fc_sn2.u[...])
+
+
+def test_scanned_drop_path_differs_per_block():
+    scanned = _tiny(num_blocks=4, scan_blocks=True, drop_path_rate=0.5)
+    _randomise_head(scanned)
+    images = _images(8)
+    a = scanned(images, rngs=nnx.Rngs(dropout=0))
+    b = scanned(images, rngs=nnx.Rngs(dropout=1))
+    assert not np.allclose(a, b)  # the masks depend on the key ...
+    scanned.eval()
+    np.testing.assert_array_equal(scanned(images), scanned(images))  # ... and vanish in eval
+
+
+@pytest.mark.parametrize("remat", ["token_mixer", "block"])
+def test_remat_keeps_loss_and_gradients(remat):
+    model = _tiny(drop_path_rate=0.0)  # training mode: power iteration runs under remat too
+    _randomise_head(model)
+    other = _copy_of(model, remat=remat, drop_path_rate=0.0)
+    images, labels = _images(2), jnp.arange(2)
+
+    def grads(m):
+        graphdef, params, rest = nnx.split(m, nnx.Param, ...)
+
+        def loss(p):
+            logits = nnx.merge(graphdef, p, rest, copy=True)(images)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+        return jax.jit(jax.grad(loss))(params)
+
+    # Recomputation repeats the same float32 ops; fusion may differ: round-off only.
+    chex.assert_trees_all_close(grads(other), grads(model), rtol=1e-4, atol=1e-7)
+
+
+def test_capture_intermediates_rejects_scanned_layout():
+    with pytest.raises(ValueError, match="scan_blocks=False"):
+        capture_intermediates(_tiny(scan_blocks=True), _images(1))
+
+
+@pytest.mark.parametrize("bad", [dict(remat="all"), dict(scan_blocks=1)])
+def test_layout_arguments_are_checked(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        _tiny(**bad)
+
+
+_SHARDED_SCANNED_RUN = """
+import json, sys
+from configs import default
+from imixer_jax import config as config_lib, training
+
+c = default.get_config()
+c.model = config_lib.model_config(
+    "imixer_s16", num_classes=10, img_size=16, patch_size=4, num_blocks=2, hidden_dim=16,
+    tokens_mlp_dim=8, channels_mlp_dim=32, n_power=2, drop_path_rate=0.2, scan_blocks=True,
+    remat="token_mixer")
+c.data.data_dir = sys.argv[1] + "/tfds"
+c.mesh.shape = (4, 2)
+c.batch_size, c.eval_batch_size = 16, 120
+c.schedule.update(unit="steps", length=3.0, warmup=1.0)
+c.checkpoint.every_steps, c.eval_every_steps = 3, 0
+result = training.train_and_evaluate(c, sys.argv[1] + "/run")
+state = training.restore_state(training.prepare(c), sys.argv[1] + "/run")
+fc_c1 = state.params["blocks"]["channel_mlp"]["fc_c1"]["kernel"]
+u = state.rest["blocks"]["token_mixer"]["fc_sn1"]["u"]
+print(json.dumps({"loss": result["train/loss"], "step": int(state.step),
+    "devices": len(fc_c1.sharding.device_set), "spec": str(fc_c1.sharding.spec),
+    "shape": list(fc_c1.shape), "u_shape": list(u.shape)}))
+"""
+
+
+def test_scanned_model_trains_on_8_devices_and_checkpoints(tmp_path):
+    """A tiny scanned, rematerialised iMixer trains 3 steps on 8 fake CPU devices, mesh (4, 2),
+    and its checkpoint restores into the stacked layout with the stacked partition rules."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    out = subprocess.run(
+        [sys.executable, "-c", _SHARDED_SCANNED_RUN, str(tmp_path)],
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert np.isfinite(got["loss"]) and got["step"] == 3
+    assert got["devices"] == 8 and got["shape"] == [2, 16, 32] and got["u_shape"] == [2, 16]
+    assert got["spec"] == "P(None, None, 'model')"  # C split over 'model'

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from imixer_jax.models.mixer import capture_intermediates
 from imixer_jax.models.spectral_norm import power_iteration
 from imixer_jax.models.token_mixers import IMLP, TokenMLP
 
@@ -133,7 +134,8 @@ def _tied_energy_change(activation, seed, step_size=0.05):
     module.eval()
     # Larger-than-init biases so the hidden layers sit in every regime of their activation.
     module.fc1.bias[...] = jax.random.normal(jax.random.PRNGKey(seed), (T,))
-    _, info = module(_x(seed, scale=2.0), inspect=True)
+    _, sown = capture_intermediates(module, _x(seed, scale=2.0))
+    info = nnx.to_pure_dict(sown)
     return info["energy_after"] - info["energy_before"], info
 
 
@@ -152,13 +154,21 @@ def test_tied_euler_step_with_gelu_is_reported_not_assumed(record_property):
     record_property("gelu_fraction_energy_decreased", float(jnp.mean(changes < 0)))
 
 
-def test_untied_inspection_has_no_energy_and_reports_residuals_and_sigmas():
+def test_untied_intermediates_have_no_energy_and_report_residuals_and_sigmas():
     module = IMLP(S, D, T, n_iter=3, rngs=nnx.Rngs(0))
-    y, info = module(_x(), inspect=True)
-    chex.assert_shape(y, (B, S, D))
+    y, sown = capture_intermediates(module, _x())
+    np.testing.assert_array_equal(y, IMLP(S, D, T, n_iter=3, rngs=nnx.Rngs(0))(_x()))
+    info = nnx.to_pure_dict(sown)
     chex.assert_shape(info["residuals"], (3,))
-    assert set(info["sigma"]) == {"fc_sn1", "fc_sn2"}
-    assert "energy_before" not in info
+    assert set(info) == {"residuals", "steps", "fc_sn1", "fc_sn2"}
+    # The sown sigma is the layer's estimate after this call's power iteration.
+    np.testing.assert_array_equal(info["fc_sn1"]["sigma"], module.fc_sn1.sigma())
+
+
+def test_plain_call_sows_nothing():
+    module = IMLP(S, D, T, n_iter=3, tied=True, rngs=nnx.Rngs(0))
+    _, sown = nnx.capture(module, nnx.Intermediate)(_x())
+    assert not jax.tree.leaves(sown)
 
 
 @pytest.mark.parametrize("adjoint", ["unrolled", "implicit"])

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from imixer_jax.models.mixer import Mixer
+from imixer_jax.models.mixer import Mixer, capture_intermediates
 from imixer_jax.models.spectral_norm import spectral_sigmas
 
 Array = jax.Array
@@ -45,9 +45,25 @@ def intermediates(module: nnx.Module, x: Array) -> tuple[Array, dict]:
     and ``{'block_<i>': token-mixer dict}``) or a token mixer (``x``: tokens ``[B, S, D]``;
     returns the increment ``[B, S, D]`` and its dict). A token-mixer dict holds ``residuals``
     ``[n_iter]`` and ``steps`` (fixed-point solve), ``sigma`` (spectral norm) and, tied only,
-    ``energy_before`` / ``energy_after`` ``[B]``. Traceable (call it under ``jit``).
+    ``energy_before`` / ``energy_after`` ``[B]``. Traceable (call it under ``jit``). The models
+    sow these as ``nnx.Intermediate``s only when asked (``capture_intermediates``), so a training
+    step never computes them.
     """
-    return module(x, inspect=True)
+    out, sown = capture_intermediates(module, x)
+    sown = nnx.to_pure_dict(sown)
+    if "blocks" not in sown:  # a token mixer
+        return out, _token_mixer_info(sown)
+    return out, {
+        f"block_{i}": _token_mixer_info(b["token_mixer"]) for i, b in sown["blocks"].items()
+    }
+
+
+def _token_mixer_info(sown: dict) -> dict:
+    """A token mixer's sown tree as a flat dict; the spectral-norm layers' ``sigma`` entries
+    become ``{'sigma': {'fc_sn1': ..., 'fc_sn2': ...}}``."""
+    info = {k: v for k, v in sown.items() if not isinstance(v, dict)}
+    sigmas = {k: v["sigma"] for k, v in sown.items() if isinstance(v, dict) and "sigma" in v}
+    return {**info, "sigma": sigmas} if sigmas else info
 
 
 @nnx.jit

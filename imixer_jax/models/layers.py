@@ -1,4 +1,4 @@
-"""Shared layers and initialisers of the Mixer backbone (SPEC section 4, official iMixer/timm init).
+"""Shared layers and initialisers of the Mixer backbone (official iMixer/timm init).
 
 * Linear layers inside the token and channel MLPs (fc1, fc2, fc_sn1, fc_sn2, fc_c1, fc_c2):
   kernel xavier_uniform, bias normal(std 1e-6)  -> ``mlp_linear``.

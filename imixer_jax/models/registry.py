@@ -64,6 +64,8 @@ _DEFAULTS = dict(
     update="residual",
     step_size=1.0,
     drop_path_rate=0.1,
+    scan_blocks=False,
+    remat="none",
     dtype=None,
 )
 

@@ -50,7 +50,8 @@ class SpectralNormLinear(nnx.Module):
 
     Attributes:
       kernel: Param ``[in, out]``; bias: Param ``[out]``; u: ``[out]``, v: ``[in]`` SpectralVectors.
-      deterministic: False (training) runs the power iteration; toggled by ``train()``/``eval()``.
+      deterministic: False (training) runs the power iteration; toggled by ``train()``/``eval()``
+        and by ``nnx.view(model, deterministic=...)`` (``set_view``).
     """
 
     def __init__(
@@ -77,9 +78,18 @@ class SpectralNormLinear(nnx.Module):
         self.n_power = n_power
         self.deterministic = deterministic
 
+    def set_view(self, deterministic: bool | None = None) -> None:
+        """Used by ``nnx.view``: ``deterministic=True`` stops the power iteration (u, v frozen)."""
+        if deterministic is not None:
+            self.deterministic = deterministic
+
     def sigma(self) -> Array:
-        """Current spectral-norm estimate u^T W v (differentiable in the kernel)."""
-        return _sigma(self.kernel[...], self.u[...], self.v[...])
+        """Current spectral-norm estimate u^T W v (differentiable in the kernel): ``[]``, or
+        ``[N]`` for a layer whose variables are stacked along a leading axis (``scan_blocks``)."""
+        kernel, u, v = self.kernel[...], self.u[...], self.v[...]
+        if kernel.ndim == 3:
+            return jax.vmap(_sigma)(kernel, u, v)
+        return _sigma(kernel, u, v)
 
     def normalized_kernels(self, num_calls: int) -> Array:
         """Kernels ``[num_calls, in, out]`` seen by ``num_calls`` successive calls of the layer.
@@ -124,9 +134,18 @@ def _sigma(kernel: Array, u: Array, v: Array) -> Array:
 
 
 def spectral_sigmas(module: nnx.Module) -> dict[str, Array]:
-    """Sigma estimate of every ``SpectralNormLinear`` below ``module``, keyed by its path."""
-    return {
-        "/".join(str(p) for p in path): node.sigma()
-        for path, node in nnx.iter_graph(module)
-        if isinstance(node, SpectralNormLinear)
-    }
+    """Sigma estimate ``[]`` of every ``SpectralNormLinear`` below ``module``, keyed by its path.
+
+    A stacked layer (``scan_blocks``: ``blocks/token_mixer/fc_sn1`` with variables ``[N, ...]``)
+    gives one entry per index i, keyed ``blocks/i/token_mixer/fc_sn1`` as in the per-block layout.
+    """
+    sigmas = {}
+    for path, node in nnx.iter_graph(module):
+        if isinstance(node, SpectralNormLinear):
+            names = [str(p) for p in path]
+            sigma = node.sigma()
+            if sigma.ndim == 0:
+                sigmas["/".join(names)] = sigma
+            for i in range(sigma.shape[0] if sigma.ndim else 0):
+                sigmas["/".join([*names[:1], str(i), *names[1:]])] = sigma[i]
+    return sigmas

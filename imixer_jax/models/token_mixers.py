@@ -29,7 +29,7 @@ from flax import nnx
 
 from imixer_jax.hopfield import HierarchicalNetwork, Layer, Synapse, lagrangians
 from imixer_jax.models.layers import MLP_BIAS_INIT, mlp_linear
-from imixer_jax.models.spectral_norm import SpectralNormLinear, spectral_sigmas
+from imixer_jax.models.spectral_norm import SpectralNormLinear
 
 Array = jax.Array
 
@@ -104,8 +104,19 @@ def check_arguments(
         raise ValueError(f"tol must be >= 0, got {tol!r}")
 
 
+def _keep_last(_, value):
+    return value
+
+
 class _HopfieldTokenMixer(nnx.Module):
-    """Shared visible layer, update rule and inspection of the token mixers."""
+    """Shared visible layer, update rule and intermediates of the token mixers.
+
+    ``sow_intermediates`` (False by default, so training never computes them; set it with
+    ``nnx.view(module, sow_intermediates=True)``) makes each call sow, as ``nnx.Intermediate``:
+    ``residuals`` ``[n_iter]`` and ``steps`` ``[]`` (fixed-point solver, iMLP), ``sigma`` ``[]``
+    on each spectrally normalised layer (``fc_sn1``, ``fc_sn2``), and for tied weights
+    ``energy_before`` / ``energy_after`` ``[B]`` (reduced energy at X and at X + increment).
+    """
 
     def _init_visible(self, dim, activation, tied, update, step_size, dtype):
         self.norm = VisibleNorm(dim, scalar_scale=tied)
@@ -114,12 +125,18 @@ class _HopfieldTokenMixer(nnx.Module):
         self.update = update
         self.step_size = step_size
         self.dtype = dtype
+        self.sow_intermediates = False
+
+    def set_view(self, sow_intermediates: bool | None = None) -> None:
+        """Used by ``nnx.view``: switch the sowing of intermediates on or off."""
+        if sow_intermediates is not None:
+            self.sow_intermediates = sow_intermediates
 
     def _hidden(self, shape) -> Layer:
         return Layer(lagrangians.get(self.activation), shape)
 
-    def __call__(self, x: Array, *, inspect: bool = False) -> Array | tuple[Array, dict]:
-        """``x: [B, S, D] -> increment [B, S, D]`` (and an inspection dict when ``inspect``)."""
+    def __call__(self, x: Array) -> Array:
+        """``x: [B, S, D] -> increment [B, S, D]`` (sows intermediates if ``sow_intermediates``)."""
         x0 = jnp.swapaxes(x, 1, 2)  # [B, D, S]: the visible state, channels-first
         net, per_step = self._networks(x0.shape[1:])
         if self.dtype is not None:
@@ -127,25 +144,25 @@ class _HopfieldTokenMixer(nnx.Module):
         fast, solution = self._solve(net, x0, per_step)
         y = net.reduced_current(x0, fast)
         increment = y if self.update == "residual" else self.step_size * (y - x0)
-        out = jnp.swapaxes(increment, 1, 2).astype(x.dtype)
-        if not inspect:
-            return out
-        return out, self._inspect(net, x0, fast, increment, solution)
+        if self.sow_intermediates:
+            self._sow(net, x0, fast, increment, solution)
+        return jnp.swapaxes(increment, 1, 2).astype(x.dtype)
 
-    def _inspect(self, net, x0, fast, increment, solution) -> dict:
-        info: dict = {}
+    def _sow(self, net, x0, fast, increment, solution) -> None:
+        def sow(module, name, value):
+            module.sow(nnx.Intermediate, name, value, reduce_fn=_keep_last, init_fn=tuple)
+
         if solution is not None:
-            info["residuals"] = solution.residuals
-            info["steps"] = solution.steps
-        sigmas = spectral_sigmas(self)
-        if sigmas:
-            info["sigma"] = sigmas
+            sow(self, "residuals", solution.residuals)
+            sow(self, "steps", solution.steps)
+        for _, node in nnx.iter_graph(self):
+            if isinstance(node, SpectralNormLinear):
+                sow(node, "sigma", node.sigma())
         if self.tied:
             after = x0 + increment
             fast_after, _ = self._solve(net, after, None)
-            info["energy_before"] = net.reduced_energy(x0, fast)
-            info["energy_after"] = net.reduced_energy(after, fast_after)
-        return info
+            sow(self, "energy_before", net.reduced_energy(x0, fast))
+            sow(self, "energy_after", net.reduced_energy(after, fast_after))
 
 
 class TokenMLP(_HopfieldTokenMixer):
