@@ -1,4 +1,4 @@
-"""Registered Mixer / iMixer variants (SPEC section 4) and exact parameter counts.
+"""Registered Mixer / iMixer variants (docs/theory.md#architecture) and exact parameter counts.
 
 Names ``mixer_{s,b,l}{16,32}`` (MLP-Mixer, token MLP) and ``imixer_{s,b,l}{16,32}`` (iMixer,
 iMLP), 224 px:

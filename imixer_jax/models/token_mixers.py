@@ -1,4 +1,5 @@
-"""Token mixers as the reduced visible-layer update of a hierarchical Hopfield network (SPEC 3).
+"""Token mixers as the reduced visible-layer update of a hierarchical Hopfield network
+(docs/theory.md#token-mlp, #imlp, #block).
 
 The block input X ``[B, S, D]`` is the visible state, stored channels-first as ``x0 = X^T``
 ``[B, D, S]`` so that every synapse contracts the token axis and is shared by the D channels. Its
