@@ -1,4 +1,4 @@
-"""Optimiser and learning-rate schedule (docs/recipe.md#schedule, timm conventions), from optax parts.
+"""Optimiser and learning-rate schedule (docs/recipe.md#schedule; timm conventions), from optax.
 
 * AdamW with decoupled weight decay masked off every parameter with ``ndim <= 1`` (biases,
   LayerNorm scales; timm's ``param_groups_weight_decay``).
