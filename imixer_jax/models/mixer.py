@@ -22,7 +22,6 @@ computation dtype; logits are always float32.
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import jax
@@ -139,7 +138,7 @@ class Mixer(nnx.Module):
             scan_blocks=scan_blocks,
             remat=remat,
         )
-        dtype = _compute_dtype(dtype)
+        dtype = layers.compute_dtype(dtype)
         self.img_size = img_size
         self.patch_size = patch_size
         self.num_tokens = (img_size // patch_size) ** 2
@@ -281,37 +280,10 @@ def capture_intermediates(module: nnx.Module, *args, **kwargs) -> tuple[Any, nnx
     return nnx.capture(view, nnx.Intermediate)(*args, **kwargs)
 
 
-def _compute_dtype(dtype) -> jnp.dtype | None:
-    if dtype is None:
-        return None
-    try:
-        dtype = jnp.dtype(dtype)
-    except TypeError as e:
-        raise ValueError(f"dtype must be None or a floating dtype name, got {dtype!r}") from e
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(f"dtype must be a floating dtype, got {dtype}")
-    return dtype
-
-
 def _validate(**args) -> None:
     """One-line ValueError naming the first invalid constructor argument. The iMixer arguments
     are checked by ``token_mixers.check_arguments`` for both token mixers."""
-    positive_ints = (
-        "num_classes",
-        "img_size",
-        "patch_size",
-        "num_blocks",
-        "hidden_dim",
-        "tokens_mlp_dim",
-        "channels_mlp_dim",
-    )
-    for name in positive_ints:
-        if not isinstance(args[name], numbers.Integral) or args[name] < 1:
-            raise ValueError(f"{name} must be a positive integer, got {args[name]!r}")
-    if args["img_size"] % args["patch_size"]:
-        raise ValueError(
-            f"img_size ({args['img_size']}) must be divisible by patch_size ({args['patch_size']})"
-        )
+    layers.check_sizes(**{name: args[name] for name in layers.BACKBONE_SIZES})
     if args["token_mixer"] not in TOKEN_MIXERS:
         raise ValueError(
             f"token_mixer must be one of {', '.join(TOKEN_MIXERS)}; got {args['token_mixer']!r}"

@@ -39,15 +39,12 @@ bias ``[S, D]`` per element (``scalar_scale=True``: a scalar gain, needed for th
 
 from __future__ import annotations
 
-import numbers
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from imixer_jax.hopfield import lagrangians
 from imixer_jax.models import layers
-from imixer_jax.models.mixer import _compute_dtype
 
 Array = jax.Array
 
@@ -340,7 +337,7 @@ class ParaMixer(nnx.Module):
             step_size=step_size,
             drop_path_rate=drop_path_rate,
         )
-        dtype = _compute_dtype(dtype)
+        dtype = layers.compute_dtype(dtype)
         self.img_size = img_size
         self.num_tokens = (img_size // patch_size) ** 2
         self.asym_penalty = asym_penalty
@@ -401,23 +398,7 @@ class ParaMixer(nnx.Module):
 
 def _validate(**args) -> None:
     """One-line ValueError naming the first invalid constructor argument."""
-    positive_ints = (
-        "num_classes",
-        "img_size",
-        "patch_size",
-        "num_blocks",
-        "hidden_dim",
-        "tokens_mlp_dim",
-        "channels_mlp_dim",
-        "n_iter",
-    )
-    for name in positive_ints:
-        if not isinstance(args[name], numbers.Integral) or args[name] < 1:
-            raise ValueError(f"{name} must be a positive integer, got {args[name]!r}")
-    if args["img_size"] % args["patch_size"]:
-        raise ValueError(
-            f"img_size ({args['img_size']}) must be divisible by patch_size ({args['patch_size']})"
-        )
+    layers.check_sizes(**{k: args[k] for k in (*layers.BACKBONE_SIZES, "n_iter")})
     for name, allowed in (
         ("block", BLOCKS),
         ("mlp", MLPS),
