@@ -37,7 +37,6 @@ same process; it needs the optional extra ``torch``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Callable
@@ -46,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from imixer_jax import cli
 from imixer_jax.models.mixer import REMATS
 from imixer_jax.models.registry import VARIANT_NAMES, model_kwargs
 
@@ -209,14 +209,8 @@ def _check_counts(batch: int, steps: int, warmup: int) -> None:
         )
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        """One line on stderr naming the bad argument, exit status 2."""
-        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = _Parser(
+    parser = cli.ArgumentParser(
         prog="python -m imixer_jax.benchmark",
         description="Time the trainer's train step on synthetic batches (see the module doc).",
     )
@@ -279,4 +273,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_argparse(main)

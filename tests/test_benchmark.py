@@ -93,7 +93,7 @@ def test_cli_errors_are_one_line(args, names):
         capture_output=True,
         text=True,
     )
-    assert out.returncode == 2
+    assert out.returncode == 1
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and names in lines[0], out.stderr
 
