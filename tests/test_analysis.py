@@ -119,6 +119,7 @@ def test_block_inputs_reproduce_the_forward_pass():
     )
 
 
+@pytest.mark.slow
 def test_load_run_and_tied_energies(tied_workdir):
     loaded = analysis.load_run(tied_workdir)
     assert loaded.step == 20 and loaded.model_kwargs["tied"]
@@ -132,6 +133,7 @@ def test_load_run_and_tied_energies(tied_workdir):
     assert descent.shape == (2, 11, 2) and np.all(np.isfinite(descent))
 
 
+@pytest.mark.slow
 def test_analyze_command_writes_the_pngs(tied_workdir, tmp_path):
     out = tmp_path / "plots"
     subprocess.run(

@@ -31,6 +31,7 @@ POSITIVE = (
 TINY = dict(patch_size=4, num_blocks=2, hidden_dim=16, tokens_mlp_dim=8, channels_mlp_dim=32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", [dict(), dict(scan_blocks=True, remat="block")])
 def test_benchmark_times_the_trainers_step(tmp_path, layout):
     report = benchmark(
@@ -98,6 +99,7 @@ def test_cli_errors_are_one_line(args, names):
     assert len(lines) == 1 and names in lines[0], out.stderr
 
 
+@pytest.mark.slow
 def test_cli_json(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "imixer_jax.benchmark", "--model", "mixer_s32", "--batch", "2"]

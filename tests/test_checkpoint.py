@@ -13,6 +13,7 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL, EVERY = 60, 20
@@ -59,6 +60,7 @@ def _state(workdir, step):
     return jax.tree.leaves(ocp.StandardCheckpointer().restore(path))
 
 
+@pytest.mark.slow
 def test_sigkill_and_restart_ends_like_an_uninterrupted_run(tmp_path):
     config_path = tmp_path / "tiny.py"
     config_path.write_text(textwrap.dedent(CONFIG))

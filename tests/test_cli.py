@@ -59,6 +59,7 @@ def _check_one_line(name: str, process: subprocess.Popen, expected: str) -> None
     assert "; " in lines[0], (name, lines[0])  # "<cause>; <fix>"
 
 
+@pytest.mark.slow
 def test_every_bad_input_is_one_line_before_any_compilation(tmp_path):
     bad_syntax = tmp_path / "bad_syntax.py"
     bad_syntax.write_text("def get_config(:\n")

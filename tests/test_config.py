@@ -85,6 +85,7 @@ def _cli(workdir, *overrides, env=None):
     )
 
 
+@pytest.mark.slow
 def test_cli_rejects_bad_input_before_compiling_with_one_line(tmp_path):
     eight_devices = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     empty_tfds = f"--config.data.data_dir={tmp_path / 'tfds'}"

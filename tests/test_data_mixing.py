@@ -161,6 +161,7 @@ SHARDED_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_same_result_on_one_device_and_sharded_over_eight():
     env = dict(os.environ)
     env.update(

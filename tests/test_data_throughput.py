@@ -8,6 +8,8 @@ from absl import flags
 
 from imixer_jax.data import throughput
 
+pytestmark = pytest.mark.slow  # subprocesses and real signals: see pyproject markers
+
 
 @pytest.fixture(scope="module")
 def mock_records():

@@ -34,7 +34,10 @@ from imixer_jax import config as config_lib
 from imixer_jax.training.lock import WorkdirBusyError, WorkdirLock
 
 # orbax leaves the tensorstore reads of a damaged checkpoint to the garbage collector.
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+    pytest.mark.slow,  # subprocesses and real signals
+]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(img_size=16, patch_size=4, num_blocks=1, hidden_dim=16, tokens_mlp_dim=8)

@@ -105,6 +105,7 @@ DEPTH_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("names,sizes", DEPTH_CASES)
 def test_energy_never_increases_along_descent(names, sizes):
     num_nets, batch, steps, dt = 16, 8, 300, 0.02
@@ -126,6 +127,7 @@ def test_energy_never_increases_along_descent(names, sizes):
     assert bool(jnp.all(energies[:, -1] < energies[:, 0] - 1e-3))
 
 
+@pytest.mark.slow
 def test_energy_gradient_equals_minus_tau_hessian_times_velocity():
     names, sizes = ("layernorm", "softplus", "softmax", "relu"), (5, 6, 4, 3)
     net = random_network(jax.random.PRNGKey(3), names, sizes)

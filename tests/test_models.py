@@ -98,6 +98,7 @@ def test_vision_transformer_sanity_counts():
     assert param_count("mixer_l16", num_classes=1000) == 208_196_168
 
 
+@pytest.mark.slow
 def test_cli_prints_every_variant():
     out = subprocess.run(
         [sys.executable, "-m", "imixer_jax.models", "--num-classes", "7", "--img-size", "64"],
@@ -448,6 +449,7 @@ print(json.dumps({"loss": result["train/loss"], "step": int(state.step),
 """
 
 
+@pytest.mark.slow
 def test_scanned_model_trains_on_8_devices_and_checkpoints(tmp_path):
     """A tiny scanned, rematerialised iMixer trains 3 steps on 8 fake CPU devices, mesh (4, 2),
     and its checkpoint restores into the stacked layout with the stacked partition rules."""

@@ -132,6 +132,7 @@ def golden_models():
         return dict(f)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_model_outputs_pinned(name, golden_models):
     golden = {k.split("::", 1)[1]: v for k, v in golden_models.items() if k.startswith(name + "::")}
@@ -148,6 +149,7 @@ def test_model_outputs_pinned(name, golden_models):
             np.testing.assert_allclose(got[key], want, rtol=rtol, atol=rtol * 1e-2, err_msg=key)
 
 
+@pytest.mark.slow
 def test_default_run_pinned(tmp_path):
     with open(RUN_FILE) as f:
         golden = json.load(f)

@@ -193,6 +193,7 @@ def test_partition_rules():
     assert spec("rest/blocks/0/token_mixer/fc_sn1/u", (16,), fake) == P()
 
 
+@pytest.mark.slow
 def test_same_losses_on_1_and_8_devices_with_data_and_model_meshes(data_dir):
     one = _python(_MESH_RUN, {"data_dir": data_dir, "meshes": [[-1, 1]]})
     eight = _python(_MESH_RUN, {"data_dir": data_dir, "meshes": [[8, 1], [4, 2]]}, devices=8)
@@ -224,6 +225,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(data_dir, tmp_path):
     single = _python(
         _PROCESS_RUN, {"data_dir": data_dir, "process_count": 1, "workdir": str(tmp_path / "one")}

@@ -259,6 +259,7 @@ def _tiny_flags(data_dir):
     return flags
 
 
+@pytest.mark.slow
 def test_cli_trains_logs_and_evaluates(data_dir, tmp_path):
     workdir = str(tmp_path / "run")
     common = ["--config", "configs/default.py", "--workdir", workdir, *_tiny_flags(data_dir)]
