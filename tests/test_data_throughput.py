@@ -8,7 +8,7 @@ from absl import flags
 
 from imixer_jax.data import throughput
 
-pytestmark = pytest.mark.slow  # subprocesses and real signals: see pyproject markers
+pytestmark = pytest.mark.slow  # builds the 224 px RandAugment graph
 
 
 @pytest.fixture(scope="module")
