@@ -174,7 +174,7 @@ def test_round_trip_ours_torch_ours_is_exact():
     assert set(sd) == set(_official_state_dict())  # exactly the official keys
     assert sd["blocks.1.mlp_tokens.fc_sn2.weight_orig"].shape == (6, 12)  # torch [out, in]
     restored = torch_imixer.from_torch(sd, nnx.state(_model_for(sd)))
-    jax.tree.map(np.testing.assert_array_equal, restored.to_pure_dict(), ours.to_pure_dict())
+    jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(restored), nnx.to_pure_dict(ours))
     # weight_sigma is u^T W v of the exported arrays.
     u, w, v = (sd[f"blocks.0.mlp_tokens.fc_sn1.weight_{k}"] for k in ("u", "orig", "v"))
     np.testing.assert_allclose(sd["blocks.0.mlp_tokens.fc_sn1.weight_sigma"], [u @ w @ v])
@@ -188,7 +188,7 @@ def test_timm_training_checkpoint_and_ddp_prefix():
         "state_dict": {f"module.{k}": v for k, v in sd.items()},
     }
     model = _model_for(sd)
-    restored = torch_imixer.from_torch(checkpoint, nnx.state(model)).to_pure_dict()
+    restored = nnx.to_pure_dict(torch_imixer.from_torch(checkpoint, nnx.state(model)))
     np.testing.assert_array_equal(
         restored["blocks"][1]["token_mixer"]["fc_sn1"]["u"],
         sd["blocks.1.mlp_tokens.fc_sn1.weight_u"],
@@ -216,10 +216,10 @@ def test_state_npz_round_trip(tmp_path):
     path = str(tmp_path / "weights.npz")
     torch_imixer.save_state_npz(path, state)
     loaded = torch_imixer.load_state_npz(path)
-    jax.tree.map(np.testing.assert_array_equal, loaded, state.to_pure_dict())
+    jax.tree.map(np.testing.assert_array_equal, loaded, nnx.to_pure_dict(state))
     model = _model_for(_official_state_dict())
     torch_imixer.load_into(model, path)
-    jax.tree.map(np.testing.assert_array_equal, nnx.state(model).to_pure_dict(), loaded)
+    jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(nnx.state(model)), loaded)
     other = _model_for(_official_state_dict(), num_blocks=1)
     with pytest.raises(
         PretrainedError, match="entry 'blocks.1.channel_mlp.fc_c1.bias' has no place"

@@ -155,7 +155,7 @@ def test_new_zero_head_for_other_classes():
     flat, _ = _fabricated(7)
     model = _model(3)
     loaded = pretrained.from_vit_jax(flat, nnx.state(model, nnx.Param))  # 'auto'
-    pure = loaded.to_pure_dict()
+    pure = nnx.to_pure_dict(loaded)
     assert pure["head"]["kernel"].shape == (8, 3)
     assert not np.any(pure["head"]["kernel"]) and not np.any(pure["head"]["bias"])
     np.testing.assert_array_equal(pure["stem"]["kernel"], flat["stem/kernel"])
@@ -172,9 +172,9 @@ def test_big_vision_params_prefix_and_input_untouched():
     state = nnx.state(_model(7), nnx.Param)
     loaded = pretrained.from_vit_jax({f"params/{k}": v for k, v in flat.items()}, state)
     np.testing.assert_array_equal(
-        loaded.to_pure_dict()["norm"]["scale"], flat["pre_head_layer_norm/scale"]
+        nnx.to_pure_dict(loaded)["norm"]["scale"], flat["pre_head_layer_norm/scale"]
     )
-    untouched = jax.tree.leaves(state.to_pure_dict())
+    untouched = jax.tree.leaves(nnx.to_pure_dict(state))
     assert all(isinstance(x, jax.ShapeDtypeStruct) for x in untouched)  # a new State, not in place
 
 
@@ -223,7 +223,7 @@ def test_apply_init(tmp_path):
     config = ml_collections.ConfigDict({"init_from": pretrained.init_from_config()})
     assert pretrained.apply_init(config, params) is params  # path None: from scratch
     config.init_from.path = str(path)
-    loaded = pretrained.apply_init(config, params).to_pure_dict()
+    loaded = nnx.to_pure_dict(pretrained.apply_init(config, params))
     np.testing.assert_array_equal(loaded["stem"]["bias"], flat["stem/bias"])
     assert not np.any(loaded["head"]["kernel"])
     config.init_from.path = str(tmp_path / "missing.npz")
@@ -254,7 +254,7 @@ def test_published_sizes_map_one_to_one(name, patch, blocks, dim, count):
     theirs = jax.eval_shape(reference.init, jax.random.key(0), images)["params"]
     theirs = {"/".join(k): v.shape for k, v in traverse_util.flatten_dict(theirs).items()}
     model = nnx.eval_shape(lambda: create_model(name, rngs=nnx.Rngs(0), num_classes=1000))
-    ours = traverse_util.flatten_dict(nnx.state(model, nnx.Param).to_pure_dict())
+    ours = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     names = pretrained.vit_jax_names(blocks)
     assert set(names.values()) == set(theirs) and set(names) == set(ours)
     for path, key in names.items():

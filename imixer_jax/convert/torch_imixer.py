@@ -117,7 +117,7 @@ def from_torch(state_dict: Mapping[str, np.ndarray], state: nnx.State) -> nnx.St
       PretrainedError: one line naming the first entry that does not fit the model.
     """
     flat = _checkpoint_state_dict(state_dict)
-    paths = traverse_util.flatten_dict(state.to_pure_dict())
+    paths = traverse_util.flatten_dict(nnx.to_pure_dict(state))
     names = {path: torch_key(path) for path in paths}
     transforms = {path: (lambda a, p=path: _to_ours(p, a)) for path in paths}
     return assign(state, flat, names, source="official iMixer", transforms=transforms)
@@ -127,7 +127,7 @@ def to_torch(state: nnx.State | Mapping) -> dict[str, np.ndarray]:
     """Our ``nnx.state(model)`` (or its ``to_pure_dict()``) as an official ``state_dict`` of
     numpy arrays (stem, blocks in order, norm, head), with ``weight_sigma = u^T W v`` for each
     spectral-norm layer."""
-    pure = state.to_pure_dict() if isinstance(state, nnx.State) else state
+    pure = nnx.to_pure_dict(state) if isinstance(state, nnx.State) else state
     flat = traverse_util.flatten_dict(jax.tree.map(np.asarray, pure))
     out = {torch_key(path): _to_torch(path, value) for path, value in flat.items()}
     for path in flat:
@@ -184,7 +184,7 @@ def abstract_state(kwargs: Mapping) -> nnx.State:
 
 def save_state_npz(path: str, state: nnx.State) -> None:
     """Our flat state as ``.npz``: keys are dotted paths (``blocks.0.token_mixer.fc1.kernel``)."""
-    flat = traverse_util.flatten_dict(state.to_pure_dict())
+    flat = traverse_util.flatten_dict(nnx.to_pure_dict(state))
     np.savez(path, **{".".join(map(str, p)): np.asarray(v) for p, v in flat.items()})
 
 
@@ -202,7 +202,7 @@ def load_into(model: nnx.Module, path: str) -> None:
     state = nnx.state(model)
     flat = traverse_util.flatten_dict(load_state_npz(path))
     dotted = {".".join(map(str, p)): v for p, v in flat.items()}
-    names = {p: ".".join(map(str, p)) for p in traverse_util.flatten_dict(state.to_pure_dict())}
+    names = {p: ".".join(map(str, p)) for p in traverse_util.flatten_dict(nnx.to_pure_dict(state))}
     nnx.update(model, assign(state, dotted, names, source=f"{path!r}"))
 
 

@@ -93,7 +93,7 @@ def assign(
     a one-line ``PretrainedError`` naming both sides. ``params`` itself is not modified.
     """
     transforms = transforms or {}
-    target = traverse_util.flatten_dict(params.to_pure_dict())
+    target = traverse_util.flatten_dict(nnx.to_pure_dict(params))
     unnamed = [p for p in target if p not in names]
     if unnamed:
         raise PretrainedError(
@@ -124,7 +124,7 @@ def assign(
             )
         out[path] = jnp.asarray(value, dtype=old.dtype)
     new = jax.tree.map(lambda x: x, params)  # a new State: ``params`` is left as it was
-    new.replace_by_pure_dict(traverse_util.unflatten_dict(out))
+    nnx.replace_by_pure_dict(new, traverse_util.unflatten_dict(out))
     return new
 
 
@@ -145,7 +145,7 @@ def from_vit_jax(
         raise ValueError(f"head must be one of {', '.join(HEADS)}; got {head!r}")
     if flat and all(key.startswith(_BIG_VISION_PREFIX) for key in flat if "/" in key):
         flat = {k[len(_BIG_VISION_PREFIX) :]: v for k, v in flat.items()}
-    pure = params.to_pure_dict()
+    pure = nnx.to_pure_dict(params)
     if "token_mixer" not in pure.get("blocks", {0: {}}).get(0, {}):
         raise PretrainedError("vit_jax checkpoints need a mixer_* model (blocks with token_mixer)")
     num_blocks = len(pure["blocks"])

@@ -66,7 +66,7 @@ def make_train_step(setup: Setup) -> Callable[[TrainState, dict], tuple[TrainSta
         metrics = dict(
             loss=loss,
             accuracy=jnp.mean(jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32),
-            grad_norm=optax.global_norm(grads),
+            grad_norm=optax.tree.norm(grads),
             lr=jnp.asarray(setup.schedule(state.step // k), jnp.float32),
             params_finite=jnp.all(
                 jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)])
