@@ -1,0 +1,20 @@
+"""Suite-wide setup: one JAX compilation cache for the whole test run.
+
+Many tests compile the same tiny models and training steps, in the pytest-xdist workers and in the
+trainer processes the tests start. JAX's persistent compilation cache, in pytest's cache directory
+(``.pytest_cache/d/jax-compilation-cache``, so also kept between local runs), lets each program
+compile once. The environment variable is what the workers and the child processes inherit, and
+JAX reads it at import: this hook runs before any test module imports JAX. A cache directory set
+by the caller is kept; ``-p no:cacheprovider`` runs without one.
+"""
+
+import os
+
+_MAX_BYTES = 2 << 30  # least-recently-used entries are evicted beyond 2 GiB
+
+
+def pytest_configure(config):
+    if config.cache is None or "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(config.cache.mkdir("jax-compilation-cache"))
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(_MAX_BYTES))
