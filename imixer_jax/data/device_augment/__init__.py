@@ -40,8 +40,8 @@ __all__ = [
     "apply_op",
     "augment_batch",
     "augment_example",
+    "augment_on_device",
     "erasing_box",
-    "maybe_augment",
     "random_erasing",
     "randaugment",
     "sample_layer",
@@ -76,7 +76,7 @@ def augment_batch(key: Array, images: Array, augment: Mapping[str, Any]) -> Arra
     return jax.vmap(lambda image, k: augment_example(image, k, augment))(images, keys)
 
 
-def maybe_augment(key: Array, images: Array, augment: Mapping[str, Any]) -> Array:
+def augment_on_device(key: Array, images: Array, augment: Mapping[str, Any]) -> Array:
     """The train step's hook: ``augment_batch`` if ``augment['on_device']``, else ``images``
     unchanged (the host already augmented them)."""
     if not augment.get("on_device", False):
