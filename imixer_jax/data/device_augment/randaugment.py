@@ -119,7 +119,13 @@ def apply_layer(
     transforms: tuple[str, ...],
 ) -> Array:
     """Apply op ``transforms[op]`` at ``magnitude`` (0..10, clipped) with sign ``negate`` if
-    ``apply``, to a uint8 ``[H, W, 3]`` image; returns uint8 ``[H, W, 3]``."""
+    ``apply``, to a uint8 ``[H, W, 3]`` image; returns uint8 ``[H, W, 3]``.
+
+    XLA computes ``magnitude / 10`` as a product with the rounded reciprocal, so the level may be
+    one ulp off TF's quotient; that changes an op's integer argument (posterize bits, solarize
+    threshold) only for a magnitude within an ulp of a step, which a continuous draw hits with
+    probability about 1e-7."""
+    image = jnp.asarray(image)
     level = magnitude / LEVEL_DENOM
     hist = ops.histograms(image)
     groups, luts, factors, use_grey, matrices = [], [], [], [], []
