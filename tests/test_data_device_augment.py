@@ -273,3 +273,22 @@ def test_full_recipe_same_on_one_device_and_sharded_over_eight():
         timeout=300,
     )
     assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_trainer_runs_with_on_device_augmentation_on_synthetic_data(tmp_path):
+    from configs import default
+    from imixer_jax import config as config_lib
+    from imixer_jax import training
+
+    c = default.get_config()
+    tiny = dict(img_size=16, patch_size=4, num_blocks=1, hidden_dim=16, tokens_mlp_dim=8)
+    c.model = config_lib.model_config("imixer_s16", num_classes=10, channels_mlp_dim=32, **tiny)
+    c.data.name = "synthetic/10"
+    c.data.augment.on_device = True
+    c.data.augment.randaugment = "rand-n1-m9-mstd0.5-inc1"  # one layer: half the compile time
+    c.batch_size, c.eval_batch_size = 8, 50_000
+    c.schedule.unit, c.schedule.length, c.schedule.warmup = "steps", 2.0, 1.0
+    c.log_every_steps, c.eval_every_steps, c.checkpoint.every_steps = 1, 2, 2
+    result = training.train_and_evaluate(c, str(tmp_path / "run"))
+    assert result["step"] == 2 and np.isfinite(result["train/loss"])
