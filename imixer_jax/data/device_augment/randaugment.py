@@ -16,7 +16,9 @@ pixels, and each group runs once per image with the drawn op's arguments:
 
 The layer's result is the group output of the drawn op (or the input when the op is not
 applied). Each layer therefore costs one gather, one blend and one warp per image instead of
-15 ops.
+15 ops. Measured on a 2-core CPU (224 px, batch 16, ops spread over all 15, results identical):
+10 ms of CPU time per image and layer and 4.6 s to compile, against 26 ms and 12.8 s for
+``lax.switch`` over the 15 ops; not yet measured on a GPU.
 """
 
 from __future__ import annotations
