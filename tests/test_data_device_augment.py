@@ -4,8 +4,9 @@ every sampler draws from the TF sampler's distribution, and the batch function's
 The distribution tests compare N draws of each route with a two-sample test (chi-square on
 counts, Kolmogorov-Smirnov on the magnitude) at level ALPHA = 1e-3: if the two samplers draw
 from the same law, a given comparison fails for at most 1 in 1,000 seed choices (the seeds are
-fixed, so the outcome is deterministic). Each one detects, e.g., an op drawn 25% too rarely
-(about 260 vs 200 expected draws at N = 4,000) or an apply probability of 0.55 instead of 0.5.
+fixed, so the outcome is deterministic). Power at N = 4,000, simulated with numpy (200 repeats):
+an op that is never drawn, an apply probability of 0.6 instead of 0.5, a magnitude std of 0.6
+instead of 0.5 or a mean of 9.1 instead of 9 are each caught in >= 96% of seed choices.
 """
 
 import functools
