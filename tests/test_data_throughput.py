@@ -40,3 +40,18 @@ def test_main_reports_rates_and_cores_per_accelerator(capsys):
     assert "'randaugment': None" in out and "16 px" in out
     (line,) = [row for row in out.splitlines() if row.startswith("threads 1:")]
     assert "img/s per CPU-second" in line and "at 1,000 img/s" in line
+
+
+def test_on_device_times_the_host_crop_and_the_device_augmentation(capsys):
+    flags.FLAGS(
+        ["throughput", "--threads=1", "--image_size=16", "--batch_size=4", "--num_batches=1"]
+        + ["--num_examples=4", "--step_rate=1000", "--on_device"]
+    )
+    try:
+        throughput.main([])
+    finally:
+        flags.FLAGS.unparse_flags()
+    out = capsys.readouterr().out
+    assert "'on_device': True" in out and "host crop + resize only" in out
+    (line,) = [row for row in out.splitlines() if row.startswith("device augmentation")]
+    assert "ms per image wall" in line and "jitted batch of 4" in line

@@ -1,4 +1,5 @@
-"""Input pipeline (TFDS + tf.data, or synthetic numpy batches) and on-device mixing.
+"""Input pipeline (TFDS + tf.data, or synthetic numpy batches), on-device mixing and (opt-in,
+``augment['on_device']``) on-device augmentation.
 
 Importing this package imports neither TensorFlow nor TFDS: ``dataset_info``, ``train_batches``
 and ``eval_batches`` import the TFDS pipeline (``imixer_jax.data.pipeline``) on their first call
@@ -14,6 +15,7 @@ import importlib
 from typing import Any
 
 from imixer_jax.data.defaults import AUGMENT_DEFAULTS, MIX_KEYS, DatasetInfo
+from imixer_jax.data.device_augment import augment_on_device
 from imixer_jax.data.mixing import mix_batch
 from imixer_jax.data.sources import dataset_info, eval_batches, train_batches
 
@@ -22,6 +24,7 @@ __all__ = [
     "MIX_KEYS",
     "DatasetInfo",
     "Digits",
+    "augment_on_device",
     "dataset_info",
     "eval_batches",
     "mix_batch",

@@ -15,7 +15,9 @@ Images leave the pipeline as float32 ``[b, S, S, 3]`` normalised with mean = std
 (``x / 127.5 - 1``, i.e. pixels in [-1, 1]; random-erasing noise is N(0, 1) and may exceed that
 range, as in timm). Grey datasets are repeated to 3 channels. Mixup/CutMix and label smoothing are
 not done here but on device by ``imixer_jax.data.mix_batch`` with the ``MIX_KEYS`` of the same
-``augment`` mapping.
+``augment`` mapping. With ``augment['on_device']`` training images leave as uint8
+``[b, S, S, 3]`` after the crop and resize, and the train step flips, applies RandAugment,
+normalises and erases them (``imixer_jax.data.device_augment``).
 
 The pipeline never downloads: a dataset that is not prepared raises a one-line
 ``FileNotFoundError`` that says how to prepare it, before anything is built. The embedded
@@ -175,7 +177,8 @@ def train_batches(
 ) -> Iterator[dict]:
     """Infinite training batches of this process, from global step ``start_step`` on.
 
-    Yields ``{'image': float32 [b, S, S, 3], 'label': int32 [b]}``, b = global_batch_size /
+    Yields ``{'image': float32 [b, S, S, 3], 'label': int32 [b]}`` (uint8 images, cropped and
+    resized only, with ``augment['on_device']``), b = global_batch_size /
     process_count, S = image_size: this process's share of global batch ``start_step``,
     ``start_step + 1``, ... A restart with ``start_step=k`` yields exactly the batches an
     uninterrupted run yields from step k on. ``augment`` overrides ``AUGMENT_DEFAULTS``

@@ -82,10 +82,16 @@ def _rng(*entropy: int) -> np.random.Generator:
     return np.random.default_rng([e % 2**63 for e in entropy])
 
 
-def _images(rng: np.random.Generator, count: int, batch: int, image_size: int) -> np.ndarray:
-    """Read-only float32 ``[count, batch, S, S, 3]``, uniform in [-1, 1)."""
+def _images(
+    rng: np.random.Generator, count: int, batch: int, image_size: int, uint8: bool = False
+) -> np.ndarray:
+    """Read-only float32 ``[count, batch, S, S, 3]``, uniform in [-1, 1), or with ``uint8``
+    uint8 images uniform in 0..255 (the layout of ``augment['on_device']``)."""
     shape = (count, batch, image_size, image_size, 3)
-    images = rng.random(shape, dtype=np.float32) * 2.0 - 1.0
+    if uint8:
+        images = rng.integers(0, 256, shape, dtype=np.uint8)
+    else:
+        images = rng.random(shape, dtype=np.float32) * 2.0 - 1.0
     images.flags.writeable = False
     return images
 
@@ -104,21 +110,28 @@ def train_batches(
     augment: Mapping[str, Any],
 ) -> Iterator[dict]:
     """Infinite training batches of this process from global step ``start_step`` on; the
-    signature and layout of ``pipeline.train_batches`` (``augment`` is validated, not applied)."""
+    signature and layout of ``pipeline.train_batches`` (``augment`` is validated, not applied;
+    with ``augment['on_device']`` the images are uint8, for the train step to augment)."""
     del data_dir
     batch = local_batch_size(global_batch_size, process_index, process_count)
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}")
     _check_split(name, split, TRAIN_SPLIT)
-    augment_config(augment)
+    uint8 = augment_config(augment)["on_device"]
     classes = num_classes(name)
-    return _train_iterator(seed, process_index, start_step, batch, image_size, classes)
+    return _train_iterator(seed, process_index, start_step, batch, image_size, classes, uint8)
 
 
 def _train_iterator(
-    seed: int, process_index: int, start_step: int, batch: int, image_size: int, classes: int
+    seed: int,
+    process_index: int,
+    start_step: int,
+    batch: int,
+    image_size: int,
+    classes: int,
+    uint8: bool,
 ) -> Iterator[dict]:
-    images = _images(_rng(seed, process_index), DISTINCT_BATCHES, batch, image_size)
+    images = _images(_rng(seed, process_index), DISTINCT_BATCHES, batch, image_size, uint8)
     step = start_step
     while True:
         labels = _rng(seed, process_index, step).integers(0, classes, batch, dtype=np.int32)

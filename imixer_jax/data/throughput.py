@@ -15,6 +15,12 @@ calls, one thread per op, as the pipeline runs). Reported per T: images/s of wal
 images per second of this process's CPU time (``time.process_time``), which is what one core
 delivers and is insensitive to other load on the machine. ``cores per accelerator`` divides an
 accelerator's step rate (``--step_rate``, images/s) by the per-core rate.
+
+``--on_device`` measures the route of ``augment['on_device']``: the host does only decode,
+RandomResizedCrop and resize (uint8), and flip, RandAugment, normalisation and erasing run in
+JAX on the accelerator (``imixer_jax.data.device_augment``). The host rates above then refer to
+that lighter transform, and one jitted call of the device augmentation on a batch is timed on
+this process's default JAX device (compile excluded), reported in ms per image.
 """
 
 from __future__ import annotations
@@ -25,11 +31,13 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import app, flags, logging
 
-from imixer_jax.data import pipeline, transforms
+from imixer_jax.data import device_augment, pipeline, transforms
 from imixer_jax.data.defaults import augment_config
 
 _THREADS = flags.DEFINE_list("threads", ["1", "2"], "tf.data thread counts to measure")
@@ -39,6 +47,9 @@ _BATCHES = flags.DEFINE_integer("num_batches", 8, "timed batches per thread coun
 _EXAMPLES = flags.DEFINE_integer("num_examples", 256, "distinct mock examples held in memory")
 _AUGMENT = flags.DEFINE_string(
     "augment", "{}", "JSON overrides of AUGMENT_DEFAULTS, e.g. '{\"randaugment\": null}'"
+)
+_ON_DEVICE = flags.DEFINE_bool(
+    "on_device", False, "host does crop + resize only; also time the JAX device augmentation"
 )
 _STEP_RATES = flags.DEFINE_list(
     "step_rate", ["3800", "6600"], "accelerator train-step rates (img/s) to feed"
@@ -100,15 +111,36 @@ def measure(batches: tf.data.Dataset, num_batches: int, batch_size: int) -> tupl
     return images / wall, images / cpu
 
 
+def device_augment_cost(
+    images: np.ndarray, augment: Mapping[str, Any], repeats: int
+) -> tuple[float, float, str]:
+    """(wall ms per image, process CPU ms per image, device) of the jitted device augmentation
+    (``augment`` with ``on_device``) of the uint8 batch ``images`` ``[B, S, S, 3]``, the mean of
+    ``repeats`` calls with fresh keys after a compiling call."""
+    config = augment_config({**augment, "on_device": True})
+    run = jax.jit(lambda key, x: device_augment.augment_batch(key, x, config))
+    batch = jax.device_put(images)
+    run(jax.random.key(0), batch).block_until_ready()
+    wall, cpu = time.perf_counter(), time.process_time()
+    for i in range(repeats):
+        run(jax.random.key(i + 1), batch).block_until_ready()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    count = repeats * images.shape[0]
+    return 1e3 * wall / count, 1e3 * cpu / count, str(batch.devices().pop())
+
+
 def main(argv: Sequence[str]) -> None:
     del argv
     tf.config.set_visible_devices([], "GPU")
     feature, records = mock_cifar10(_EXAMPLES.value)
     rates = [float(r) for r in _STEP_RATES.value]
     augment = json.loads(_AUGMENT.value)
+    if _ON_DEVICE.value:
+        augment["on_device"] = True
+    route = "host crop + resize only (on_device)" if _ON_DEVICE.value else "all on the host"
     print(
-        f"paper recipe (overrides {augment}) at {_IMAGE_SIZE.value} px, batch {_BATCH.value}, "
-        f"{_BATCHES.value} timed batches, cifar10-shaped mock PNGs"
+        f"paper recipe (overrides {augment}; {route}) at {_IMAGE_SIZE.value} px, batch "
+        f"{_BATCH.value}, {_BATCHES.value} timed batches, cifar10-shaped mock PNGs"
     )
     for threads in (int(t) for t in _THREADS.value):
         batches = augmented_batches(
@@ -124,6 +156,14 @@ def main(argv: Sequence[str]) -> None:
         print(
             f"threads {threads}: {wall_rate:,.1f} img/s wall ({wall_rate / threads:,.1f} per "
             f"thread), {cpu_rate:,.1f} img/s per CPU-second; cores per accelerator: {cores}"
+        )
+    if _ON_DEVICE.value:
+        images = next(iter(batches))["image"].numpy()
+        wall_ms, cpu_ms, device = device_augment_cost(images, augment, _BATCHES.value)
+        print(
+            f"device augmentation (flip, RandAugment, normalise, erase) on {device}: "
+            f"{wall_ms:,.2f} ms per image wall, {cpu_ms:,.2f} ms per image of process CPU time "
+            f"(jitted batch of {images.shape[0]})"
         )
     logging.flush()
 

@@ -72,7 +72,8 @@ def _decode_random_crop(
 
 
 def train_transform(feature: tfds.features.Image, image_size: int, config: dict[str, Any]):
-    """(example seed [2], encoded example) -> {'image': float32 [S, S, 3], 'label': int32}."""
+    """(example seed [2], encoded example) -> {'image': float32 [S, S, 3], 'label': int32};
+    with ``config['on_device']`` only the crop and resize: {'image': uint8 [S, S, 3], ...}."""
     spec = config["randaugment"]
     randaugment = augment_lib.RandAugment.from_string(spec) if spec else None
     size = (image_size, image_size)
@@ -94,6 +95,8 @@ def train_transform(feature: tfds.features.Image, image_size: int, config: dict[
             decoded = feature.decode_example(example["image"])
             image = _resize_centre_crop(decoded, image_size, 1.0, resize_fn)
         image = _to_rgb(image)
+        if config["on_device"]:  # the rest runs in the train step (device_augment)
+            return {"image": image, "label": tf.cast(example["label"], tf.int32)}
         if config["hflip"]:
             image = tf.image.stateless_random_flip_left_right(image, seeds[2])
         if randaugment is not None:

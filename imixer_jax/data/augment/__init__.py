@@ -58,15 +58,14 @@ from imixer_jax.data.augment.image_ops import (
     translate_x_rel,
     translate_y_rel,
 )
-from imixer_jax.data.augment.randaugment import (
+from imixer_jax.data.augment.randaugment import RandAugment, apply_op
+from imixer_jax.data.augment.seeds import split_seed
+from imixer_jax.data.randaugment_policy import (
     LEVEL_DENOM,
     RAND_INCREASING_TRANSFORMS,
     RAND_TRANSFORMS,
     TRANSLATE_PCT,
-    RandAugment,
-    apply_op,
 )
-from imixer_jax.data.augment.seeds import split_seed
 
 __all__ = [
     "FILL",

@@ -12,7 +12,7 @@ import math
 
 import tensorflow as tf
 
-FILL = 128  # timm img_mean for mean = 0.5: round(255 * 0.5)
+from imixer_jax.data.randaugment_policy import FILL
 
 
 def to_uint8(x: tf.Tensor) -> tf.Tensor:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
-import re
 
 import tensorflow as tf
 
@@ -27,43 +25,10 @@ from imixer_jax.data.augment.image_ops import (
     translate_y_rel,
 )
 from imixer_jax.data.augment.seeds import split_seed
-
-LEVEL_DENOM = 10.0  # timm _LEVEL_DENOM: magnitudes are on a 0..10 scale
-TRANSLATE_PCT = 0.45  # timm default translate_pct of TranslateXRel / TranslateYRel
-
-RAND_TRANSFORMS = (
-    "AutoContrast",
-    "Equalize",
-    "Invert",
-    "Rotate",
-    "Posterize",
-    "Solarize",
-    "SolarizeAdd",
-    "Color",
-    "Contrast",
-    "Brightness",
-    "Sharpness",
-    "ShearX",
-    "ShearY",
-    "TranslateXRel",
-    "TranslateYRel",
-)
-RAND_INCREASING_TRANSFORMS = (
-    "AutoContrast",
-    "Equalize",
-    "Invert",
-    "Rotate",
-    "PosterizeIncreasing",
-    "SolarizeIncreasing",
-    "SolarizeAdd",
-    "ColorIncreasing",
-    "ContrastIncreasing",
-    "BrightnessIncreasing",
-    "SharpnessIncreasing",
-    "ShearX",
-    "ShearY",
-    "TranslateXRel",
-    "TranslateYRel",
+from imixer_jax.data.randaugment_policy import (
+    LEVEL_DENOM,
+    TRANSLATE_PCT,
+    RandAugmentPolicy,
 )
 
 
@@ -119,69 +84,34 @@ def apply_op(name: str, image: tf.Tensor, magnitude: tf.Tensor, negate: tf.Tenso
     raise ValueError(f"unknown RandAugment op {name!r}")
 
 
-@dataclasses.dataclass(frozen=True)
-class RandAugment:
-    """timm's RandAugment: ``num_layers`` ops drawn uniformly with replacement from
-    ``transforms``; each is applied with probability ``prob`` at a magnitude drawn from
-    N(magnitude, magnitude_std) (uniform(0, magnitude) if the std is infinite) clipped to
-    [0, magnitude_max]."""
+class RandAugment(RandAugmentPolicy):
+    """The RandAugment policy (``RandAugmentPolicy``, e.g. ``RandAugment.from_string(
+    'rand-m9-mstd0.5-inc1')``) applied in TensorFlow with stateless seeds."""
 
-    transforms: tuple[str, ...] = RAND_TRANSFORMS
-    num_layers: int = 2
-    magnitude: float = LEVEL_DENOM
-    magnitude_std: float = 0.0
-    magnitude_max: float = LEVEL_DENOM
-    prob: float = 0.5
-
-    @classmethod
-    def from_string(cls, spec: str) -> RandAugment:
-        """Parse a timm config string, e.g. ``'rand-m9-mstd0.5-inc1'``.
-
-        Sections: ``m`` magnitude (int), ``n`` number of ops, ``mstd`` magnitude noise std (>100
-        means uniform), ``mmax`` magnitude upper bound, ``inc`` 1 = 'increasing' op variants.
-        timm's ``w`` (weighted op choice) is not supported. Unlike timm, ``inc0`` means
-        non-increasing (timm tests ``bool('0')``, which is True).
-        """
-        sections = spec.split("-")
-        if sections[0] != "rand":
-            raise ValueError(f"RandAugment spec must start with 'rand-': {spec!r}")
-        kwargs: dict = {}
-        for section in sections[1:]:
-            parts = re.split(r"(\d.*)", section)
-            if len(parts) < 2:
-                continue  # as timm: sections without a number are ignored
-            key, value = parts[:2]
-            if key == "m":
-                kwargs["magnitude"] = float(int(value))
-            elif key == "n":
-                kwargs["num_layers"] = int(value)
-            elif key == "mstd":
-                std = float(value)
-                kwargs["magnitude_std"] = math.inf if std > 100 else std
-            elif key == "mmax":
-                kwargs["magnitude_max"] = float(int(value))
-            elif key == "inc":
-                kwargs["transforms"] = RAND_INCREASING_TRANSFORMS if int(value) else RAND_TRANSFORMS
-            else:
-                raise ValueError(f"unsupported RandAugment section {section!r} in {spec!r}")
-        return cls(**kwargs)
+    def sample_layer(
+        self, layer_seed: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+        """One layer's draws from a seed ``[2]``: (op index int32 in [0, len(transforms)),
+        apply bool, magnitude float32 clipped to [0, magnitude_max], negate bool)."""
+        s = split_seed(layer_seed, 4)
+        op = tf.random.stateless_uniform([], s[0], 0, len(self.transforms), dtype=tf.int32)
+        apply = tf.random.stateless_uniform([], s[1]) <= self.prob
+        if math.isinf(self.magnitude_std):
+            magnitude = tf.random.stateless_uniform([], s[2], 0.0, self.magnitude)
+        elif self.magnitude_std > 0:
+            noise = tf.random.stateless_normal([], s[2])
+            magnitude = self.magnitude + self.magnitude_std * noise
+        else:
+            magnitude = tf.constant(self.magnitude, tf.float32)
+        magnitude = tf.clip_by_value(magnitude, 0.0, self.magnitude_max)
+        negate = tf.random.stateless_uniform([], s[3]) > 0.5
+        return op, apply, magnitude, negate
 
     def __call__(self, image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
         """Augment a uint8 ``[H, W, 3]`` image; returns uint8 ``[H, W, 3]``."""
         num_ops = len(self.transforms)
         for layer_seed in tf.unstack(split_seed(seed, self.num_layers)):
-            s = split_seed(layer_seed, 4)
-            op = tf.random.stateless_uniform([], s[0], 0, num_ops, dtype=tf.int32)
-            apply = tf.random.stateless_uniform([], s[1]) <= self.prob
-            if math.isinf(self.magnitude_std):
-                magnitude = tf.random.stateless_uniform([], s[2], 0.0, self.magnitude)
-            elif self.magnitude_std > 0:
-                noise = tf.random.stateless_normal([], s[2])
-                magnitude = self.magnitude + self.magnitude_std * noise
-            else:
-                magnitude = tf.constant(self.magnitude, tf.float32)
-            magnitude = tf.clip_by_value(magnitude, 0.0, self.magnitude_max)
-            negate = tf.random.stateless_uniform([], s[3]) > 0.5
+            op, apply, magnitude, negate = self.sample_layer(layer_seed)
             branches = [
                 functools.partial(apply_op, name, image, magnitude, negate)
                 for name in self.transforms
