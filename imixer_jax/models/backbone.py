@@ -4,14 +4,15 @@
     num_blocks x block:  X <- block(X)                       (the architecture's own block)
     LayerNorm -> mean over tokens [B, D] -> head (zero init) -> logits [B, num_classes]
 
-A subclass (``Mixer``, ``ParaMixer``) sets ``config_class`` and defines ``make_block``; this base
-builds the stem, the block stack, the final norm and the head from the typed config, in that
-order (so parameters drawn from the same ``Rngs`` do not depend on the subclass), and applies them.
+A subclass (``Mixer``, ``ParaMixer``) sets ``config_class`` and defines ``make_block`` (and
+``layout`` if it offers the scanned or rematerialised layouts); this base builds the stem, the
+block stack, the final norm and the head from the typed config, in that order (so parameters drawn
+from the same ``Rngs`` do not depend on the subclass), and applies them.
 
 Layouts: by default ``blocks`` is an ``nnx.List`` of the blocks, applied in a Python loop (XLA
 compiles N copies). With ``scan_blocks`` every block variable is stacked along a leading axis of
 size N and the blocks run under ``nnx.scan``, so compile time does not grow with depth; each block
-still draws its own drop-path mask. ``remat_blocks`` recomputes each whole block in the backward
+still draws its own drop-path mask. Remat of the blocks recomputes each whole block in the backward
 pass (``jax.checkpoint``; only the block inputs are saved).
 """
 
@@ -47,14 +48,7 @@ class Backbone(nnx.Module):
 
     config_class: ClassVar[type[ModelConfig]]
 
-    def __init__(
-        self,
-        config: ModelConfig,
-        *,
-        scan_blocks: bool = False,
-        remat_blocks: bool = False,
-        rngs: nnx.Rngs,
-    ):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         if not isinstance(config, self.config_class):
             raise TypeError(
                 f"{type(self).__name__} takes a {self.config_class.__name__}, got "
@@ -65,8 +59,8 @@ class Backbone(nnx.Module):
         self.img_size = config.img_size
         self.num_tokens = config.num_tokens
         self.num_blocks = config.num_blocks
+        scan_blocks, self.remat_blocks = self.layout(config)
         self.scan_blocks = scan_blocks
-        self.remat_blocks = remat_blocks
         dtype = config.compute_dtype
         self.stem = layers.patch_stem(config.patch_size, config.hidden_dim, dtype=dtype, rngs=rngs)
         make_block = type(self).make_block
@@ -82,6 +76,11 @@ class Backbone(nnx.Module):
         self.head = layers.head_linear(
             config.hidden_dim, config.num_classes, dtype=dtype, rngs=rngs
         )
+
+    @staticmethod
+    def layout(config: ModelConfig) -> tuple[bool, bool]:
+        """``(scan_blocks, remat_blocks)`` of ``config``; the per-block loop without remat here."""
+        return False, False
 
     @staticmethod
     def make_block(config: ModelConfig, rngs: nnx.Rngs) -> nnx.Module:

@@ -88,13 +88,10 @@ class Mixer(Backbone):
 
     config_class = MixerConfig
 
-    def __init__(self, config: MixerConfig, *, rngs: nnx.Rngs):
-        super().__init__(
-            config,
-            scan_blocks=config.scan_blocks,
-            remat_blocks=config.remat == "block",
-            rngs=rngs,
-        )
+    @staticmethod
+    def layout(config: MixerConfig) -> tuple[bool, bool]:
+        """``(scan_blocks, remat_blocks)``: ``config.scan_blocks``, ``config.remat == 'block'``."""
+        return config.scan_blocks, config.remat == "block"
 
     @staticmethod
     def make_block(config: MixerConfig, rngs: nnx.Rngs) -> MixerBlock:

@@ -296,9 +296,6 @@ class ParaMixer(Backbone):
 
     config_class = ParaMixerConfig
 
-    def __init__(self, config: ParaMixerConfig, *, rngs: nnx.Rngs):
-        super().__init__(config, rngs=rngs)
-
     @staticmethod
     def make_block(config: ParaMixerConfig, rngs: nnx.Rngs) -> SerialBlock | ParallelBlock:
         """One serial or parallel block of ``config``."""
