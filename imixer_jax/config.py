@@ -121,8 +121,15 @@ def base_config(model: str = "imixer_s16", **model_overrides) -> ml_collections.
 def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
     """The fields of ``registry.model_config(name, **overrides)`` as a ConfigDict whose ``dtype`` is
     a str field (None = float32), so that ``--config.model.dtype=bfloat16`` works on the command
-    line."""
-    fields = registry.model_config(name, **overrides).to_dict()
+    line.
+
+    Raises:
+      ConfigError: one line naming the first invalid ``config.model`` field.
+    """
+    try:
+        fields = registry.model_config(name, **overrides).to_dict()
+    except configs.ModelConfigError as e:
+        raise _model_error(e) from e
     dtype = fields.pop("dtype")
     c = ml_collections.ConfigDict(fields)
     c.dtype = config_dict.placeholder(str)
@@ -139,8 +146,12 @@ def typed_model_config(config: ml_collections.ConfigDict) -> configs.ModelConfig
     try:
         return configs.from_dict(config.arch, config.model.to_dict())
     except configs.ModelConfigError as e:
-        key = "arch" if e.field == "arch" else f"model.{e.field}"
-        raise ConfigError(f"config.{key}: {e}") from e
+        raise _model_error(e) from e
+
+
+def _model_error(e: configs.ModelConfigError) -> ConfigError:
+    key = "arch" if e.field == "arch" else f"model.{e.field}"
+    return ConfigError(f"config.{key}: {e}")
 
 
 def _fail(key: str, message: str) -> None:

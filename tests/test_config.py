@@ -80,6 +80,13 @@ def test_unknown_and_missing_model_keys():
         config_lib.validate(config)
 
 
+def test_base_config_names_an_invalid_model_override():
+    with pytest.raises(config_lib.ConfigError, match=r"^config.model.remat: remat must be one of"):
+        config_lib.base_config("mixer_s16", remat="all")
+    with pytest.raises(config_lib.ConfigError, match=r"^config.model.n_iters: .* mean n_iter\?$"):
+        config_lib.base_config("imixer_s16", n_iters=4)
+
+
 def test_wrong_type_is_rejected_on_assignment():
     config = default.get_config()
     with pytest.raises(TypeError, match="batch_size"):
