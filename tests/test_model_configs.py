@@ -163,3 +163,37 @@ def test_mixer_penalty_is_zero():
     model = registry.build(MixerConfig(**TINY), rngs=nnx.Rngs(0))
     penalty = model.penalty()
     assert penalty.shape == () and penalty.dtype == jnp.float32 and float(penalty) == 0.0
+
+
+@pytest.mark.slow  # two train-step compiles: about 30 s on 2 shared cores
+def test_train_step_adds_the_model_penalty():
+    # The same initial parameters (asym_penalty draws nothing) and the same batch and keys: the
+    # two losses differ by exactly lambda * sum ||W_2||^2 at the initial parameters (about 16
+    # here), up to float32 rounding of the two losses (a few ulp of ~18, i.e. ~1e-6 relative).
+    from configs import default
+    from imixer_jax import training
+
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32),
+        "label": rng.integers(0, 10, 8).astype(np.int32),
+    }
+    tiny = dict(TINY, img_size=16, patch_size=4, num_blocks=1)
+    losses, penalties = {}, {}
+    for lam in (0.0, 0.5):
+        c = default.get_config()
+        c.arch = "paramixer"
+        c.model = config_lib.model_config(
+            "asymmixer_s16_224_l00", **tiny, drop_path_rate=0.0, asym_penalty=lam
+        )
+        c.data.name, c.batch_size = "synthetic/10", 8
+        c.data.augment.mixup_alpha = c.data.augment.cutmix_alpha = 0.0
+        c.schedule.unit, c.schedule.length, c.schedule.warmup = "steps", 2.0, 1.0
+        run = training.prepare(c)
+        state = training.init_state(run)
+        model = nnx.merge(run.graphdef, state.params, state.rest)
+        penalties[lam] = float(model.penalty())
+        _, metrics = training.make_train_step(run)(state, batch)
+        losses[lam] = float(metrics["loss"])
+    assert penalties[0.0] == 0.0 and penalties[0.5] > 1.0
+    np.testing.assert_allclose(losses[0.5] - losses[0.0], penalties[0.5], rtol=1e-5)
