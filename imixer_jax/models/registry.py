@@ -158,8 +158,13 @@ def create_model(name: str, *, rngs: nnx.Rngs, **overrides) -> Backbone:
 
 
 def param_count(name: str, **overrides) -> int:
-    """Exact number of parameters (``nnx.Param`` entries; spectral-norm u, v excluded) of a variant,
-    from abstract shapes only (``nnx.eval_shape``: nothing is allocated)."""
-    model = nnx.eval_shape(lambda: create_model(name, rngs=nnx.Rngs(0), **overrides))
+    """Exact number of parameters of variant ``name`` with ``overrides`` (see ``count_params``)."""
+    return count_params(model_config(name, **overrides))
+
+
+def count_params(config: ModelConfig) -> int:
+    """Exact number of parameters (``nnx.Param`` entries; spectral-norm u, v excluded) of the model
+    of ``config``, from abstract shapes only (``nnx.eval_shape``: nothing is allocated)."""
+    model = nnx.eval_shape(lambda: build(config, rngs=nnx.Rngs(0)))
     params = nnx.state(model, nnx.Param)
     return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
