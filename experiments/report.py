@@ -31,11 +31,11 @@ def collect(name: str, root: str) -> list[dict[str, Any]]:
         final = sweep.final_metrics(workdir)
         row: dict[str, Any] = {"run": run.name, "group": run.group, "finished": final is not None}
         if final is not None:
+            from imixer_jax import config as config_lib
             from imixer_jax.analysis.runs import load_config  # TensorFlow: only with a run
             from imixer_jax.models import registry
 
             config = load_config(workdir)
-            model = config.model.to_dict()
             row.update(
                 seed=config.seed,
                 top1=100.0 * final["test/top1"],
@@ -43,15 +43,11 @@ def collect(name: str, root: str) -> list[dict[str, Any]]:
                 loss=final["test/loss"],
                 steps=final["step"],
                 batch_size=config.batch_size,
-                # Every argument is overridden: the variant name only picks the class.
-                params=registry.param_count(_ARCH_VARIANT[config.arch], **model),
+                params=registry.count_params(config_lib.typed_model_config(config)),
                 seconds=_logged_seconds(workdir),
             )
         rows.append(row)
     return rows
-
-
-_ARCH_VARIANT = {"mixer": "imixer_s16", "paramixer": "paramixer_s16_224"}  # one name per class
 
 
 def _logged_seconds(workdir: str) -> float | None:

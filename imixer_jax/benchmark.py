@@ -46,24 +46,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from imixer_jax import cli
-from imixer_jax.models.mixer import REMATS
-from imixer_jax.models.registry import VARIANT_NAMES, model_kwargs
+from imixer_jax.models.configs import REMATS
+from imixer_jax.models.registry import VARIANT_NAMES, model_config
 
 DTYPES = ("float32", "bfloat16")
 
 
 def forward_flops_per_image(model: str, **overrides) -> float:
     """Analytic matmul FLOPs of one image's forward pass (formula in the module docstring)."""
-    k = model_kwargs(model, **overrides)
-    tokens = (k["img_size"] // k["patch_size"]) ** 2
-    dim, token_dim, channel_dim = k["hidden_dim"], k["tokens_mlp_dim"], k["channels_mlp_dim"]
+    c = model_config(model, **overrides)
+    tokens = c.num_tokens
+    dim, token_dim, channel_dim = c.hidden_dim, c.tokens_mlp_dim, c.channels_mlp_dim
     token_mixer = 4 * dim * tokens * token_dim
-    if k["token_mixer"] == "imlp":
-        hidden = int(token_dim * k["hidden_ratio"])
-        token_mixer += k["n_iter"] * 4 * dim * token_dim * hidden
+    if c.token_mixer == "imlp":
+        hidden = int(token_dim * c.hidden_ratio)
+        token_mixer += c.n_iter * 4 * dim * token_dim * hidden
     block = token_mixer + 4 * tokens * dim * channel_dim
-    stem = 2 * tokens * 3 * k["patch_size"] ** 2 * dim
-    return float(stem + k["num_blocks"] * block + 2 * dim * k["num_classes"])
+    stem = 2 * tokens * 3 * c.patch_size**2 * dim
+    return float(stem + c.num_blocks * block + 2 * dim * c.num_classes)
 
 
 def _time(run: Callable[[], object], warmup: int, steps: int) -> float:
@@ -257,7 +257,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(e))
     if args.compare_torch:
         torch_s = torch_reference.train_step_seconds(
-            model_kwargs(args.model, num_classes=args.num_classes, img_size=args.img_size),
+            model_config(
+                args.model, num_classes=args.num_classes, img_size=args.img_size
+            ).to_dict(),
             batch=args.batch,
             dtype=args.dtype,
             steps=args.steps,

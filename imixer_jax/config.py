@@ -10,8 +10,10 @@ Schema (defaults in ``base_config``):
     seed                   int: root of every random stream (init, data order, mixing, drop path)
     arch                   'mixer' (``Mixer``: MLP-Mixer, iMixer) or 'paramixer' (``ParaMixer``: the
                            parallelized Mixer family); ``registry.model_arch(name)``
-    model                  the complete constructor kwargs of that class (registry.model_kwargs);
-                           ``model.dtype``: None (float32) or a compute dtype name ('bfloat16')
+    model                  the fields of that architecture's typed model config
+                           (``models.configs.MixerConfig`` / ``ParaMixerConfig``; ``model_config``);
+                           ``model.dtype``: None (float32) or a compute dtype name ('bfloat16').
+                           ``typed_model_config(config)`` converts it (validated once)
     data.name              TFDS dataset name, or 'synthetic' / 'synthetic/K' (numpy batches, no
                            TensorFlow); data.data_dir: TFDS data_dir (None = TFDS default)
     data.train_split; data.eval_split (None: 'validation' if the dataset has it, else 'test')
@@ -41,14 +43,11 @@ schedule (defined in optimiser updates) spans ``steps / k`` updates.
 
 from __future__ import annotations
 
-import inspect
-
 import ml_collections
-from flax import nnx
 from ml_collections import config_dict
 
 from imixer_jax.data import defaults as data
-from imixer_jax.models import pretrained, registry
+from imixer_jax.models import configs, pretrained, registry
 
 INITIALIZE = ("auto", "always", "never")
 UNITS = ("epochs", "steps")
@@ -65,12 +64,12 @@ def base_config(model: str = "imixer_s16", **model_overrides) -> ml_collections.
     """The official CIFAR-10 recipe (docs/recipe.md#official-recipe) for registered variant
     ``model``, locked.
 
-    ``model_overrides`` are constructor arguments of ``registry.model_class(model)`` (e.g.
+    ``model_overrides`` are fields of the variant's typed config (``registry.model_config``; e.g.
     ``num_classes=10, img_size=32``).
     """
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.arch = registry.model_arch(model)  # the class that ``model`` is the constructor kwargs of
+    c.arch = registry.model_arch(model)  # the architecture whose config fields ``c.model`` holds
     c.model = model_config(model, **{"num_classes": 10, **model_overrides})
 
     c.data = ml_collections.ConfigDict()
@@ -120,14 +119,39 @@ def base_config(model: str = "imixer_s16", **model_overrides) -> ml_collections.
 
 
 def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
-    """``registry.model_kwargs(name, **overrides)`` as a ConfigDict whose ``dtype`` is a str field
-    (None = float32), so that ``--config.model.dtype=bfloat16`` works on the command line."""
-    kwargs = registry.model_kwargs(name, **overrides)
-    dtype = kwargs.pop("dtype")
-    c = ml_collections.ConfigDict(kwargs)
+    """The fields of ``registry.model_config(name, **overrides)`` as a ConfigDict whose ``dtype`` is
+    a str field (None = float32), so that ``--config.model.dtype=bfloat16`` works on the command
+    line.
+
+    Raises:
+      ConfigError: one line naming the first invalid ``config.model`` field.
+    """
+    try:
+        fields = registry.model_config(name, **overrides).to_dict()
+    except configs.ModelConfigError as e:
+        raise _model_error(e) from e
+    dtype = fields.pop("dtype")
+    c = ml_collections.ConfigDict(fields)
     c.dtype = config_dict.placeholder(str)
-    c.dtype = None if dtype is None else str(dtype)
+    c.dtype = dtype
     return c
+
+
+def typed_model_config(config: ml_collections.ConfigDict) -> configs.ModelConfig:
+    """``config.model`` as the typed config of architecture ``config.arch``.
+
+    Raises:
+      ConfigError: one line naming ``config.arch`` or the first invalid ``config.model`` field.
+    """
+    try:
+        return configs.from_dict(config.arch, config.model.to_dict())
+    except configs.ModelConfigError as e:
+        raise _model_error(e) from e
+
+
+def _model_error(e: configs.ModelConfigError) -> ConfigError:
+    key = "arch" if e.field == "arch" else f"model.{e.field}"
+    return ConfigError(f"config.{key}: {e}")
 
 
 def _fail(key: str, message: str) -> None:
@@ -140,27 +164,12 @@ def _check(ok: bool, key: str, message: str) -> None:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Check ``config`` before anything is compiled (the model is only built abstractly).
+    """Check ``config`` before anything is compiled or built.
 
     Raises:
       ConfigError: one line ``config.<key>: <what is wrong>``.
     """
-    archs = registry.ARCHITECTURES
-    _check(config.arch in archs, "arch", f"must be one of {', '.join(archs)}, got {config.arch!r}")
-    model_class = archs[config.arch]
-    model_keys = set(inspect.signature(model_class.__init__).parameters) - {"self", "rngs"}
-    for key in sorted(set(config.model.keys()) - model_keys):
-        _fail(
-            f"model.{key}",
-            f"unknown model argument (keys are {model_class.__name__}'s constructor arguments)",
-        )
-    for key in sorted(model_keys - set(config.model.keys())):
-        _fail(f"model.{key}", "missing model argument")
-    try:  # the model checks its arguments; abstract construction allocates nothing
-        nnx.eval_shape(lambda: model_class(**config.model, rngs=nnx.Rngs(0)))
-    except ValueError as e:
-        first = str(e).split()[0]
-        _fail(f"model.{first}" if first in model_keys else "model", str(e))
+    typed_model_config(config)  # the model's fields, checked without building anything
 
     _check(bool(config.data.name), "data.name", "must name a TFDS dataset")
     _check(0 < config.data.crop_ratio <= 1, "data.crop_ratio", "must be in (0, 1]")

@@ -15,6 +15,7 @@ from flax import nnx
 
 from configs import default
 from imixer_jax import analysis, training
+from imixer_jax.models.configs import MixerConfig
 from imixer_jax.models.mixer import Mixer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -78,37 +79,36 @@ def test_energy_increases_counts_only_rises_beyond_rounding():
 # Models.
 
 
-def _kwargs(**overrides):
-    return {**_tiny_config(tied=False, steps=1).model.to_dict(), **overrides}
+def _config(**overrides) -> MixerConfig:
+    return MixerConfig(**{**_tiny_config(tied=False, steps=1).model.to_dict(), **overrides})
 
 
 def test_with_solver_keeps_the_weights_and_changes_only_the_solver():
-    kwargs = _kwargs()
-    model = Mixer(**kwargs, rngs=nnx.Rngs(params=0))
+    config = _config()
+    model = Mixer(config, rngs=nnx.Rngs(params=0))
     model.eval()
     images = jax.random.uniform(jax.random.key(0), (4, 16, 16, 3), minval=-1, maxval=1)
     logits, info = analysis.forward(model, images)
-    same, _ = analysis.forward(analysis.with_solver(model, kwargs), images)
+    same, _ = analysis.forward(analysis.with_solver(model), images)
     np.testing.assert_array_equal(same, logits)
     analysis.settle_spectral_norm(model, images)  # sigma estimates as after a training step
-    converged = analysis.with_solver(model, kwargs, n_iter=100, tol=1e-5, adjoint="implicit")
+    converged = analysis.with_solver(model, n_iter=100, tol=1e-5, adjoint="implicit")
     _, info_conv = analysis.forward(converged, images)
     res = analysis.residuals(info_conv)
     assert res.shape == (2, 100)
     for i, r in enumerate(res):  # stopped early at the tolerance (convergence checked, not assumed)
         steps = int(info_conv[f"block_{i}"]["steps"])
         assert steps < 100 and r[steps - 1] <= 1e-5 and np.all(np.isnan(r[steps:]))
-    assert analysis.residuals(info).shape == (2, kwargs["n_iter"])
+    assert analysis.residuals(info).shape == (2, config.n_iter)
     with pytest.raises(ValueError, match="with_solver changes only"):
-        analysis.with_solver(model, kwargs, tied=True)
+        analysis.with_solver(model, tied=True)
     with pytest.raises(ValueError, match="tied"):
         analysis.block_energies(info)
     assert set(analysis.block_sigmas(model)) == {"fc_sn1", "fc_sn2"}
 
 
 def test_block_inputs_reproduce_the_forward_pass():
-    kwargs = _kwargs(token_mixer="mlp")
-    model = Mixer(**kwargs, rngs=nnx.Rngs(params=0))
+    model = Mixer(_config(token_mixer="mlp"), rngs=nnx.Rngs(params=0))
     model.eval()
     images = jax.random.uniform(jax.random.key(0), (2, 16, 16, 3), minval=-1, maxval=1)
     inputs = analysis.block_inputs(model, images)
@@ -122,14 +122,12 @@ def test_block_inputs_reproduce_the_forward_pass():
 @pytest.mark.slow
 def test_load_run_and_tied_energies(tied_workdir):
     loaded = analysis.load_run(tied_workdir)
-    assert loaded.step == 20 and loaded.model_kwargs["tied"]
+    assert loaded.step == 20 and loaded.model.config.tied
     images, labels = analysis.eval_images(loaded.config, 5)
     assert images.shape == (5, 16, 16, 3) and labels.shape == (5,)
     before, after = analysis.block_energies(analysis.forward(loaded.model, images)[1])
     assert before.shape == after.shape == (2, 5)
-    descent = analysis.block_energy_descent(
-        loaded.model, loaded.model_kwargs, images[:2], num_steps=10
-    )
+    descent = analysis.block_energy_descent(loaded.model, images[:2], num_steps=10)
     assert descent.shape == (2, 11, 2) and np.all(np.isfinite(descent))
 
 

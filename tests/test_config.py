@@ -20,12 +20,13 @@ def test_default_and_base_configs_are_valid_and_locked():
             config.no_such_key = 1
 
 
-def test_model_section_equals_registry_kwargs():
+def test_model_section_equals_registry_config():
     config = config_lib.base_config("imixer_b32", num_classes=100)
     from imixer_jax.models import registry
 
-    expected = registry.model_kwargs("imixer_b32", num_classes=100)
-    assert config.model.to_dict() == expected
+    expected = registry.model_config("imixer_b32", num_classes=100)
+    assert config.model.to_dict() == expected.to_dict()
+    assert config_lib.typed_model_config(config) == expected
 
 
 @pytest.mark.parametrize(
@@ -60,13 +61,30 @@ def test_unknown_and_missing_model_keys():
     config = default.get_config()
     with config.unlocked():
         config.model.depth = 3
-    with pytest.raises(config_lib.ConfigError, match=r"^config.model.depth: unknown"):
+    with pytest.raises(config_lib.ConfigError, match=r"^config.model.depth: depth is not a Mixer"):
         config_lib.validate(config)
     config = default.get_config()
     with config.unlocked():
-        del config.model["n_power"]
-    with pytest.raises(config_lib.ConfigError, match=r"^config.model.n_power: missing"):
+        config.model.n_iters = 3
+    with pytest.raises(config_lib.ConfigError, match=r"^config.model.n_iters: .* mean n_iter"):
         config_lib.validate(config)
+    config = default.get_config()
+    with config.unlocked():
+        del config.model["num_blocks"]
+    with pytest.raises(config_lib.ConfigError, match=r"^config.model.num_blocks: .* missing"):
+        config_lib.validate(config)
+    config = default.get_config()
+    with config.unlocked():
+        config.arch = "resnet"
+    with pytest.raises(config_lib.ConfigError, match=r"^config.arch: arch must be one of"):
+        config_lib.validate(config)
+
+
+def test_base_config_names_an_invalid_model_override():
+    with pytest.raises(config_lib.ConfigError, match=r"^config.model.remat: remat must be one of"):
+        config_lib.base_config("mixer_s16", remat="all")
+    with pytest.raises(config_lib.ConfigError, match=r"^config.model.n_iters: .* mean n_iter\?$"):
+        config_lib.base_config("imixer_s16", n_iters=4)
 
 
 def test_wrong_type_is_rejected_on_assignment():

@@ -17,7 +17,7 @@ from flax import nnx
 from scipy.special import erf
 
 from imixer_jax.convert import torch_imixer
-from imixer_jax.models import create_model
+from imixer_jax.models import build
 from imixer_jax.models.pretrained import PretrainedError
 
 TINY = dict(classes=5, patch=4, img=16, dim=8, tokens=6, channels=20, hidden=12, blocks=2)
@@ -118,8 +118,8 @@ def _official_forward(sd, images, n_iter):
 def _model_for(sd, **overrides):
     """A model of the architecture ``sd`` was saved from, with shape-only state
     (``nnx.eval_shape``): the conversion must replace every parameter and u, v."""
-    kwargs = torch_imixer.model_kwargs(sd, **overrides)
-    return nnx.eval_shape(lambda: create_model("imixer_s16", rngs=nnx.Rngs(0), **kwargs))
+    config = torch_imixer.model_config(sd, **overrides)
+    return nnx.eval_shape(lambda: build(config, rngs=nnx.Rngs(0)))
 
 
 def _loaded_state(seed: int = 3) -> nnx.State:
@@ -133,7 +133,7 @@ def _images(batch=3):
 
 
 def test_architecture_is_inferred_from_shapes():
-    kwargs = torch_imixer.model_kwargs(_official_state_dict())
+    fields = torch_imixer.model_config(_official_state_dict()).to_dict()
     expected = dict(
         num_classes=5,
         img_size=16,
@@ -145,7 +145,7 @@ def test_architecture_is_inferred_from_shapes():
         hidden_ratio=2.0,
         token_mixer="imlp",
     )
-    assert {k: kwargs[k] for k in expected} == expected
+    assert {k: fields[k] for k in expected} == expected
 
 
 @pytest.mark.parametrize("n_iter", [0, 2])

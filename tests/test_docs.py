@@ -67,3 +67,30 @@ def test_pages_stand_on_their_own(page):
     # user who clones the repository does not have.
     for outside in ("SPEC", "/work", os.path.join("..", "shared")):
         assert outside not in text, f"{page.name} refers to {outside!r}, outside the repository"
+
+
+def test_layout_names_every_module():
+    # docs/design.md#layout describes the tree package by package: every module of every
+    # package row (and every top-level module) is named there.
+    section = (DOCS / "design.md").read_text().split('<a id="layout"></a>')[1].split("<a id=")[0]
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "imixer_jax"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    rows = re.findall(r"^\| `(imixer_jax/[\w*.]*/?)` \| (.*) \|$", section, re.M)
+    assert len(rows) >= 8
+    for place, holds in rows:
+        named = set(re.findall(r"`(\w+)", holds))
+        if place == "imixer_jax/*.py":
+            inside = [f.split("/", 1)[1] for f in files if f.count("/") == 1]
+        else:
+            assert any(f.startswith(place) for f in files), f"{place} is not in the tree"
+            inside = [f[len(place) :].split("/")[0] for f in files if f.startswith(place)]
+        modules = {
+            name.removesuffix(".py") for name in inside if name.endswith(".py") or "." not in name
+        }
+        missing = modules - named - {"__init__"}
+        assert not missing, f"docs/design.md#layout does not name {sorted(missing)} in {place}"

@@ -57,8 +57,8 @@ def test_paper_config_loads_and_validates(dataset, model, monkeypatch):
     config = _parse(["--config", f"configs/{dataset}.py:{model}"])
     config_lib.validate(config)  # abstract model only (nnx.eval_shape): no real-size arrays
     num_classes, _ = paper.DATASETS[dataset]
-    expected_model = registry.model_kwargs(model, num_classes=num_classes, dtype="bfloat16")
-    assert config.model.to_dict() == expected_model
+    expected_model = registry.model_config(model, num_classes=num_classes, dtype="bfloat16")
+    assert config.model.to_dict() == expected_model.to_dict()
     assert config.data.name == dataset
     # The official recipe (docs/recipe.md).
     assert config.batch_size == 2048 and config.optimizer.lr == 5e-4

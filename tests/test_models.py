@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import json
 import os
@@ -17,7 +16,15 @@ import optax
 import pytest
 from flax import nnx
 
-from imixer_jax.models import Mixer, MixerBlock, create_model, layers, model_kwargs, param_count
+from imixer_jax.models import (
+    Mixer,
+    MixerBlock,
+    MixerConfig,
+    create_model,
+    layers,
+    model_config,
+    param_count,
+)
 from imixer_jax.models.mixer import capture_intermediates, copy_variables
 from imixer_jax.models.registry import VARIANT_NAMES
 from imixer_jax.models.spectral_norm import spectral_sigmas
@@ -110,21 +117,26 @@ def test_cli_prints_every_variant():
     assert out.splitlines() == expected
 
 
-def test_model_kwargs_complete_and_overrides():
-    signature = set(inspect.signature(Mixer.__init__).parameters) - {"self", "rngs"}
+def test_model_config_is_typed_and_overridden():
     for name in VARIANT_NAMES:
-        assert set(model_kwargs(name)) == signature
-    kwargs = model_kwargs("imixer_b32", num_classes=10, n_iter=4)
-    assert (kwargs["num_classes"], kwargs["n_iter"], kwargs["patch_size"]) == (10, 4, 32)
-    assert (kwargs["hidden_dim"], kwargs["tokens_mlp_dim"], kwargs["channels_mlp_dim"]) == (
-        768,
-        384,
-        3072,
-    )
-    with pytest.raises(ValueError, match="n_iters"):
-        model_kwargs("imixer_s16", n_iters=3)
+        assert type(model_config(name)) is MixerConfig
+    config = model_config("imixer_b32", num_classes=10, n_iter=4)
+    assert (config.num_classes, config.n_iter, config.patch_size) == (10, 4, 32)
+    assert (config.hidden_dim, config.tokens_mlp_dim, config.channels_mlp_dim) == (768, 384, 3072)
+    assert (config.token_mixer, config.drop_path_rate) == ("imlp", 0.1)
+    with pytest.raises(ValueError, match="n_iters is not a MixerConfig field; did you mean n_iter"):
+        model_config("imixer_s16", n_iters=3)
     with pytest.raises(ValueError, match="unknown model 'imixer_x16'"):
-        model_kwargs("imixer_x16")
+        model_config("imixer_x16")
+
+
+def test_mixer_takes_its_config():
+    config = model_config("imixer_s16", **TINY)
+    model = Mixer(config, rngs=nnx.Rngs(0))
+    assert model.config is config and model.num_tokens == config.num_tokens == 16
+    with pytest.raises(TypeError, match="Mixer takes a MixerConfig") as info:
+        Mixer(config.to_dict(), rngs=nnx.Rngs(0))
+    assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import itertools
 
 import jax
@@ -12,6 +11,7 @@ import pytest
 from flax import nnx
 
 from imixer_jax.models import paramixer, registry
+from imixer_jax.models.configs import ParaMixerConfig
 from imixer_jax.models.paramixer import ParallelBlock, ParaMixer, SerialBlock, reduced_energy
 
 # A small model: 16 tokens (32 px, patch 8), D 16, T 8, C 32, 2 blocks.
@@ -104,8 +104,8 @@ def test_registry_names_are_the_official_ones():
     asym = [f"asymmixer_s16_224_{suffix}" for suffix in lambdas]
     assert sorted(registry.PARAMIXER_NAMES) == sorted(grid + repeats + asym)
     assert not set(registry.PARAMIXER_NAMES) & set(registry.VARIANT_NAMES)
-    assert registry.model_kwargs("asymmixer_s16_224_l035")["asym_penalty"] == 5e-4
-    assert registry.model_kwargs("symmixer_s16_224_ni3")["n_iter"] == 3
+    assert registry.model_config("asymmixer_s16_224_l035").asym_penalty == 5e-4
+    assert registry.model_config("symmixer_s16_224_ni3").n_iter == 3
 
 
 @pytest.mark.parametrize("name", sorted(PARAMS_1000))
@@ -122,14 +122,13 @@ def test_param_count_cifar10_and_repeats_share_weights():
         assert registry.param_count(f"{kind}_s16_224_ni4") == PARAMS_1000[f"{kind}_s16_224"]
 
 
-def test_model_kwargs_and_class():
-    signature = set(inspect.signature(ParaMixer.__init__).parameters) - {"self", "rngs"}
+def test_model_config_and_class():
     for name in registry.PARAMIXER_NAMES:
-        assert set(registry.model_kwargs(name)) == signature
+        assert type(registry.model_config(name)) is ParaMixerConfig
         assert registry.model_class(name) is ParaMixer
     assert registry.model_class("imixer_s16").__name__ == "Mixer"
-    with pytest.raises(ValueError, match="unknown model argument 'hidden_ratio'"):
-        registry.model_kwargs("paramixer_s16_224", hidden_ratio=2.0)
+    with pytest.raises(ValueError, match="hidden_ratio is not a ParaMixerConfig field"):
+        registry.model_config("paramixer_s16_224", hidden_ratio=2.0)
     with pytest.raises(ValueError, match="unknown model 'paramixer_x16_224'"):
         registry.create_model("paramixer_x16_224", rngs=nnx.Rngs(0))
 
@@ -203,8 +202,8 @@ def test_symmetric_and_asymmetric_mlps():
 
 def _asym_with_zero_w2_and_sym(**kwargs):
     tiny = {**TINY, "num_blocks": 1}
-    sym = ParaMixer(**tiny, mlp="symmetric", rngs=nnx.Rngs(0), **kwargs)
-    asym = ParaMixer(**tiny, mlp="asymmetric", rngs=nnx.Rngs(1), **kwargs)
+    sym = ParaMixer(ParaMixerConfig(**tiny, mlp="symmetric", **kwargs), rngs=nnx.Rngs(0))
+    asym = ParaMixer(ParaMixerConfig(**tiny, mlp="asymmetric", **kwargs), rngs=nnx.Rngs(1))
     params = nnx.state(sym, nnx.Param)
     for block in asym.blocks:
         for mlp in (block.mlp_tokens, block.mlp_channels):
@@ -304,9 +303,10 @@ def test_energy_errors_are_one_line():
     ],
 )
 def test_forward_shapes_and_training_mode(block, mlp, dtype):
-    model = ParaMixer(
-        **TINY, block=block, mlp=mlp, n_iter=2, drop_path_rate=0.5, dtype=dtype, rngs=nnx.Rngs(0)
+    config = ParaMixerConfig(
+        **TINY, block=block, mlp=mlp, n_iter=2, drop_path_rate=0.5, dtype=dtype
     )
+    model = ParaMixer(config, rngs=nnx.Rngs(0))
     images = jax.random.uniform(jax.random.key(2), (3, 32, 32, 3), minval=-1, maxval=1)
     train = model(images, rngs=nnx.Rngs(dropout=1))
     model.eval()
@@ -316,7 +316,9 @@ def test_forward_shapes_and_training_mode(block, mlp, dtype):
 
 
 def test_penalty_is_lambda_times_squared_w2():
-    model = ParaMixer(**TINY, mlp="asymmetric", asym_penalty=0.01, rngs=nnx.Rngs(0))
+    model = ParaMixer(
+        ParaMixerConfig(**TINY, mlp="asymmetric", asym_penalty=0.01), rngs=nnx.Rngs(0)
+    )
     expected = 0.01 * sum(
         np.sum(np.square(mlp.fc2.kernel[...]))
         for block in model.blocks
@@ -347,12 +349,12 @@ def test_penalty_is_lambda_times_squared_w2():
 )
 def test_invalid_arguments_fail_in_one_line(override, message):
     with pytest.raises(ValueError, match=message) as info:
-        ParaMixer(**{**TINY, **override}, rngs=nnx.Rngs(0))
+        ParaMixerConfig(**{**TINY, **override})
     assert "\n" not in str(info.value)
 
 
 def test_module_names_follow_the_official_code():
-    paths = _param_paths(ParaMixer(**TINY, block="serial", rngs=nnx.Rngs(0)))
+    paths = _param_paths(ParaMixer(ParaMixerConfig(**TINY, block="serial"), rngs=nnx.Rngs(0)))
     assert ("blocks", 0, "mlp_tokens", "fc1", "kernel") in paths
     assert ("blocks", 0, "mlp_channels", "fc2", "kernel") in paths
     assert not any(p[-1] == "bias" and "mlp_" in str(p) for p in paths)  # bias-free MLPs
@@ -365,8 +367,8 @@ def test_config_is_the_official_recipe():
     from configs import paramixer as paramixer_config
 
     c = paramixer_config.get_config("asymmixer_s16_224_l01")
-    expected = registry.model_kwargs("asymmixer_s16_224_l01", num_classes=10, img_size=224)
-    assert {**c.model.to_dict(), "dtype": None} == expected
+    expected = registry.model_config("asymmixer_s16_224_l01", num_classes=10, img_size=224)
+    assert {**c.model.to_dict(), "dtype": None} == expected.to_dict()
     assert c.model.dtype == "bfloat16" and c.model.asym_penalty == 0.1
     assert c.batch_size == 96 * 4
     assert c.optimizer.lr == pytest.approx(5e-4 * 384 / 512)  # timm --lr-base-scale linear
@@ -392,7 +394,7 @@ def test_sweeps_name_registered_variants():
             file, variant = run.config.split(":")
             assert file == "configs/paramixer.py" and variant in registry.PARAMIXER_NAMES
     penalties = [
-        registry.model_kwargs(r.config.split(":")[1])["asym_penalty"]
+        registry.model_config(r.config.split(":")[1]).asym_penalty
         for r in PARAMIXER_SWEEPS["symmetry_breaking"]
     ]
     assert penalties == sorted(penalties) and penalties[0] == 0.0 and penalties[-1] == 1.0

@@ -23,15 +23,16 @@ from imixer_jax.models.spectral_norm import spectral_sigmas
 Array = jax.Array
 
 
-def with_solver(model: Mixer, model_kwargs: Mapping, **solver) -> Mixer:
+def with_solver(model: Mixer, **solver) -> Mixer:
     """A copy of ``model`` (same arrays, evaluation mode) whose token mixers use other solver or
-    update settings, e.g. ``n_iter=50, tol=1e-5, adjoint='implicit'`` or ``update='euler'``.
-    Only arguments that leave the parameter structure unchanged are allowed."""
+    update settings, e.g. ``n_iter=50, tol=1e-5, adjoint='implicit'`` or ``update='euler'``
+    (fields of ``model.config``). Only fields that leave the parameter structure unchanged are
+    allowed."""
     allowed = {"n_iter", "tol", "adjoint", "update", "step_size"}
     if set(solver) - allowed:
         raise ValueError(f"with_solver changes only {sorted(allowed)}, got {sorted(solver)}")
-    kwargs = {**model_kwargs, **solver}
-    abstract = nnx.eval_shape(lambda: Mixer(**kwargs, rngs=nnx.Rngs(0)))
+    config = model.config.replace(**solver)
+    abstract = nnx.eval_shape(lambda: Mixer(config, rngs=nnx.Rngs(0)))
     graphdef, _ = nnx.split(abstract)
     copy = nnx.merge(graphdef, nnx.state(model))
     copy.eval()
@@ -132,7 +133,6 @@ def block_inputs(model: Mixer, images) -> list[Array]:
 
 def block_energy_descent(
     model: Mixer,
-    model_kwargs: Mapping,
     images,
     *,
     step_size: float = 0.1,
@@ -144,11 +144,10 @@ def block_energy_descent(
     X <- X + step_size (y(X) - X) of every block's token-mixer network (tied models only),
     started from the block's actual input; fast layers solved to ``tol`` (at most ``n_iter``
     iterations) at every step, as the reduced dynamics assume."""
-    if not model_kwargs["tied"]:
-        raise ValueError("the energy exists only for tied models (model.tied=True)")
+    if not model.config.tied:
+        raise ValueError("the energy exists only for tied models (model.config.tied=True)")
     euler = with_solver(
         model,
-        model_kwargs,
         update="euler",
         step_size=step_size,
         n_iter=n_iter,

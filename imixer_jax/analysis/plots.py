@@ -143,7 +143,8 @@ def write_plots(
     Returns the paths written.
     """
     loaded = runs.load_run(workdir)
-    kwargs, model = loaded.model_kwargs, loaded.model
+    model = loaded.model
+    c = model.config
     images, _ = runs.eval_images(loaded.config, num_images)
     os.makedirs(out, exist_ok=True)
     written = []
@@ -154,10 +155,10 @@ def write_plots(
         written.append(path)
 
     save(plot_energy_descent(toy.toy_energy_curves(jax.random.key(0))), "energy_descent.png")
-    if kwargs["token_mixer"] == "imlp" and kwargs["n_iter"] > 0:
-        converged = blocks.with_solver(model, kwargs, n_iter=max_iter, tol=tol, adjoint="implicit")
+    if c.token_mixer == "imlp" and c.n_iter > 0:
+        converged = blocks.with_solver(model, n_iter=max_iter, tol=tol, adjoint="implicit")
         curves = {
-            f"trained solver (n_iter {kwargs['n_iter']}, {kwargs['adjoint']})": blocks.residuals(
+            f"trained solver (n_iter {c.n_iter}, {c.adjoint})": blocks.residuals(
                 blocks.forward(model, images)[1]
             ),
             f"converged (implicit, tol {tol:g}, at most {max_iter})": blocks.residuals(
@@ -165,16 +166,16 @@ def write_plots(
             ),
         }
         title = f"{os.path.basename(os.path.normpath(workdir))}, step {loaded.step}"
-        save(plot_residuals(curves, mark=kwargs["n_iter"], title=title), "residuals.png")
+        save(plot_residuals(curves, mark=c.n_iter, title=title), "residuals.png")
     else:
         logging.info("no fixed-point iteration in this model: residuals.png not written")
     sigmas = blocks.block_sigmas(model)
     if sigmas:
-        save(plot_sigmas(sigmas, coeff=kwargs["sn_coeff"]), "sigmas.png")
-    if kwargs["tied"]:
+        save(plot_sigmas(sigmas, coeff=c.sn_coeff), "sigmas.png")
+    if c.tied:
         before, after = blocks.block_energies(blocks.forward(model, images[:1])[1])
         save(plot_block_energies(before[:, 0], after[:, 0]), "block_energies.png")
-        descent = blocks.block_energy_descent(model, kwargs, images[:1])[:, :, 0]
+        descent = blocks.block_energy_descent(model, images[:1])[:, :, 0]
         save(plot_block_energy_descent(descent, step_size=0.1), "block_energy_descent.png")
     else:
         logging.info("untied model: no energy, block energy plots not written")

@@ -13,21 +13,18 @@ import numpy as np
 from flax import nnx
 
 from imixer_jax import checkpointing, data, training
-from imixer_jax.models.mixer import Mixer
+from imixer_jax.models.backbone import Backbone
 
 
 @dataclasses.dataclass
 class LoadedRun:
-    """A run's config, its model (evaluation mode) at checkpoint ``step``, and its workdir."""
+    """A run's config, its model (evaluation mode; its typed config is ``model.config``) at
+    checkpoint ``step``, and its workdir."""
 
     config: ml_collections.ConfigDict
-    model: Mixer
+    model: Backbone
     step: int
     workdir: str
-
-    @property
-    def model_kwargs(self) -> dict:
-        return self.config.model.to_dict()
 
 
 class RunError(ValueError):

@@ -46,6 +46,7 @@ import numpy as np
 from flax import nnx, traverse_util
 
 from imixer_jax.models import registry
+from imixer_jax.models.configs import MixerConfig
 from imixer_jax.models.mixer import Mixer
 from imixer_jax.models.pretrained import PretrainedError, assign
 
@@ -144,9 +145,9 @@ def _official_order(key: str) -> tuple:
     return (order.index(key.split(".")[0]), int(block.group(1)) if block else 0, key)
 
 
-def model_kwargs(state_dict: Mapping[str, np.ndarray], **overrides) -> dict:
-    """``Mixer`` constructor kwargs of the architecture an official ``state_dict`` was saved
-    from (shapes only); registry defaults for what shapes do not fix (n_iter, n_power, ...)."""
+def model_config(state_dict: Mapping[str, np.ndarray], **overrides) -> MixerConfig:
+    """The ``MixerConfig`` of the architecture an official ``state_dict`` was saved from (shapes
+    only); registry defaults for what shapes do not fix (n_iter, n_power, ...)."""
     sd = _checkpoint_state_dict(state_dict)
     try:
         dim, _, patch, _ = sd["stem.proj.weight"].shape
@@ -174,12 +175,12 @@ def model_kwargs(state_dict: Mapping[str, np.ndarray], **overrides) -> dict:
         if int(token_dim * kwargs["hidden_ratio"]) != sn1.shape[0]:
             raise PretrainedError(f"iMLP hidden width {sn1.shape[0]} is not int(T * ratio)")
     base = "imixer_s16" if sn1 is not None else "mixer_s16"
-    return registry.model_kwargs(base, **{**kwargs, **overrides})
+    return registry.model_config(base, **{**kwargs, **overrides})
 
 
-def abstract_state(kwargs: Mapping) -> nnx.State:
-    """``nnx.state`` of a ``Mixer(**kwargs)`` with shape-only leaves (nothing is allocated)."""
-    return nnx.state(nnx.eval_shape(lambda: Mixer(**kwargs, rngs=nnx.Rngs(0))))
+def abstract_state(config: MixerConfig) -> nnx.State:
+    """``nnx.state`` of a ``Mixer(config)`` with shape-only leaves (nothing is allocated)."""
+    return nnx.state(nnx.eval_shape(lambda: Mixer(config, rngs=nnx.Rngs(0))))
 
 
 def save_state_npz(path: str, state: nnx.State) -> None:
@@ -241,14 +242,14 @@ def convert(in_path: str, out_path: str, *, ema: bool = False) -> None:
         if out_path.endswith(".npz"):
             raise SystemExit("error: --in is already an .npz; --out must be a PyTorch file (.pth)")
         sd = to_torch(load_state_npz(in_path))
-        from_torch(sd, abstract_state(model_kwargs(sd)))  # checks every shape, one-line errors
+        from_torch(sd, abstract_state(model_config(sd)))  # checks every shape, one-line errors
         torch = _torch()
         torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}, out_path)
         return
     if not out_path.endswith(".npz"):
         raise SystemExit("error: --out must end in .npz (our flat state) for a PyTorch --in")
     sd = _read_torch(in_path, ema)
-    state = from_torch(sd, abstract_state(model_kwargs(sd)))
+    state = from_torch(sd, abstract_state(model_config(sd)))
     save_state_npz(out_path, state)
 
 

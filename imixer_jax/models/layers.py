@@ -16,10 +16,7 @@ Parameters are float32; ``dtype`` (e.g. ``jnp.bfloat16``) is the computation dty
 
 from __future__ import annotations
 
-import numbers
-
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 Array = jax.Array
@@ -105,40 +102,3 @@ def drop_path(rate: float) -> nnx.Dropout:
     with probability ``rate`` or scaled by ``1 / (1 - rate)``. The key comes at call time
     (``rngs`` argument, stream ``'dropout'``); ``model.eval()`` makes it the identity."""
     return nnx.Dropout(rate, broadcast_dims=(1, 2), rng_collection="dropout")
-
-
-BACKBONE_SIZES = (
-    "num_classes",
-    "img_size",
-    "patch_size",
-    "num_blocks",
-    "hidden_dim",
-    "tokens_mlp_dim",
-    "channels_mlp_dim",
-)
-
-
-def check_sizes(**sizes: int) -> None:
-    """One-line ValueError unless every size is a positive integer and ``img_size`` (when given)
-    is divisible by ``patch_size``; the shared checks of the backbones' constructors."""
-    for name, value in sizes.items():
-        if not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if "img_size" in sizes and sizes["img_size"] % sizes["patch_size"]:
-        raise ValueError(
-            f"img_size ({sizes['img_size']}) must be divisible by patch_size "
-            f"({sizes['patch_size']})"
-        )
-
-
-def compute_dtype(dtype) -> jnp.dtype | None:
-    """The computation dtype of a backbone: None (float32) or a floating dtype (name)."""
-    if dtype is None:
-        return None
-    try:
-        dtype = jnp.dtype(dtype)
-    except TypeError as e:
-        raise ValueError(f"dtype must be None or a floating dtype name, got {dtype!r}") from e
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(f"dtype must be a floating dtype, got {dtype}")
-    return dtype

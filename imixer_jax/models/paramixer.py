@@ -45,13 +45,10 @@ from flax import nnx
 
 from imixer_jax.hopfield import lagrangians
 from imixer_jax.models import layers
+from imixer_jax.models.backbone import Backbone
+from imixer_jax.models.configs import ParaMixerConfig
 
 Array = jax.Array
-
-BLOCKS = ("serial", "parallel")
-MLPS = ("vanilla", "symmetric", "asymmetric")
-ACTIVATIONS = ("gelu", "relu", "softplus", "identity")
-UPDATES = ("residual", "euler")
 
 
 class TokenMatrixNorm(nnx.Module):
@@ -288,133 +285,45 @@ def reduced_energy(block: ParallelBlock, x: Array) -> Array:
     return visible + jax.vmap(hidden)(g)
 
 
-class ParaMixer(nnx.Module):
-    """Mixer-family classifier ``images [B, img_size, img_size, 3] -> logits [B, num_classes]``.
+class ParaMixer(Backbone):
+    """Mixer-family classifier ``images [B, img_size, img_size, 3] -> logits [B, num_classes]``
+    of a ``ParaMixerConfig``: the ``Backbone`` with ``SerialBlock``s or ``ParallelBlock``s.
 
-    Submodules: ``stem`` (Conv kernel ``[P, P, 3, D]``, bias ``[D]``), ``blocks``
-    (``num_blocks`` ``SerialBlock`` or ``ParallelBlock``), ``norm`` (final LayerNorm over D),
-    ``head`` (zero init). ``asym_penalty`` is lambda of the symmetry-breaking L2 penalty (the
-    official ``lcoeff``; only with ``mlp='asymmetric'``): the trainer adds ``penalty()`` to the
-    loss. A new model is in training mode (drop path on): ``model.eval()`` for inference.
+    ``config.asym_penalty`` is lambda of the symmetry-breaking L2 penalty (the official
+    ``lcoeff``; only with ``mlp='asymmetric'``): the trainer adds ``penalty()`` to the loss. A new
+    model is in training mode (drop path on): ``model.eval()`` for inference.
     """
 
-    def __init__(
-        self,
-        *,
-        num_classes: int,
-        img_size: int = 224,
-        patch_size: int = 16,
-        num_blocks: int,
-        hidden_dim: int,
-        tokens_mlp_dim: int,
-        channels_mlp_dim: int,
-        block: str = "parallel",
-        mlp: str = "vanilla",
-        n_iter: int = 1,
-        asym_penalty: float = 0.0,
-        activation: str = "gelu",
-        scalar_scale: bool = False,
-        update: str = "residual",
-        step_size: float = 1.0,
-        drop_path_rate: float = 0.0,
-        dtype=None,
-        rngs: nnx.Rngs,
-    ):
-        _validate(
-            num_classes=num_classes,
-            img_size=img_size,
-            patch_size=patch_size,
-            num_blocks=num_blocks,
-            hidden_dim=hidden_dim,
-            tokens_mlp_dim=tokens_mlp_dim,
-            channels_mlp_dim=channels_mlp_dim,
-            block=block,
-            mlp=mlp,
-            n_iter=n_iter,
-            asym_penalty=asym_penalty,
-            activation=activation,
-            update=update,
-            step_size=step_size,
-            drop_path_rate=drop_path_rate,
-        )
-        dtype = layers.compute_dtype(dtype)
-        self.img_size = img_size
-        self.num_tokens = (img_size // patch_size) ** 2
-        self.asym_penalty = asym_penalty
-        self.stem = layers.patch_stem(patch_size, hidden_dim, dtype=dtype, rngs=rngs)
-        block_class = SerialBlock if block == "serial" else ParallelBlock
-        self.blocks = nnx.List(
-            block_class(
-                self.num_tokens,
-                hidden_dim,
-                tokens_mlp_dim,
-                channels_mlp_dim,
-                scalar_scale=scalar_scale,
-                mlp=mlp,
-                activation=activation,
-                n_iter=n_iter,
-                update=update,
-                step_size=step_size,
-                drop_path_rate=drop_path_rate,
-                dtype=dtype,
-                rngs=rngs,
-            )
-            for _ in range(num_blocks)
-        )
-        self.norm = layers.layer_norm(hidden_dim, dtype=dtype, rngs=rngs)
-        self.head = layers.head_linear(hidden_dim, num_classes, dtype=dtype, rngs=rngs)
+    config_class = ParaMixerConfig
 
-    def __call__(self, images: Array, *, rngs: nnx.Rngs | None = None) -> Array:
-        """``images: [B, img_size, img_size, 3]`` (in [-1, 1]) -> float32 logits
-        ``[B, num_classes]``. ``rngs`` (stream ``'dropout'``) drives drop path in training."""
-        x = self.embed(images)
-        for block in self.blocks:
-            x = block(x, rngs=rngs)
-        return self.head(self.norm(x).mean(axis=1)).astype(jnp.float32)
-
-    def embed(self, images: Array) -> Array:
-        """Patch stem: ``images [B, img_size, img_size, 3] -> X [B, S, D]``."""
-        expected = (self.img_size, self.img_size, 3)
-        if images.ndim != 4 or images.shape[1:] != expected:
-            raise ValueError(
-                f"images must have shape [B, {', '.join(map(str, expected))}], "
-                f"got {list(images.shape)}"
-            )
-        x = self.stem(images)
-        return x.reshape(x.shape[0], self.num_tokens, x.shape[-1])
+    @staticmethod
+    def make_block(config: ParaMixerConfig, rngs: nnx.Rngs) -> SerialBlock | ParallelBlock:
+        """One serial or parallel block of ``config``."""
+        block_class = SerialBlock if config.block == "serial" else ParallelBlock
+        return block_class(
+            config.num_tokens,
+            config.hidden_dim,
+            config.tokens_mlp_dim,
+            config.channels_mlp_dim,
+            scalar_scale=config.scalar_scale,
+            mlp=config.mlp,
+            activation=config.activation,
+            n_iter=config.n_iter,
+            update=config.update,
+            step_size=config.step_size,
+            drop_path_rate=config.drop_path_rate,
+            dtype=config.compute_dtype,
+            rngs=rngs,
+        )
 
     def penalty(self) -> Array:
         """lambda * sum over blocks of ||W_2||^2 (token and channel MLPs), a float32 scalar;
         0 unless ``mlp='asymmetric'`` and ``asym_penalty > 0``."""
-        if not self.asym_penalty:
-            return jnp.zeros((), jnp.float32)
+        if not self.config.asym_penalty:
+            return super().penalty()
         squares = [
             jnp.sum(jnp.square(mlp.fc2.kernel[...]))
             for block in self.blocks
             for mlp in (block.mlp_tokens, block.mlp_channels)
         ]
-        return self.asym_penalty * sum(squares)
-
-
-def _validate(**args) -> None:
-    """One-line ValueError naming the first invalid constructor argument."""
-    layers.check_sizes(**{k: args[k] for k in (*layers.BACKBONE_SIZES, "n_iter")})
-    for name, allowed in (
-        ("block", BLOCKS),
-        ("mlp", MLPS),
-        ("activation", ACTIVATIONS),
-        ("update", UPDATES),
-    ):
-        if args[name] not in allowed:
-            raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {args[name]!r}")
-    if not args["asym_penalty"] >= 0:
-        raise ValueError(f"asym_penalty must be >= 0, got {args['asym_penalty']!r}")
-    if args["asym_penalty"] and args["mlp"] != "asymmetric":
-        raise ValueError(
-            f"asym_penalty penalises the symmetry-breaking W_2 of mlp='asymmetric'; "
-            f"got mlp={args['mlp']!r} (set asym_penalty=0)"
-        )
-    if not args["step_size"] > 0:
-        raise ValueError(f"step_size must be > 0, got {args['step_size']!r}")
-    if not 0 <= args["drop_path_rate"] < 1:
-        raise ValueError(f"drop_path_rate must be in [0, 1), got {args['drop_path_rate']!r}")
+        return self.config.asym_penalty * sum(squares)

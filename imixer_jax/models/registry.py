@@ -9,8 +9,8 @@ iMLP), 224 px:
 | b | 12 | 768 | 384 | 3072 |
 | l | 24 | 1024 | 512 | 4096 |
 
-iMixer defaults are the official training settings: hidden_ratio 2, n_iter 2, n_power 8,
-sn_coeff 0.9, untied, unrolled adjoint, residual update.
+iMixer defaults (``MixerConfig``'s) are the official training settings: hidden_ratio 2, n_iter 2,
+n_power 8, sn_coeff 0.9, untied, unrolled adjoint, residual update.
 
 Choice: ``drop_path_rate`` defaults to 0.1 for *every* variant, MLP-Mixer included. 0.1 is the
 official iMixer training value (same rate in every block); using it for the mixer_* baselines too
@@ -32,7 +32,12 @@ l02: 1e-2, l035: 5e-4, ...); the size grid ``asymmixer_{s,b,l}{16,32}_224`` (lam
 
 ``{vanilla,para,sym}mixer_s16_224_ni{2,3,4}``: each block repeated n_iter times with the same
 weights. ``PARAMIXER_NAMES`` lists them; ``model_class(name)`` / ``model_arch(name)`` say which
-class a variant's kwargs build (``VARIANT_NAMES`` stays the Mixer/iMixer set).
+class a variant builds (``VARIANT_NAMES`` stays the Mixer/iMixer set).
+
+``model_config(name, **overrides)`` is a variant's typed config (``configs.MixerConfig`` or
+``configs.ParaMixerConfig``; every field not listed above keeps the config class's default);
+``create_model(name, rngs=..., **overrides)`` builds it, ``build(config, rngs=...)`` builds any
+config.
 """
 
 from __future__ import annotations
@@ -43,34 +48,18 @@ import math
 import jax
 from flax import nnx
 
+from imixer_jax.models.backbone import Backbone
+from imixer_jax.models.configs import MixerConfig, ModelConfig, ParaMixerConfig
 from imixer_jax.models.mixer import Mixer
 from imixer_jax.models.paramixer import ParaMixer
 
 _SIZES = {"s": (8, 512), "b": (12, 768), "l": (24, 1024)}
 _PATCHES = (16, 32)
-
-_DEFAULTS = dict(
-    num_classes=1000,
-    img_size=224,
-    hidden_ratio=2.0,
-    n_iter=2,
-    n_power=8,
-    sn_coeff=0.9,
-    spectral_norm=True,
-    tied=False,
-    adjoint="unrolled",
-    tol=0.0,
-    activation="gelu",
-    update="residual",
-    step_size=1.0,
-    drop_path_rate=0.1,
-    scan_blocks=False,
-    remat="none",
-    dtype=None,
-)
+# The registry's own defaults; every other field is the config class's default.
+_DEFAULTS = dict(num_classes=1000, img_size=224, drop_path_rate=0.1)
 
 
-def _variant(token_mixer: str, size: str, patch_size: int) -> dict:
+def _sizes(size: str, patch_size: int) -> dict:
     num_blocks, dim = _SIZES[size]
     return dict(
         _DEFAULTS,
@@ -79,30 +68,17 @@ def _variant(token_mixer: str, size: str, patch_size: int) -> dict:
         hidden_dim=dim,
         tokens_mlp_dim=dim // 2,
         channels_mlp_dim=4 * dim,
-        token_mixer=token_mixer,
     )
 
 
 _VARIANTS = {
-    f"{prefix}_{size}{patch}": _variant(token_mixer, size, patch)
+    f"{prefix}_{size}{patch}": MixerConfig(**_sizes(size, patch), token_mixer=token_mixer)
     for (prefix, token_mixer), size, patch in itertools.product(
         (("mixer", "mlp"), ("imixer", "imlp")), _SIZES, _PATCHES
     )
 }
 VARIANT_NAMES: tuple[str, ...] = tuple(_VARIANTS)
 
-_PARAMIXER_DEFAULTS = dict(
-    num_classes=1000,
-    img_size=224,
-    n_iter=1,
-    asym_penalty=0.0,
-    activation="gelu",
-    scalar_scale=False,
-    update="residual",
-    step_size=1.0,
-    drop_path_rate=0.1,
-    dtype=None,
-)
 _PARAMIXER_KINDS = {
     "vanillamixer": ("serial", "vanilla"),
     "paramixer": ("parallel", "vanilla"),
@@ -123,20 +99,9 @@ _ASYM_PENALTIES = {
 }
 
 
-def _paramixer_variant(kind: str, size: str, patch_size: int, **overrides) -> dict:
-    num_blocks, dim = _SIZES[size]
+def _paramixer_variant(kind: str, size: str, patch_size: int, **overrides) -> ParaMixerConfig:
     block, mlp = _PARAMIXER_KINDS[kind]
-    return dict(
-        _PARAMIXER_DEFAULTS,
-        patch_size=patch_size,
-        num_blocks=num_blocks,
-        hidden_dim=dim,
-        tokens_mlp_dim=dim // 2,
-        channels_mlp_dim=4 * dim,
-        block=block,
-        mlp=mlp,
-        **overrides,
-    )
+    return ParaMixerConfig(**_sizes(size, patch_size), block=block, mlp=mlp, **overrides)
 
 
 _PARAMIXER_VARIANTS = {
@@ -155,49 +120,51 @@ _PARAMIXER_VARIANTS = {
     },
 }
 PARAMIXER_NAMES: tuple[str, ...] = tuple(_PARAMIXER_VARIANTS)
-ARCHITECTURES: dict[str, type[nnx.Module]] = {"mixer": Mixer, "paramixer": ParaMixer}
+ARCHITECTURES: dict[str, type[Backbone]] = {c.config_class.arch: c for c in (Mixer, ParaMixer)}
 
 
 def model_arch(name: str) -> str:
     """Key in ``ARCHITECTURES`` of the class that builds variant ``name``."""
-    _check_name(name)
-    return "paramixer" if name in _PARAMIXER_VARIANTS else "mixer"
+    return model_config(name).arch
 
 
-def model_class(name: str) -> type[nnx.Module]:
-    """The class whose constructor takes ``model_kwargs(name)`` (``Mixer`` or ``ParaMixer``)."""
+def model_class(name: str) -> type[Backbone]:
+    """The class that builds variant ``name`` (``Mixer`` or ``ParaMixer``)."""
     return ARCHITECTURES[model_arch(name)]
 
 
-def _check_name(name: str) -> None:
-    if name not in _VARIANTS and name not in _PARAMIXER_VARIANTS:
+def model_config(name: str, **overrides) -> ModelConfig:
+    """The typed config of variant ``name`` with ``overrides`` (field values) applied.
+
+    Raises:
+      ValueError: an unknown variant, or an override that is not a field of its config (with the
+        closest field name) or an invalid value (one line naming the field).
+    """
+    config = _VARIANTS.get(name) or _PARAMIXER_VARIANTS.get(name)
+    if config is None:
         names = ", ".join((*VARIANT_NAMES, *PARAMIXER_NAMES))
         raise ValueError(f"unknown model {name!r}; registered: {names}")
+    return config.replace(**overrides)
 
 
-def model_kwargs(name: str, **overrides) -> dict:
-    """Complete constructor kwargs (all but ``rngs``) of variant ``name`` for
-    ``model_class(name)``, overridden.
-
-    Raises ValueError for an unknown variant or an override that is not an argument of its class.
-    """
-    _check_name(name)
-    kwargs = dict(_VARIANTS.get(name) or _PARAMIXER_VARIANTS[name])
-    for key in overrides:
-        if key not in kwargs:
-            raise ValueError(f"unknown model argument {key!r} for {name}")
-    kwargs.update(overrides)
-    return kwargs
+def build(config: ModelConfig, *, rngs: nnx.Rngs) -> Backbone:
+    """The model of ``config`` (its architecture's class) with parameters drawn from ``rngs``."""
+    return ARCHITECTURES[config.arch](config, rngs=rngs)
 
 
-def create_model(name: str, *, rngs: nnx.Rngs, **overrides) -> Mixer | ParaMixer:
-    """Build variant ``name`` (see ``model_kwargs``) with parameters drawn from ``rngs``."""
-    return model_class(name)(**model_kwargs(name, **overrides), rngs=rngs)
+def create_model(name: str, *, rngs: nnx.Rngs, **overrides) -> Backbone:
+    """Build variant ``name`` (see ``model_config``) with parameters drawn from ``rngs``."""
+    return build(model_config(name, **overrides), rngs=rngs)
 
 
 def param_count(name: str, **overrides) -> int:
-    """Exact number of parameters (``nnx.Param`` entries; spectral-norm u, v excluded) of a variant,
-    from abstract shapes only (``nnx.eval_shape``: nothing is allocated)."""
-    model = nnx.eval_shape(lambda: create_model(name, rngs=nnx.Rngs(0), **overrides))
+    """Exact number of parameters of variant ``name`` with ``overrides`` (see ``count_params``)."""
+    return count_params(model_config(name, **overrides))
+
+
+def count_params(config: ModelConfig) -> int:
+    """Exact number of parameters (``nnx.Param`` entries; spectral-norm u, v excluded) of the model
+    of ``config``, from abstract shapes only (``nnx.eval_shape``: nothing is allocated)."""
+    model = nnx.eval_shape(lambda: build(config, rngs=nnx.Rngs(0)))
     params = nnx.state(model, nnx.Param)
     return sum(math.prod(x.shape) for x in jax.tree.leaves(params))

@@ -71,8 +71,7 @@ class Setup:
 
 
 def _model(config: ml_collections.ConfigDict, key: Array) -> nnx.Module:
-    model_class = registry.ARCHITECTURES[config.arch]
-    return model_class(**config.model.to_dict(), rngs=nnx.Rngs(params=key))
+    return registry.build(config_lib.typed_model_config(config), rngs=nnx.Rngs(params=key))
 
 
 def resolve_mesh_shape(

@@ -53,8 +53,7 @@ def make_train_step(setup: Setup) -> Callable[[TrainState, dict], tuple[TrainSta
             model = nnx.merge(graphdef, params, state.rest, copy=True)
             logits = model(images, rngs=nnx.Rngs(dropout=drop_key))  # [B, classes] float32
             loss = optax.softmax_cross_entropy(logits, targets).mean()
-            if hasattr(model, "penalty"):  # the asymmetric parallel Mixer's L2 term on W2
-                loss = loss + model.penalty()
+            loss = loss + model.penalty()  # e.g. the asymmetric parallel Mixer's L2 on W2
             return loss, (logits, nnx.state(model, nnx.Not(nnx.Param)))
 
         (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
