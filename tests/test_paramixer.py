@@ -221,13 +221,14 @@ def test_symmetric_and_asymmetric_mlps():
     ],
 )
 def test_block_is_a_three_layer_hopfield_network(mlp, kinds):
-    """Visible S x D layer (LayerNorm over the whole matrix), token hidden T x D, channel hidden
+    """Visible S x D layer (LayerNorm over the whole matrix), token hidden T x D (stored [D, T]),
+    channel hidden
     S x C; fc1 is the synapse kernel, fc2 the untied feedback (vanilla) or the one-way W_2."""
     block = _block(mlp=mlp)
     net = block.network()
     assert {n: layer.shape for n, layer in net.layers.items()} == {
         "visible": (S, D),
-        "tokens": (T, D),
+        "tokens": (D, T),
         "channels": (S, C),
     }
     assert net.layers["visible"].lagrangian.axis == (-2, -1)

@@ -35,6 +35,14 @@ symmetry-breaking term W_2: y = W_1^T g(W_1 x) + W_2 g(W_1 x) (``asymmixer``), w
 lambda sum ||W_2||^2 returned by ``ParaMixer.penalty``. ``n_iter`` repeats each block with the
 same weights (``_ni2`` ... ``_ni4``). As the official code: no biases in the MLPs, LN scale and
 bias ``[S, D]`` per element (``scalar_scale=True``: a scalar gain, needed for the energy to exist).
+
+The blocks compute with the Hopfield graph core (``imixer_jax.hopfield``): ``ParallelBlock.network``
+is the three-layer network above (``SerialBlock.networks``: two two-layer ones), with ``Dense``
+token and channel synapses on the fc1 kernels, fc2 as the untied feedback kernel (vanilla) or the
+one-way ``Directed`` W_2 (asymmetric); the hidden layers are set by ``reduction.solve_fast`` and
+each branch's drive is the sum of its synapses' currents into the visible layer. The modules hold
+only the parameters (paths and counts of the official models), and the arithmetic is bit for bit
+that of the explicit MLPs (``tests/test_paramixer_pinned.py``).
 """
 
 from __future__ import annotations
@@ -57,8 +65,10 @@ UPDATES = ("residual", "euler")
 VISIBLE, TOKENS, CHANNELS = "visible", "tokens", "channels"  # the block's layer names
 # Synapse specs on the unbatched visible state [S, D]: the token synapse contracts S (shared by the
 # D channels), the channel synapse contracts D (shared by the S tokens); *_BACK are the one-way
-# hidden -> visible specs of the symmetry-breaking W_2.
-TOKEN_SPEC, TOKEN_BACK = "sd,st->td", "td,ts->sd"
+# hidden -> visible specs of the symmetry-breaking W_2. The token hidden layer (T x D) is stored
+# channels-first, [D, T]: the layout the contraction produces, so no transpose runs between the
+# two GEMMs (a [T, D] layout gives the same numbers but adds transposes and copies to the step).
+TOKEN_SPEC, TOKEN_BACK = "sd,st->dt", "dt,ts->sd"
 CHANNEL_SPEC, CHANNEL_BACK = "sd,dc->sc", "sc,cd->sd"
 
 
@@ -158,8 +168,8 @@ class _Block(nnx.Module):
     """Shared parts of the serial and parallel blocks on ``[B, S, D]``: ``mlp_tokens`` (S -> T
     -> S along the token axis), ``mlp_channels`` (D -> C -> D), drop path, the update rule and
     ``n_iter`` weight-tied repeats. The block's arithmetic is that of its Hopfield network(s):
-    the visible layer X ``[S, D]`` coupled to a token hidden layer ``[T, D]`` and/or a channel
-    hidden layer ``[S, C]``."""
+    the visible layer X ``[S, D]`` coupled to a token hidden layer (T x D, stored ``[D, T]``)
+    and/or a channel hidden layer ``[S, C]``."""
 
     def __init__(
         self,
@@ -191,7 +201,7 @@ class _Block(nnx.Module):
         """The visible layer of ``norm`` with the hidden layers named in ``hidden``."""
         (s, d), net_layers, synapses = norm.bias[...].shape, {VISIBLE: norm.layer(dtype)}, {}
         branches = {
-            TOKENS: (self.mlp_tokens, lambda k: (k, d), TOKEN_SPEC, TOKEN_BACK),
+            TOKENS: (self.mlp_tokens, lambda k: (d, k), TOKEN_SPEC, TOKEN_BACK),
             CHANNELS: (self.mlp_channels, lambda k: (s, k), CHANNEL_SPEC, CHANNEL_BACK),
         }
         for name in hidden:
@@ -275,7 +285,7 @@ class ParallelBlock(_Block):
         self.norm = TokenMatrixNorm(num_tokens, dim, scalar_scale=scalar_scale)
 
     def network(self, dtype=None) -> Network:
-        """The three-layer network: visible ``[S, D]`` (``norm``), hidden ``tokens`` ``[T, D]``
+        """The three-layer network: visible ``[S, D]`` (``norm``), hidden ``tokens`` ``[D, T]``
         and ``channels`` ``[S, C]``; synapses and visible activations in ``dtype`` (None:
         float32)."""
         return self._network(self.norm, (TOKENS, CHANNELS), dtype)
