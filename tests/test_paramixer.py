@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from imixer_jax.hopfield import Dense, Directed
 from imixer_jax.models import paramixer, registry
 from imixer_jax.models.configs import ParaMixerConfig
 from imixer_jax.models.paramixer import ParallelBlock, ParaMixer, SerialBlock, reduced_energy
@@ -193,11 +194,48 @@ def test_symmetric_and_asymmetric_mlps():
     sym, asym = _block(mlp="symmetric"), _block(mlp="asymmetric")
     x = _x()
     g = jnp.asarray(_ln(np.asarray(x)))
+    _, channel = paramixer.drives(sym.network(), x)
     w = sym.mlp_channels.fc1.kernel[...]
-    np.testing.assert_allclose(sym.mlp_channels(g), _gelu(g @ w) @ w.T, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(channel, _gelu(g @ w) @ w.T, rtol=1e-5, atol=1e-5)
+    _, channel = paramixer.drives(asym.network(), x)
     w1, w2 = asym.mlp_channels.fc1.kernel[...], asym.mlp_channels.fc2.kernel[...]
     h = _gelu(g @ w1)
-    np.testing.assert_allclose(asym.mlp_channels(g), h @ w1.T + h @ w2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(channel, h @ w1.T + h @ w2, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("mlp", "kinds"),
+    [
+        ("vanilla", {"tokens": (Dense, False), "channels": (Dense, False)}),
+        ("symmetric", {"tokens": (Dense, True), "channels": (Dense, True)}),
+        (
+            "asymmetric",
+            {
+                "tokens": (Dense, True),
+                "tokens_w2": (Directed, False),
+                "channels": (Dense, True),
+                "channels_w2": (Directed, False),
+            },
+        ),
+    ],
+)
+def test_block_is_a_three_layer_hopfield_network(mlp, kinds):
+    """Visible S x D layer (LayerNorm over the whole matrix), token hidden T x D (stored [D, T]),
+    channel hidden
+    S x C; fc1 is the synapse kernel, fc2 the untied feedback (vanilla) or the one-way W_2."""
+    block = _block(mlp=mlp)
+    net = block.network()
+    assert {n: layer.shape for n, layer in net.layers.items()} == {
+        "visible": (S, D),
+        "tokens": (D, T),
+        "channels": (S, C),
+    }
+    assert net.layers["visible"].lagrangian.axis == (-2, -1)
+    assert {n: (type(syn), syn.tied) for n, syn in net.synapses.items()} == kinds
+    assert net.synapses["tokens"].weight is block.mlp_tokens.fc1.kernel[...]
+    assert net.synapses["channels"].spec == "sd,dc->sc"
+    serial = _block(SerialBlock, mlp=mlp).networks()
+    assert [tuple(n.layers) for n in serial] == [("visible", "tokens"), ("visible", "channels")]
 
 
 def _asym_with_zero_w2_and_sym(**kwargs):
@@ -231,6 +269,27 @@ def _energy_block(activation: str, **kwargs) -> ParallelBlock:
     block = _block(mlp="symmetric", activation=activation, scalar_scale=True, **kwargs)
     block.norm.bias[...] = jax.random.normal(jax.random.key(3), (S, D)) * 0.1
     return block
+
+
+@pytest.mark.parametrize("mlp", ["symmetric", "asymmetric"])
+def test_reduced_energy_is_the_closed_form(mlp):
+    """E~(X) = -n gamma eps / sqrt(Var X + eps) - L_h(W_t^T LN X) - L_h(LN X W_c) (asymmetric:
+    the symmetric part), with L_h the GELU Lagrangian."""
+    block = _block(mlp=mlp, scalar_scale=True)
+    block.norm.bias[...] = jax.random.normal(jax.random.key(3), (S, D)) * 0.1
+    x = _x()
+    g = block.norm(x)
+    w_t, w_c = block.mlp_tokens.fc1.kernel[...], block.mlp_channels.fc1.kernel[...]
+    hidden = paramixer.lagrangians.GELU()
+    expected = [
+        -S * D * 1e-6 / np.sqrt(np.var(np.asarray(x[b])) + 1e-6)
+        - hidden(w_t.T @ g[b])
+        - hidden(g[b] @ w_c)
+        for b in range(x.shape[0])
+    ]
+    # The network sums <x_h, g_h> - L_h(x_h) - <g_h, x_h> (terms of size ~10) where the closed
+    # form has -L_h alone: float32 round-off ~1e-5 relative to those terms; 1e-4 leaves margin.
+    np.testing.assert_allclose(reduced_energy(block, x), expected, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("activation", ["relu", "softplus", "gelu"])

@@ -2,14 +2,17 @@
 onto any visible layers, and the fixed-point solver behind it."""
 
 from imixer_jax.hopfield import lagrangians, reduction, solver, synapses
+from imixer_jax.hopfield.conv import Conv
 from imixer_jax.hopfield.graph import Layer, Network
 from imixer_jax.hopfield.lagrangians import Lagrangian, from_fn
 from imixer_jax.hopfield.network import HierarchicalNetwork, Synapse
 from imixer_jax.hopfield.solver import Solution, fixed_point
-from imixer_jax.hopfield.synapses import Dense, EnergySynapse
+from imixer_jax.hopfield.synapses import Dense, Directed, EnergySynapse
 
 __all__ = [
+    "Conv",
     "Dense",
+    "Directed",
     "EnergySynapse",
     "HierarchicalNetwork",
     "Lagrangian",

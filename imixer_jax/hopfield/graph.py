@@ -1,10 +1,10 @@
 """A Hopfield network as a graph: named layers, named synapses, energy, dynamics, energy descent.
 
 Layer ``name`` has a state ``x`` of shape ``[*batch, *shape]``, a Lagrangian ``L`` with activation
-``g = dL/dx``, a time constant ``tau`` and an optional external current ``bias`` (broadcast to
-``shape``). A synapse couples the layers it names (see ``synapses``); any graph is allowed,
-including a layer with several neighbours, self-couplings and cycles: energy and dynamics are
-sums over synapses, so they stay well defined.
+``g = dL/dx``, a time constant ``tau``, an optional external current ``bias`` (broadcast to
+``shape``) and an optional activation ``dtype`` (mixed precision). A synapse couples the layers it
+names (see ``synapses``); any graph is allowed, including a layer with several neighbours,
+self-couplings and cycles: energy and dynamics are sums over synapses, so they stay well defined.
 
 Drive into layer A: I_A = sum of the currents of every synapse touching A + b_A;
 dynamics tau_A dx_A/dt = I_A - x_A. Energy (all synapses tied):
@@ -28,10 +28,11 @@ from jax.tree_util import GetAttrKey
 
 from imixer_jax.hopfield import lagrangians as lagrangians_lib
 from imixer_jax.hopfield import reduction
+from imixer_jax.hopfield.conv import Conv
 from imixer_jax.hopfield.lagrangians import Lagrangian
 from imixer_jax.hopfield.reduction import add
 from imixer_jax.hopfield.solver import Solution
-from imixer_jax.hopfield.synapses import Dense, EnergySynapse, broadcasts_to
+from imixer_jax.hopfield.synapses import Dense, Directed, EnergySynapse, broadcasts_to
 
 Array = jax.Array
 States = dict[str, Array]
@@ -42,17 +43,26 @@ class Layer:
     """A layer of neurons: Lagrangian, state shape (without batch axes), time constant, bias.
 
     A Lagrangian with ``axis=None`` (normalise over the whole state) is bound to the layer's axes.
+    ``dtype`` (None: the state's) is the dtype the activations are handed to the synapses in: g is
+    computed from the state in the state's dtype, then cast, e.g. a LayerNorm computed in float32
+    that feeds bfloat16 synapses.
     """
 
     lagrangian: Lagrangian
     shape: tuple[int, ...] = struct.field(pytree_node=False)
     tau: float = struct.field(pytree_node=False, default=1.0)
     bias: Array | None = None
+    dtype: jnp.dtype | None = struct.field(pytree_node=False, default=None)
 
     def __post_init__(self):
         object.__setattr__(
             self, "lagrangian", lagrangians_lib.bind(self.lagrangian, len(self.shape))
         )
+
+    def activation(self, x: Array) -> Array:
+        """g(x) ``[*batch, *shape]``, in ``dtype`` when set."""
+        g = self.lagrangian.activation(x)
+        return g if self.dtype is None else g.astype(self.dtype)
 
 
 def _has_shape(leaf) -> bool:
@@ -128,7 +138,7 @@ class Network:
 
     def activations(self, xs: States) -> States:
         """``{name: g}`` for the layers in ``xs``."""
-        return {n: self.layers[n].lagrangian.activation(x) for n, x in xs.items()}
+        return {n: self.layers[n].activation(x) for n, x in xs.items()}
 
     def current(self, name: str, gs: States, synapses: Mapping | None = None) -> Array | None:
         """Sum of the currents into layer ``name`` from ``synapses`` (default: all), in order.
@@ -235,10 +245,17 @@ class Network:
         return reduction.reduced_descend(self, visible, **kwargs)
 
 
-def synapse_current(syn: EnergySynapse, index: int, gs: States, net: Network) -> Array:
-    """Current of ``syn`` into its ``index``-th layer from the (batched) activations ``gs``."""
+def synapse_current(syn: EnergySynapse, index: int, gs: States, net: Network) -> Array | None:
+    """Current of ``syn`` into its ``index``-th layer from the (batched) activations ``gs`` (None
+    into the pre layer of a ``Directed`` synapse)."""
+    if isinstance(syn, Directed) and index == 0:
+        return None
     if isinstance(syn, Dense):  # closed form, any batch axes
         return syn.backward(gs[syn.post]) if index == 0 else syn.forward(gs[syn.pre])
+    if isinstance(syn, Conv):  # closed form; the transposed convolution needs the pre shape
+        if index == 0:
+            return syn.backward(gs[syn.post], net.layers[syn.pre].shape)
+        return syn.forward(gs[syn.pre])
     args = {n: gs[n] for n in syn.layers}
     return per_sample(lambda g: syn.currents(*(g[n] for n in syn.layers))[index], net, args)
 

@@ -155,6 +155,16 @@ def _axes(axis: Axis, ndim: int) -> tuple[int, ...]:
     return (axis,) if isinstance(axis, int) else tuple(axis)
 
 
+def _merge(a: Array | float, shape: tuple[int, ...], lo: int, hi: int) -> Array:
+    """``a`` (broadcastable to ``shape``) with axes ``lo:hi`` of ``shape`` merged into one."""
+    a = jnp.asarray(a)
+    if a.ndim == 0:
+        return a
+    a = jnp.broadcast_to(a, shape[len(shape) - max(a.ndim, len(shape) - lo) :])
+    lead = a.ndim - (len(shape) - lo)
+    return a.reshape((*a.shape[:lead], -1, *shape[hi:]))
+
+
 def _count(x: Array, axis: Axis) -> int:
     return math.prod(x.shape[a] for a in _axes(axis, x.ndim))
 
@@ -235,6 +245,14 @@ class LayerNorm:
         return n * jnp.sum(self.gamma * jnp.sqrt(var + self.eps)) + jnp.sum(self.delta * x)
 
     def activation(self, x: Array) -> Array:
+        axes = sorted(a % x.ndim for a in _axes(self.axis, x.ndim))
+        if len(axes) > 1 and axes == list(range(axes[0], axes[-1] + 1)):
+            # A run of axes is normalised as one merged axis: one reduction, in the order (and
+            # so with the float32 rounding) of a LayerNorm over the flattened axes.
+            lo, hi = axes[0], axes[-1] + 1
+            gamma, delta = (_merge(a, x.shape, lo, hi) for a in (self.gamma, self.delta))
+            merged = self.replace(gamma=gamma, delta=delta, axis=lo)
+            return merged.activation(_merge(x, x.shape, lo, hi)).reshape(x.shape)
         xc, var = self._centred(x)
         return self.gamma * xc * jax.lax.rsqrt(var + self.eps) + self.delta
 

@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 
 from imixer_jax.hopfield import solver as solver_lib
-from imixer_jax.hopfield.synapses import Dense
+from imixer_jax.hopfield.conv import Conv
+from imixer_jax.hopfield.synapses import Dense, Directed
 
 if TYPE_CHECKING:
     from imixer_jax.hopfield.graph import Network
@@ -47,7 +48,9 @@ def add(*terms: Array | None) -> Array | None:
 
 def _reads(syn, target: str) -> set[str]:
     """Layers whose activations the current of ``syn`` into ``target`` depends on."""
-    if isinstance(syn, Dense):  # bilinear: the current into one end reads only the other end
+    if isinstance(syn, Directed) and target == syn.pre:  # a one-way synapse: no current back
+        return set()
+    if isinstance(syn, (Dense, Conv)):  # bilinear: the current into one end reads the other
         return {syn.post if target == syn.pre else syn.pre}
     return set(syn.layers)
 
@@ -115,7 +118,7 @@ class _Activations(Mapping):
 
     def __getitem__(self, name: str) -> Array:
         if name not in self._cache:
-            self._cache[name] = self._net.layers[name].lagrangian.activation(self._states[name])
+            self._cache[name] = self._net.layers[name].activation(self._states[name])
         return self._cache[name]
 
     def __iter__(self):

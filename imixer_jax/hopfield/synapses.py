@@ -19,7 +19,8 @@ says which axes of the presynaptic layer the kernel contracts and which it share
 ``[S, D]`` visible layer a token synapse ``'sd,st->td'`` (contracts S, shared by the D channels)
 and a channel synapse ``'sd,dc->sc'`` (contracts D, shared by the S tokens). Dense synapses may
 be untied: an independent ``feedback`` kernel drives the presynaptic layer (symmetry broken; the
-dynamics stay defined, the energy does not).
+dynamics stay defined, the energy does not). ``Directed`` is a one-way linear synapse (current into
+post only), e.g. a symmetry-breaking term added next to a tied synapse.
 """
 
 from __future__ import annotations
@@ -84,6 +85,26 @@ def _parse(spec: str) -> tuple[str, str, str]:
     return pre, kernel, post
 
 
+def contract(x: Array, x_axes: str, w: Array, w_axes: str, out_axes: str) -> Array:
+    """``einsum('...x_axes,w_axes->...out_axes', x, w)`` for states ``x`` with leading batch axes.
+
+    Written as one ``dot_general`` with the state first and the kernel second (the operand order
+    of ``nnx.Linear``; ``jnp.einsum`` may put the kernel first, a different GEMM and different
+    float32 rounding), then a transpose into ``out_axes`` order. Specs that are not a plain
+    contraction (an axis kept from both operands, or summed within one) go to ``jnp.einsum``.
+    """
+    lead = x.ndim - len(x_axes)
+    summed = [a for a in x_axes if a in w_axes]
+    free = [a for a in x_axes if a not in summed] + [a for a in w_axes if a not in summed]
+    if sorted(free) != sorted(out_axes) or len(set(x_axes + w_axes)) != len(free) + len(summed):
+        return jnp.einsum(f"...{x_axes},{w_axes}->...{out_axes}", x, w)
+    dtype = jnp.result_type(x, w)
+    dims = ([lead + x_axes.index(a) for a in summed], [w_axes.index(a) for a in summed])
+    y = jax.lax.dot_general(x.astype(dtype), w.astype(dtype), (dims, ((), ())))
+    perm = (*range(lead), *(lead + free.index(a) for a in out_axes))
+    return y if perm == tuple(range(y.ndim)) else jnp.transpose(y, perm)
+
+
 @struct.dataclass
 class Dense(EnergySynapse):
     """Linear synapse between ``pre`` and ``post``; closed-form currents.
@@ -103,6 +124,9 @@ class Dense(EnergySynapse):
       pre / post: names of the layers coupled (filled in by ``HierarchicalNetwork`` for chains).
       spec: einsum on unbatched states ``'pre_axes,kernel_axes->post_axes'`` (a leading ``...``
         on both sides: any shared leading axes).
+      dtype: compute dtype (None: the operands' promoted dtype): activations, kernel and bias are
+        cast to it at each use, so float32 master weights run bfloat16 contractions while their
+        gradients accumulate in float32 (as ``nnx.Linear(dtype=...)``).
     """
 
     weight: Array
@@ -112,6 +136,7 @@ class Dense(EnergySynapse):
     pre: str = struct.field(pytree_node=False, default="")
     post: str = struct.field(pytree_node=False, default="")
     spec: str = struct.field(pytree_node=False, default="...i,io->...o")
+    dtype: jnp.dtype | None = struct.field(pytree_node=False, default=None)
     batched: ClassVar[bool] = True
 
     @property
@@ -164,17 +189,22 @@ class Dense(EnergySynapse):
     def forward(self, g_pre: Array) -> Array:
         """Current into post, ``[..., *pre_shape] -> [..., *post_shape]``."""
         pre, kernel, post = _parse(self.spec)
-        out = jnp.einsum(f"...{pre},{kernel}->...{post}", g_pre, self.weight)
-        return out if self.forward_bias is None else out + self.forward_bias
+        g_pre, weight = self._cast(g_pre, self.weight)
+        out = contract(g_pre, pre, weight, kernel, post)
+        return out if self.forward_bias is None else out + self._cast(self.forward_bias)[0]
 
     def backward(self, g_post: Array) -> Array:
         """Current into pre, ``[..., *post_shape] -> [..., *pre_shape]``."""
         pre, kernel, post = _parse(self.spec)
-        if self.feedback is None:
-            out = jnp.einsum(f"...{post},{kernel}->...{pre}", g_post, self.weight)
-        else:
-            out = jnp.einsum(f"...{post},{kernel[::-1]}->...{pre}", g_post, self.feedback)
-        return out if self.feedback_bias is None else out + self.feedback_bias
+        tied = self.feedback is None
+        g_post, weight = self._cast(g_post, self.weight if tied else self.feedback)
+        out = contract(g_post, post, weight, kernel if tied else kernel[::-1], pre)
+        return out if self.feedback_bias is None else out + self._cast(self.feedback_bias)[0]
+
+    def _cast(self, *arrays: Array) -> tuple[Array, ...]:
+        if self.dtype is None:
+            return arrays
+        return tuple(jnp.asarray(a).astype(self.dtype) for a in arrays)
 
     def currents(self, g_pre: Array, g_post: Array) -> tuple[Array, Array]:
         return self.backward(g_post), self.forward(g_pre)
@@ -184,3 +214,37 @@ class Dense(EnergySynapse):
         if self.feedback_bias is None:
             return out
         return out - jnp.sum(jnp.broadcast_to(self.feedback_bias, g_pre.shape) * g_pre)
+
+
+@struct.dataclass
+class Directed(Dense):
+    """One-way linear synapse: current ``einsum(spec, g_pre, weight) + forward_bias`` into post,
+    none back into pre. Never tied (no energy): next to a tied ``Dense`` between the same layers
+    it adds a non-conservative term, e.g. the symmetry-breaking W_2 of the asymmetric Mixer,
+    ``Directed(w2, pre='hidden', post='visible')``. ``feedback`` and ``feedback_bias`` must be
+    None."""
+
+    @property
+    def tied(self) -> bool:
+        return False
+
+    def check(self, shapes: tuple[tuple[int, ...], ...]) -> None:
+        if self.feedback is not None or self.feedback_bias is not None:
+            raise ValueError(
+                f"synapse {self.pre}->{self.post}: a Directed synapse has no feedback; "
+                f"drop feedback/feedback_bias or use Dense"
+            )
+        super().check(shapes)
+
+    def backward(self, g_post: Array) -> None:
+        """No current into pre (None)."""
+        return None
+
+    def currents(self, g_pre: Array, g_post: Array) -> tuple[Array, Array]:
+        return jnp.zeros_like(g_pre), self.forward(g_pre)
+
+    def energy(self, g_pre: Array, g_post: Array) -> Array:
+        raise ValueError(
+            f"synapse {self.pre}->{self.post} is Directed (one-way): it has no energy; "
+            f"evaluate the energy of the network without it"
+        )

@@ -35,6 +35,14 @@ symmetry-breaking term W_2: y = W_1^T g(W_1 x) + W_2 g(W_1 x) (``asymmixer``), w
 lambda sum ||W_2||^2 returned by ``ParaMixer.penalty``. ``n_iter`` repeats each block with the
 same weights (``_ni2`` ... ``_ni4``). As the official code: no biases in the MLPs, LN scale and
 bias ``[S, D]`` per element (``scalar_scale=True``: a scalar gain, needed for the energy to exist).
+
+The blocks compute with the Hopfield graph core (``imixer_jax.hopfield``): ``ParallelBlock.network``
+is the three-layer network above (``SerialBlock.networks``: two two-layer ones), with ``Dense``
+token and channel synapses on the fc1 kernels, fc2 as the untied feedback kernel (vanilla) or the
+one-way ``Directed`` W_2 (asymmetric); the hidden layers are set by ``reduction.solve_fast`` and
+each branch's drive is the sum of its synapses' currents into the visible layer. The modules hold
+only the parameters (paths and counts of the official models), and the arithmetic is bit for bit
+that of the explicit MLPs (``tests/test_paramixer_pinned.py``).
 """
 
 from __future__ import annotations
@@ -43,12 +51,22 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from imixer_jax.hopfield import lagrangians
+from imixer_jax.hopfield import Dense, Directed, Layer, Network, lagrangians, reduction
 from imixer_jax.models import layers
 from imixer_jax.models.backbone import Backbone
 from imixer_jax.models.configs import ParaMixerConfig
 
 Array = jax.Array
+
+
+VISIBLE, TOKENS, CHANNELS = "visible", "tokens", "channels"  # the block's layer names
+# Synapse specs on the unbatched visible state [S, D]: the token synapse contracts S (shared by the
+# D channels), the channel synapse contracts D (shared by the S tokens); *_BACK are the one-way
+# hidden -> visible specs of the symmetry-breaking W_2. The token hidden layer (T x D) is stored
+# channels-first, [D, T]: the layout the contraction produces, so no transpose runs between the
+# two GEMMs (a [T, D] layout gives the same numbers but adds transposes and copies to the step).
+TOKEN_SPEC, TOKEN_BACK = "sd,st->dt", "dt,ts->sd"
+CHANNEL_SPEC, CHANNEL_BACK = "sd,dc->sc", "sc,cd->sd"
 
 
 class TokenMatrixNorm(nnx.Module):
@@ -63,36 +81,18 @@ class TokenMatrixNorm(nnx.Module):
         self.scale = nnx.Param(jnp.ones(() if scalar_scale else shape, jnp.float32))
         self.bias = nnx.Param(jnp.zeros(shape, jnp.float32))
 
-    def lagrangian(self) -> lagrangians.LayerNorm:
-        """L_v over a flattened ``[..., S * D]`` state (a per-element scale has no L_v)."""
-        scale = self.scale[...]
-        return lagrangians.LayerNorm(
-            gamma=scale if scale.ndim == 0 else scale.reshape(-1),
-            delta=self.bias[...].reshape(-1),
-            eps=layers.LAYER_NORM_EPS,
+    def layer(self, dtype=None) -> Layer:
+        """The visible layer ``[S, D]``: LayerNorm Lagrangian over the whole matrix (a
+        per-element scale has an activation but no L_v), activations computed in float32 and
+        handed to the synapses in ``dtype`` (None: float32)."""
+        lagrangian = lagrangians.LayerNorm(
+            gamma=self.scale[...], delta=self.bias[...], eps=layers.LAYER_NORM_EPS, axis=None
         )
+        return Layer(lagrangian, self.bias[...].shape, dtype=dtype)
 
     def __call__(self, x: Array) -> Array:
         """``x: [B, S, D] -> LN(x) [B, S, D]`` in float32."""
-        flat = x.astype(jnp.float32).reshape(x.shape[0], -1)
-        return self.lagrangian().activation(flat).reshape(x.shape)
-
-
-def neuron_energy(norm: TokenMatrixNorm, x: Array) -> Array:
-    """Visible neuron term <X, g_v> - L_v(X) = -n gamma eps / sqrt(Var(X) + eps) per sample.
-
-    ``x: [B, S, D] -> [B]``; the closed form avoids the float32 cancellation of the difference.
-    """
-    gamma = norm.scale[...]
-    if gamma.ndim:
-        raise ValueError(
-            "the visible energy needs a scalar LayerNorm gain; build the model with "
-            "scalar_scale=True"
-        )
-    x = x.astype(jnp.float32)
-    var = jnp.var(x, axis=(1, 2))
-    n = x.shape[1] * x.shape[2]
-    return -n * gamma * layers.LAYER_NORM_EPS * jax.lax.rsqrt(var + layers.LAYER_NORM_EPS)
+        return self.layer().activation(x.astype(jnp.float32))
 
 
 def _linear(n_in: int, n_out: int, dtype, rngs: nnx.Rngs) -> nnx.Linear:
@@ -100,7 +100,9 @@ def _linear(n_in: int, n_out: int, dtype, rngs: nnx.Rngs) -> nnx.Linear:
 
 
 class _MLP(nnx.Module):
-    """``[..., N] -> [..., N]`` through ``hidden`` neurons with activation g = grad L_h."""
+    """Parameters of one hidden layer of ``hidden`` neurons coupled to an axis of ``features``
+    visible neurons, with activation g = grad L_h; ``synapses`` turns them into the core's
+    synapses."""
 
     def __init__(
         self, features: int, hidden: int, *, activation: str = "gelu", dtype=None, rngs: nnx.Rngs
@@ -112,52 +114,48 @@ class _MLP(nnx.Module):
         """L_h of the hidden neurons (its gradient is the activation)."""
         return lagrangians.get(self.activation)
 
-    def hidden(self, x: Array) -> Array:
-        """Hidden activity g(W_1 x) ``[..., hidden]``."""
-        return self.hidden_lagrangian().activation(self.fc1(x))
+    def synapses(self, hidden: str, spec: str, back: str, dtype=None) -> dict:
+        """``{name: synapse}`` between ``VISIBLE`` and layer ``hidden``, computing in ``dtype``
+        (float32 kernels cast at each use): ``spec`` is the visible -> hidden einsum, ``back``
+        the hidden -> visible one."""
+        raise NotImplementedError
 
 
 class VanillaMLP(_MLP):
-    """fc2(g(fc1 x)), no biases (official ``vMlp``). Params: ``fc1`` ``[N, K]``, ``fc2``
-    ``[K, N]``."""
+    """fc2(g(fc1 x)), no biases (official ``vMlp``): an untied synapse, feedforward kernel
+    ``fc1`` ``[N, K]``, feedback kernel ``fc2`` ``[K, N]``."""
 
     def __init__(self, features: int, hidden: int, *, dtype=None, rngs: nnx.Rngs, **kwargs):
         super().__init__(features, hidden, dtype=dtype, rngs=rngs, **kwargs)
         self.fc2 = _linear(hidden, features, dtype, rngs)
 
-    def __call__(self, x: Array) -> Array:
-        """``x: [..., N] -> [..., N]``."""
-        return self.fc2(self.hidden(x))
+    def synapses(self, hidden: str, spec: str, back: str, dtype=None) -> dict:
+        weight, feedback = self.fc1.kernel[...], self.fc2.kernel[...]
+        return {hidden: Dense(weight, feedback, pre=VISIBLE, post=hidden, spec=spec, dtype=dtype)}
 
 
 class SymmetricMLP(_MLP):
-    """W^T g(W x) with one kernel (official ``sMlp``, whose single weight is named fc2 there).
-    Params: ``fc1`` ``[N, K]``, used forward and transposed as feedback."""
+    """W^T g(W x) with one kernel (official ``sMlp``, whose single weight is named fc2 there):
+    a tied synapse. Params: ``fc1`` ``[N, K]``, used forward and transposed as feedback."""
 
-    def __call__(self, x: Array) -> Array:
-        """``x: [..., N] -> [..., N]``."""
-        h = self.hidden(x)
-        return h @ self.fc1.kernel[...].T.astype(h.dtype)
-
-    def energy(self, x: Array) -> Array:
-        """Hidden layer at its fixed point: -L_h(W x), summed over all of ``x: [..., N]``, in
-        float32 whatever the compute dtype."""
-        return -self.hidden_lagrangian()(x.astype(jnp.float32) @ self.fc1.kernel[...])
+    def synapses(self, hidden: str, spec: str, back: str, dtype=None) -> dict:
+        weight = self.fc1.kernel[...]
+        return {hidden: Dense(weight, pre=VISIBLE, post=hidden, spec=spec, dtype=dtype)}
 
 
 class AsymmetricMLP(SymmetricMLP):
-    """W_1^T g(W_1 x) + W_2 g(W_1 x) (official ``aMlp``): W_2 breaks the symmetry.
-    Params: ``fc1`` ``[N, K]`` (W_1), ``fc2`` ``[K, N]`` (W_2). ``energy`` is that of the
-    symmetric part (W_2 is a non-conservative force)."""
+    """W_1^T g(W_1 x) + W_2 g(W_1 x) (official ``aMlp``): the tied synapse W_1 (``fc1`` ``[N,
+    K]``) and the symmetry-breaking W_2 (``fc2`` ``[K, N]``), a one-way hidden -> visible synapse
+    named ``<hidden>_w2``. The energy is that of the tied part (W_2 is a non-conservative
+    force)."""
 
     def __init__(self, features: int, hidden: int, *, dtype=None, rngs: nnx.Rngs, **kwargs):
         super().__init__(features, hidden, dtype=dtype, rngs=rngs, **kwargs)
         self.fc2 = _linear(hidden, features, dtype, rngs)
 
-    def __call__(self, x: Array) -> Array:
-        """``x: [..., N] -> [..., N]``."""
-        h = self.hidden(x)
-        return h @ self.fc1.kernel[...].T.astype(h.dtype) + self.fc2(h)
+    def synapses(self, hidden: str, spec: str, back: str, dtype=None) -> dict:
+        w2 = Directed(self.fc2.kernel[...], pre=hidden, post=VISIBLE, spec=back, dtype=dtype)
+        return {**super().synapses(hidden, spec, back, dtype), f"{hidden}_w2": w2}
 
 
 _MLP_CLASSES = {"vanilla": VanillaMLP, "symmetric": SymmetricMLP, "asymmetric": AsymmetricMLP}
@@ -166,7 +164,9 @@ _MLP_CLASSES = {"vanilla": VanillaMLP, "symmetric": SymmetricMLP, "asymmetric": 
 class _Block(nnx.Module):
     """Shared parts of the serial and parallel blocks on ``[B, S, D]``: ``mlp_tokens`` (S -> T
     -> S along the token axis), ``mlp_channels`` (D -> C -> D), drop path, the update rule and
-    ``n_iter`` weight-tied repeats."""
+    ``n_iter`` weight-tied repeats. The block's arithmetic is that of its Hopfield network(s):
+    the visible layer X ``[S, D]`` coupled to a token hidden layer (T x D, stored ``[D, T]``)
+    and/or a channel hidden layer ``[S, C]``."""
 
     def __init__(
         self,
@@ -194,16 +194,22 @@ class _Block(nnx.Module):
         self.step_size = step_size
         self.dtype = dtype
 
-    def token_drive(self, g: Array) -> Array:
-        """TokenMLP along the token axis: ``g: [B, S, D] -> [B, S, D]``."""
-        return jnp.swapaxes(self.mlp_tokens(jnp.swapaxes(g, 1, 2)), 1, 2)
+    def _network(self, norm: TokenMatrixNorm, hidden: tuple[str, ...], dtype) -> Network:
+        """The visible layer of ``norm`` with the hidden layers named in ``hidden``."""
+        (s, d), net_layers, synapses = norm.bias[...].shape, {VISIBLE: norm.layer(dtype)}, {}
+        branches = {
+            TOKENS: (self.mlp_tokens, lambda k: (d, k), TOKEN_SPEC, TOKEN_BACK),
+            CHANNELS: (self.mlp_channels, lambda k: (s, k), CHANNEL_SPEC, CHANNEL_BACK),
+        }
+        for name in hidden:
+            mlp, shape, spec, back = branches[name]
+            net_layers[name] = Layer(mlp.hidden_lagrangian(), shape(mlp.fc1.kernel.shape[1]))
+            synapses.update(mlp.synapses(name, spec, back, dtype))
+        return Network(net_layers, synapses)
 
     def _step(self, x: Array, drive: Array, rngs: nnx.Rngs | None) -> Array:
         increment = drive if self.update == "residual" else self.step_size * (drive - x)
         return x + self.drop_path(increment.astype(x.dtype), rngs=rngs)
-
-    def _cast(self, g: Array) -> Array:
-        return g if self.dtype is None else g.astype(self.dtype)
 
     def __call__(self, x: Array, *, rngs: nnx.Rngs | None = None) -> Array:
         """``x: [B, S, D] -> [B, S, D]``: ``n_iter`` updates with the same weights.
@@ -215,11 +221,27 @@ class _Block(nnx.Module):
         return x
 
 
+def drives(net: Network, x: Array) -> tuple[Array, ...]:
+    """Reduced drive of each hidden layer of ``net`` on the visible state ``x: [B, S, D]``.
+
+    The hidden layers read only the visible one, so ``reduction.solve_fast`` sets them in closed
+    form (x_h = W_h g_v); each drive ``[B, S, D]`` is the sum of the currents of the synapses
+    touching that hidden layer, in network order (tied or feedback kernel, then W_2).
+    """
+    fast, _ = reduction.solve_fast(net, {VISIBLE: x.astype(jnp.float32)})
+    gs = net.activations(fast)
+    return tuple(
+        net.current(VISIBLE, gs, {k: s for k, s in net.synapses.items() if h in s.layers})
+        for h in fast
+    )
+
+
 class SerialBlock(_Block):
     """Vanilla Mixer block with symmetric layernorms (official ``vMixerBlock``)::
 
         X <- X + TokenMLP(LN_1 X);   X <- X + ChannelMLP(LN_2 X)
 
+    i.e. the reduced updates of two two-layer networks in turn (``networks``).
     Params: ``norm1``, ``norm2`` (``TokenMatrixNorm``), ``mlp_tokens``, ``mlp_channels``.
     """
 
@@ -228,14 +250,25 @@ class SerialBlock(_Block):
         self.norm1 = TokenMatrixNorm(num_tokens, dim, scalar_scale=scalar_scale)
         self.norm2 = TokenMatrixNorm(num_tokens, dim, scalar_scale=scalar_scale)
 
+    def networks(self, dtype=None) -> tuple[Network, Network]:
+        """(visible LN_1 + token hidden layer, visible LN_2 + channel hidden layer), synapses and
+        visible activations in ``dtype`` (None: float32)."""
+        return self._network(self.norm1, (TOKENS,), dtype), self._network(
+            self.norm2, (CHANNELS,), dtype
+        )
+
     def update_once(self, x: Array, *, rngs: nnx.Rngs | None = None) -> Array:
         """One token update then one channel update: ``[B, S, D] -> [B, S, D]``."""
-        x = self._step(x, self.token_drive(self._cast(self.norm1(x))), rngs)
-        return self._step(x, self.mlp_channels(self._cast(self.norm2(x))), rngs)
+        token_net, channel_net = self.networks(self.dtype)
+        (token,) = drives(token_net, x)
+        x = self._step(x, token, rngs)
+        (channel,) = drives(channel_net, x)
+        return self._step(x, channel, rngs)
 
 
 class ParallelBlock(_Block):
-    """Parallelized Mixer block (official ``pMixerBlock``), the reduced update of the network::
+    """Parallelized Mixer block (official ``pMixerBlock``), the reduced update of the network
+    (``network``)::
 
         X <- X + TokenMLP(LN X) + ChannelMLP(LN X)     (update='residual', official)
         X <- X + step_size (TokenMLP(LN X) + ChannelMLP(LN X) - X)      (update='euler')
@@ -248,25 +281,32 @@ class ParallelBlock(_Block):
         super().__init__(num_tokens, dim, *args, **kwargs)
         self.norm = TokenMatrixNorm(num_tokens, dim, scalar_scale=scalar_scale)
 
+    def network(self, dtype=None) -> Network:
+        """The three-layer network: visible ``[S, D]`` (``norm``), hidden ``tokens`` ``[D, T]``
+        and ``channels`` ``[S, C]``; synapses and visible activations in ``dtype`` (None:
+        float32)."""
+        return self._network(self.norm, (TOKENS, CHANNELS), dtype)
+
     def drive(self, x: Array) -> Array:
         """Synaptic drive of the fast hidden layers on X: ``[B, S, D] -> [B, S, D]``."""
-        g = self._cast(self.norm(x))
-        return self.token_drive(g) + self.mlp_channels(g)
+        token, channel = drives(self.network(self.dtype), x)
+        return token + channel
 
     def update_once(self, x: Array, *, rngs: nnx.Rngs | None = None) -> Array:
         """One parallel update ``[B, S, D] -> [B, S, D]``."""
         if self.update == "euler":
             return self._step(x, self.drive(x), rngs)
-        g = self._cast(self.norm(x))
-        x = x + self.drop_path(self.token_drive(g).astype(x.dtype), rngs=rngs)
-        return x + self.drop_path(self.mlp_channels(g).astype(x.dtype), rngs=rngs)
+        token, channel = drives(self.network(self.dtype), x)
+        x = x + self.drop_path(token.astype(x.dtype), rngs=rngs)
+        return x + self.drop_path(channel.astype(x.dtype), rngs=rngs)
 
 
 def reduced_energy(block: ParallelBlock, x: Array) -> Array:
     """E~(X) of a parallel block with tied (or asymmetric: their symmetric part) MLPs.
 
-    ``x: [B, S, D] -> [B]``: visible neuron term minus the hidden Lagrangians at their
-    closed-form fixed points, -L_h(W_t LN X) - L_h(W_c LN X) (float32).
+    ``x: [B, S, D] -> [B]`` (float32): the energy of ``block.network()`` without the one-way W_2
+    synapses, at the hidden layers' closed-form fixed point; analytically the visible neuron
+    term minus -L_h(W_t LN X) - L_h(W_c LN X).
 
     Raises:
       ValueError: a serial block or plain MLPs (no energy), or a per-element LayerNorm scale.
@@ -276,13 +316,11 @@ def reduced_energy(block: ParallelBlock, x: Array) -> Array:
             "reduced_energy needs a parallel block with mlp='symmetric' or 'asymmetric' "
             "(serial blocks and plain MLPs are not derived from one energy)"
         )
-    visible = neuron_energy(block.norm, x)
-    g = block.norm(x)
-
-    def hidden(g: Array) -> Array:  # [S, D] -> []
-        return block.mlp_tokens.energy(g.T) + block.mlp_channels.energy(g)
-
-    return visible + jax.vmap(hidden)(g)
+    net = block.network()
+    net = net.replace(synapses={k: s for k, s in net.synapses.items() if s.tied})
+    visible = {VISIBLE: x.astype(jnp.float32)}
+    fast, _ = reduction.solve_fast(net, visible)
+    return net.reduced_energy(visible, fast)
 
 
 class ParaMixer(Backbone):

@@ -1,0 +1,114 @@
+"""Pinned outputs of the parallelized Mixer family: rebuilding its blocks must not change them.
+
+``tests/data/paramixer_pinned.npz`` was written once, from the explicit-module blocks as they
+stood before the blocks were assembled from the Hopfield graph core, by
+``python -m tests.test_paramixer_pinned --write`` (never rerun it to make a test pass: a
+difference is a behaviour change to explain, not a golden to refresh). For every variant of the
+family (serial and parallel blocks; vanilla, symmetric and asymmetric MLPs; Euler update;
+``n_iter`` repeats; bfloat16) it holds the parameters drawn from ``nnx.Rngs(0)``, the training
+logits (drop path active), the gradient of the cross-entropy (plus the symmetry-breaking penalty
+where set) and the evaluation logits. The comparison rules are those of ``tests/test_pinned.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from tests.test_pinned import DATA, _flat, _same_jaxlib
+
+FILE = os.path.join(DATA, "paramixer_pinned.npz")
+
+TINY = dict(
+    num_classes=10,
+    img_size=16,
+    patch_size=4,
+    num_blocks=2,
+    hidden_dim=16,
+    tokens_mlp_dim=8,
+    channels_mlp_dim=32,
+    drop_path_rate=0.1,
+)
+CASES = {
+    "vanilla_serial": dict(block="serial"),
+    "vanilla_serial_ni2": dict(block="serial", n_iter=2),
+    "parallel": dict(),
+    "symmetric": dict(mlp="symmetric"),
+    "symmetric_euler_scalar": dict(
+        mlp="symmetric", update="euler", step_size=0.5, scalar_scale=True, n_iter=2
+    ),
+    "asymmetric_penalty": dict(mlp="asymmetric", asym_penalty=0.01, activation="relu"),
+    "asymmetric_bf16_ni2": dict(mlp="asymmetric", n_iter=2, dtype="bfloat16"),
+    "serial_symmetric_softplus": dict(block="serial", mlp="symmetric", activation="softplus"),
+}
+
+
+def compute_case(name: str) -> dict[str, np.ndarray]:
+    """Every pinned array of one variant, keyed ``<what>:<path>``."""
+    from imixer_jax.models.paramixer import ParaMixer
+
+    model = ParaMixer(**{**TINY, **CASES[name]}, rngs=nnx.Rngs(0))
+    kernel = model.head.kernel
+    kernel[...] = jax.random.normal(jax.random.key(7), kernel.shape)  # the zero head hides all
+    images = jax.random.uniform(jax.random.key(1), (4, 16, 16, 3), minval=-1.0, maxval=1.0)
+    labels = jnp.arange(4) % 10
+    out = {f"param:{k}": v for k, v in _flat(nnx.state(model, nnx.Param)).items()}
+
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss_fn(params):
+        m = nnx.merge(graphdef, params, rest, copy=True)
+        logits = m(images, rngs=nnx.Rngs(dropout=2))
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return loss + m.penalty(), logits
+
+    (_, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    out["train_logits"] = np.asarray(logits)
+    out.update({f"grad:{k}": v for k, v in _flat(grads).items()})
+    model.eval()
+    out["eval_logits"] = np.asarray(model(images))
+    return out
+
+
+@pytest.fixture(scope="module")
+def golden():
+    with np.load(FILE) as f:
+        return dict(f)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CASES))
+def test_paramixer_outputs_pinned(name, golden):
+    want = {k.split("::", 1)[1]: v for k, v in golden.items() if k.startswith(name + "::")}
+    exact = _same_jaxlib(str(golden["jaxlib"]))
+    got = compute_case(name)
+    assert sorted(got) == sorted(want), "pinned arrays (parameter paths) changed"
+    for key, value in want.items():
+        if exact:
+            np.testing.assert_array_equal(got[key], value, err_msg=key)
+        else:
+            # Another XLA: float32 round-off through at most ~30 dependent ops (bf16: 8-bit
+            # mantissa); parameters are drawn by the RNG and must stay exact.
+            rtol = 0 if key.startswith("param:") else 1e-2 if "bf16" in name else 1e-4
+            np.testing.assert_allclose(got[key], value, rtol=rtol, atol=rtol * 1e-2, err_msg=key)
+
+
+def _write() -> None:
+    arrays = {"jaxlib": np.asarray(jaxlib.__version__)}
+    for name in CASES:
+        arrays.update({f"{name}::{k}": v for k, v in compute_case(name).items()})
+    np.savez_compressed(FILE, **arrays)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--write"]:
+        sys.exit("usage: python -m tests.test_paramixer_pinned --write  (only before a refactor)")
+    _write()
