@@ -53,9 +53,10 @@ CASES = {
 
 def compute_case(name: str) -> dict[str, np.ndarray]:
     """Every pinned array of one variant, keyed ``<what>:<path>``."""
+    from imixer_jax.models.configs import ParaMixerConfig
     from imixer_jax.models.paramixer import ParaMixer
 
-    model = ParaMixer(**{**TINY, **CASES[name]}, rngs=nnx.Rngs(0))
+    model = ParaMixer(ParaMixerConfig(**TINY, **CASES[name]), rngs=nnx.Rngs(0))
     kernel = model.head.kernel
     kernel[...] = jax.random.normal(jax.random.key(7), kernel.shape)  # the zero head hides all
     images = jax.random.uniform(jax.random.key(1), (4, 16, 16, 3), minval=-1.0, maxval=1.0)
