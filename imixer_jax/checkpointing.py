@@ -18,7 +18,6 @@ probability about 2**-64.
 from __future__ import annotations
 
 import functools
-import logging as py_logging
 import os
 import shutil
 
@@ -30,40 +29,10 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
+from imixer_jax.checkpoint_noise import ORBAX_ERRORS
+
 _STATE, _INTEGRITY = "default", "integrity"  # "default": the layout of single-item checkpoints
 DAMAGED_DIR = "damaged_checkpoints"
-
-
-class _DropOrbaxInfo(py_logging.Filter):
-    """orbax's INFO lines and read-only notes dropped; its errors cut to one line without the
-    traceback (a failed background save: the trainer raises the same error as one line)."""
-
-    def filter(self, record: py_logging.LogRecord) -> bool:
-        if "/orbax/" not in record.pathname:
-            return True
-        if record.levelno >= py_logging.ERROR:
-            record.msg, record.args = " ".join(record.getMessage().split())[:300], None
-            record.exc_info = record.exc_text = None
-        return record.levelno >= py_logging.WARNING and "is read only" not in record.getMessage()
-
-
-class _DropOrphanedTasks(py_logging.Filter):
-    """orbax leaves the failed reads of a damaged checkpoint as asyncio tasks whose errors (the
-    whole TensorStore spec, ~60 lines each) asyncio logs when they are collected; the restore
-    itself has already raised them as one line."""
-
-    def filter(self, record: py_logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Task exception was never retrieved")
-
-
-_ORBAX_FILTER, _TASK_FILTER = _DropOrbaxInfo(), _DropOrphanedTasks()
-
-
-def quiet_orbax_logging() -> None:
-    """Drop orbax's INFO lines (a dozen per save) and read-only notes from the absl log, and the
-    asyncio echo of a failed restore; orbax's other warnings stay."""
-    py_logging.getLogger("absl").addFilter(_ORBAX_FILTER)  # adding it twice is a no-op
-    py_logging.getLogger("asyncio").addFilter(_TASK_FILTER)
 
 
 class CheckpointError(RuntimeError):
@@ -139,6 +108,7 @@ class Checkpointer:
                 f"no checkpoint directory {self.directory}: train into {workdir} first"
             )
         self.every_steps, self.read_only = every_steps, read_only
+        ORBAX_ERRORS.reset()
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -190,6 +160,7 @@ class Checkpointer:
         logging.info("checkpoint: saving step %d to %s", step, self.directory)
 
     def _save_error(self, e: Exception) -> CheckpointError:
+        ORBAX_ERRORS.report()  # this one line replaces orbax's own error lines
         self._manager.reload()
         kept = self.latest_step()
         kept = "no checkpoint is kept" if kept is None else f"checkpoint {kept} is kept"
@@ -204,6 +175,7 @@ class Checkpointer:
             self._manager.check_for_errors()
         except Exception as e:
             raise self._save_error(e) from e
+        ORBAX_ERRORS.release()
 
     def _check_fits(self, step: int, abstract_state) -> None:
         """Compare the saved tree (paths, shapes, dtypes) with ``abstract_state``."""
