@@ -17,6 +17,7 @@ probability about 2**-64.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import shutil
@@ -42,6 +43,19 @@ class CheckpointError(RuntimeError):
 
 class DamagedCheckpointError(CheckpointError):
     """A checkpoint whose files are missing, unreadable or differ from what was saved."""
+
+
+# What a failed write usually comes down to; TensorStore puts it after a long spec and path.
+_OS_CAUSES = tuple(
+    os.strerror(code)
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES)
+)
+
+
+def _save_cause(e: BaseException) -> str:
+    """``'<OS cause>: <start of the error>'`` when the error names one of ``_OS_CAUSES``."""
+    cause = next((c for c in _OS_CAUSES if c in str(e)), None)
+    return _one_line(e, 200) if cause is None else f"{cause}: {_one_line(e, 120)}"
 
 
 def _one_line(e: BaseException, limit: int = 300) -> str:
@@ -165,7 +179,7 @@ class Checkpointer:
         kept = self.latest_step()
         kept = "no checkpoint is kept" if kept is None else f"checkpoint {kept} is kept"
         return CheckpointError(
-            f"saving a checkpoint to {self.directory} failed ({_one_line(e, 200)}); {kept}. "
+            f"saving a checkpoint to {self.directory} failed ({_save_cause(e)}); {kept}. "
             f"Free disk space (or fix the directory) and rerun the same command to resume."
         )
 

@@ -308,6 +308,7 @@ def test_full_disk_stops_with_one_line_and_keeps_checkpoint_and_metrics(
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "failed" in lines[0], err[-3000:]
     assert "checkpoint 2 is kept" in lines[0] or "metrics.jsonl" in lines[0], lines
+    assert "File too large" in lines[0], lines  # the cause, before TensorStore's long spec
     config = tiny_config(data_dir, steps=6)
     assert int(training.restore_state(training.prepare(config), workdir).step) == 2
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
