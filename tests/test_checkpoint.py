@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from tensorboard_events import tensorboard_points
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL, EVERY = 60, 20
@@ -101,6 +102,13 @@ def test_sigkill_and_restart_ends_like_an_uninterrupted_run(tmp_path):
     # CPU (the bound 1e-6 is the issue's; the observed difference is 0).
     for a, b in zip(_state(whole, TOTAL), _state(killed, TOTAL), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
+    # Steps resumed + 1 .. last_before_kill were logged twice; metrics.jsonl and TensorBoard
+    # (after the purge that the resumed run's SessionLog.START asks for) show each once.
+    with open(os.path.join(killed, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    want = [(r["step"], float(np.float32(r["train/loss"]))) for r in rows if "train/loss" in r]
+    assert [step for step, _ in want] == list(range(1, TOTAL + 1))
+    assert tensorboard_points(killed)["train/loss"] == want
 
 
 # What orbax and TensorStore print around a failed save (imixer_jax.checkpoint_noise).

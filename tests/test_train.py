@@ -16,6 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow as tf
 from flax import nnx
+from tensorboard_events import tensorboard_points
 
 from configs import default
 from imixer_jax import config as config_lib
@@ -358,25 +359,6 @@ def test_progress_leaves_out_what_it_did_not_time(monkeypatch):
         "train/data_wait_s": 0.25,
         "train/eta_s": 20.0,
     }
-
-
-def tensorboard_points(workdir):
-    """What TensorBoard shows, ``{tag: [(step, value), ...]}``: the event files in name order
-    (creation time first) read with TensorBoard's purge of orphaned data (on by default in its
-    event accumulator): the first ``SessionLog.START`` is a plain start, each later one drops
-    every point read so far at its step or later."""
-    points, started = {}, False
-    for path in sorted(glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            if event.session_log.status == tf.compat.v1.SessionLog.START:
-                if started:
-                    points = {t: [p for p in ps if p[0] < event.step] for t, ps in points.items()}
-                started = True
-            for value in event.summary.value:
-                array = tf.make_ndarray(value.tensor)
-                shown = array.item() if array.dtype != object else array.item().decode()
-                points.setdefault(value.tag, []).append((event.step, shown))
-    return points
 
 
 def test_resumed_writer_replaces_the_replayed_steps_in_metrics_and_tensorboard(tmp_path):
