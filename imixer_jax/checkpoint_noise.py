@@ -23,9 +23,9 @@ class _DropOrbaxInfo(py_logging.Filter):
     A failed background save (e.g. disk full) is logged by each of orbax's threads, with the
     TensorStore spec, some of them after the trainer has already raised the same error as one
     line (``Checkpointer``). So orbax's errors are held here, cut to one line each: the
-    ``Checkpointer`` drops them when it reports the failure itself (``report``), and logs them
-    as warnings at its next successful ``wait`` / ``save`` otherwise (``release``): an error
-    that the trainer does not report is delayed, never hidden.
+    ``Checkpointer`` drops them when it reports the failure itself (``report`` for a save,
+    ``discard`` for a restore), and logs them as warnings at its next successful ``wait`` /
+    ``save`` otherwise (``release``): an error that it does not report is delayed, not hidden.
     """
 
     def __init__(self) -> None:
@@ -47,9 +47,15 @@ class _DropOrbaxInfo(py_logging.Filter):
         return record.levelno >= py_logging.WARNING and "is read only" not in record.getMessage()
 
     def report(self) -> None:
+        """A failed save was reported (the run ends): drop what is held and what comes."""
         self.held, self.reported = [], True
 
+    def discard(self) -> None:
+        """A failed restore was reported: drop what is held."""
+        self.held = []
+
     def release(self) -> None:
+        """Nothing reported them: log the held errors as warnings, one line each."""
         held, self.held = self.held, []
         for message in held:
             logging.warning("orbax: %s", message)

@@ -209,6 +209,13 @@ class Checkpointer:
             )
 
     def _restore_step(self, step: int, abstract_state):
+        try:
+            return self._restore_verified(step, abstract_state)
+        except CheckpointError:
+            ORBAX_ERRORS.discard()  # orbax's echoes of the failure that this error reports
+            raise
+
+    def _restore_verified(self, step: int, abstract_state):
         self._check_fits(step, abstract_state)
         has_integrity = os.path.isdir(os.path.join(self.directory, str(step), _INTEGRITY))
         items = {_STATE: ocp.args.StandardRestore(abstract_state)}

@@ -132,7 +132,11 @@ def test_orbax_errors_are_held_until_reported_or_released(caplog):
     with caplog.at_level(logging.WARNING):
         errors.release()
     assert [r.getMessage() for r in caplog.records] == ["orbax: thread failed: spec {...}"]
-    # Reported by the trainer as one line: held and later echoes are dropped.
+    # A failed restore reported as one line: what is held is dropped, later errors are held.
+    assert not errors.filter(_orbax_record(logging.ERROR, "read failed"))
+    errors.discard()
+    assert errors.held == [] and not errors.reported
+    # A failed save reported as one line: held and later echoes are dropped.
     assert not errors.filter(_orbax_record(logging.ERROR, "thread failed"))
     errors.report()
     assert not errors.filter(_orbax_record(logging.ERROR, "another thread failed"))
