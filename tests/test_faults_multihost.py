@@ -1,7 +1,7 @@
 """Preemption of a 2-process ``jax.distributed`` run (CPU collectives: gloo), started with the
-trainer's entry point as a cluster would: SIGTERM reaches ONE process; both must save the same
-step (JAX's preemption sync point, through orbax), print one line each and exit 0, and a resumed
-run must end bit-identical to an uninterrupted one.
+trainer's entry point as a cluster would: SIGTERM (or Ctrl-C) reaches ONE process; both must save
+the same step (JAX's preemption sync point, through orbax), print one line each and exit 0, and a
+resumed run must end bit-identical to an uninterrupted one.
 """
 
 import os
@@ -102,25 +102,30 @@ def _params(workdir, step):
     return jax.tree.leaves(checkpointer.restore(path, target)["params"])
 
 
-def test_sigterm_to_one_process_saves_the_same_step_on_both(config_path, tmp_path):
-    jax_cache = str(tmp_path / "jax_cache")
-    preempted, reference = str(tmp_path / "preempted"), str(tmp_path / "reference")
-    run = _start(config_path, preempted, jax_cache)
+def _preempt(config_path, workdir, jax_cache, sig):
+    """Start a 2-process run, send ``sig`` to process 1 after 3 logged steps: the step that
+    both processes saved (each says so in one line, exits 0) and the only checkpoint."""
+    run = _start(config_path, workdir, jax_cache)
     deadline = time.time() + 600  # generous: a loaded machine compiles slowly
-    while len(_logged_steps(preempted)) < 3 and time.time() < deadline:
+    while len(_logged_steps(workdir)) < 3 and time.time() < deadline:
         assert all(p.poll() is None for p in run), run[0].communicate()[1][-3000:]
         time.sleep(0.01)
-    run[1].send_signal(signal.SIGTERM)  # the process that writes no metrics: the notice travels
-    errs = _finish(run)
+    run[1].send_signal(sig)  # the process that writes no metrics: the notice travels
     saved = []
-    for err in errs:
+    for err in _finish(run):
         lines = [line for line in err.splitlines() if ": saved the checkpoint of step " in line]
         assert len(lines) == 1, err[-3000:]
         saved.append(int(lines[0].split("of step ")[1].split()[0]))
     assert saved[0] == saved[1] and 3 <= saved[0] < STEPS, saved
-    assert os.listdir(os.path.join(preempted, "checkpoints")) == [str(saved[0])]
-    assert max(_logged_steps(preempted)) == saved[0]
+    assert os.listdir(os.path.join(workdir, "checkpoints")) == [str(saved[0])]
+    assert max(_logged_steps(workdir)) == saved[0]
+    return saved[0]
 
+
+def test_sigterm_to_one_process_saves_the_same_step_on_both(config_path, tmp_path):
+    jax_cache = str(tmp_path / "jax_cache")
+    preempted, reference = str(tmp_path / "preempted"), str(tmp_path / "reference")
+    _preempt(config_path, preempted, jax_cache, signal.SIGTERM)
     # Resumed vs uninterrupted: the same keys and global batches give the same bits.
     _finish(_start(config_path, preempted, jax_cache))
     _finish(_start(config_path, reference, jax_cache))
@@ -128,3 +133,8 @@ def test_sigterm_to_one_process_saves_the_same_step_on_both(config_path, tmp_pat
     assert steps == _logged_steps(reference) and steps[:STEPS] == list(range(1, STEPS + 1))
     for a, b in zip(_params(preempted, STEPS), _params(reference, STEPS), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_ctrl_c_in_one_process_saves_the_same_step_on_both(config_path, tmp_path):
+    # The process turns its first SIGINT into a SIGTERM to itself: the path tested above.
+    _preempt(config_path, str(tmp_path / "run"), str(tmp_path / "jax_cache"), signal.SIGINT)
