@@ -51,12 +51,13 @@ def tied_workdir(tmp_path_factory):
 def test_toy_energy_descent_convex_never_rises_gelu_can():
     # Reported flaky once (issue 9, item 13). It is deterministic: explicit keys, no global
     # state; its energies and rates are bit-identical (one SHA-256) with XLA's Eigen thread pool
-    # off, on one core, with 8 host devices, with one OpenBLAS thread, after the hopfield test
-    # modules in the same process, and at a load of 9-14 on 2 cores. Its margins are far from
-    # float32 rounding: the largest ReLU rate is -1.5e-7 of the trajectory's largest |dE/dt|
-    # (threshold +1e-5), the largest GELU-0 one -8.4e-4; GELU at biases -2 rises on 5.8% of the
-    # states (max rate +0.46); every energy drops by >= 38 (threshold 1). The messages below
-    # print these numbers, so a failure shows which claim broke and by how much.
+    # off, on one core, with 8 host devices, with one OpenBLAS thread, after the tests that
+    # switch float64 on (Lagrangians, solver) in the same process, and at a load of 9-14 on 2
+    # cores (two pytest processes at once pass too). Its margins are far from float32 rounding:
+    # the largest ReLU rate is -1.5e-7 of the trajectory's largest |dE/dt| (threshold +1e-5),
+    # the largest GELU-0 one -8.4e-4; GELU at biases -2 rises on 5.8% of the states (max rate
+    # +0.46); every energy drops by >= 38 (threshold 1). The messages below print these numbers,
+    # so a failure shows which claim broke and by how much.
     curves = analysis.toy_energy_curves(jax.random.key(0), dt=0.01, num_steps=600)
     relu, gelu_0, gelu_neg = (curves[label].rising() for label in analysis.TOY_NETWORKS)
     # Convex Lagrangians: dE/dt <= 0 at every visited state (up to float32 rounding, see rising).
