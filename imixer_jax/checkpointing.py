@@ -17,8 +17,8 @@ probability about 2**-64.
 
 from __future__ import annotations
 
+import errno
 import functools
-import logging as py_logging
 import os
 import shutil
 
@@ -30,40 +30,10 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
+from imixer_jax.checkpoint_noise import ORBAX_ERRORS
+
 _STATE, _INTEGRITY = "default", "integrity"  # "default": the layout of single-item checkpoints
 DAMAGED_DIR = "damaged_checkpoints"
-
-
-class _DropOrbaxInfo(py_logging.Filter):
-    """orbax's INFO lines and read-only notes dropped; its errors cut to one line without the
-    traceback (a failed background save: the trainer raises the same error as one line)."""
-
-    def filter(self, record: py_logging.LogRecord) -> bool:
-        if "/orbax/" not in record.pathname:
-            return True
-        if record.levelno >= py_logging.ERROR:
-            record.msg, record.args = " ".join(record.getMessage().split())[:300], None
-            record.exc_info = record.exc_text = None
-        return record.levelno >= py_logging.WARNING and "is read only" not in record.getMessage()
-
-
-class _DropOrphanedTasks(py_logging.Filter):
-    """orbax leaves the failed reads of a damaged checkpoint as asyncio tasks whose errors (the
-    whole TensorStore spec, ~60 lines each) asyncio logs when they are collected; the restore
-    itself has already raised them as one line."""
-
-    def filter(self, record: py_logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Task exception was never retrieved")
-
-
-_ORBAX_FILTER, _TASK_FILTER = _DropOrbaxInfo(), _DropOrphanedTasks()
-
-
-def quiet_orbax_logging() -> None:
-    """Drop orbax's INFO lines (a dozen per save) and read-only notes from the absl log, and the
-    asyncio echo of a failed restore; orbax's other warnings stay."""
-    py_logging.getLogger("absl").addFilter(_ORBAX_FILTER)  # adding it twice is a no-op
-    py_logging.getLogger("asyncio").addFilter(_TASK_FILTER)
 
 
 class CheckpointError(RuntimeError):
@@ -73,6 +43,19 @@ class CheckpointError(RuntimeError):
 
 class DamagedCheckpointError(CheckpointError):
     """A checkpoint whose files are missing, unreadable or differ from what was saved."""
+
+
+# What a failed write usually comes down to; TensorStore puts it after a long spec and path.
+_OS_CAUSES = tuple(
+    os.strerror(code)
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES)
+)
+
+
+def _save_cause(e: BaseException) -> str:
+    """``'<OS cause>: <start of the error>'`` when the error names one of ``_OS_CAUSES``."""
+    cause = next((c for c in _OS_CAUSES if c in str(e)), None)
+    return _one_line(e, 200) if cause is None else f"{cause}: {_one_line(e, 120)}"
 
 
 def _one_line(e: BaseException, limit: int = 300) -> str:
@@ -139,6 +122,7 @@ class Checkpointer:
                 f"no checkpoint directory {self.directory}: train into {workdir} first"
             )
         self.every_steps, self.read_only = every_steps, read_only
+        ORBAX_ERRORS.reset()
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -190,11 +174,12 @@ class Checkpointer:
         logging.info("checkpoint: saving step %d to %s", step, self.directory)
 
     def _save_error(self, e: Exception) -> CheckpointError:
+        ORBAX_ERRORS.report()  # this one line replaces orbax's own error lines
         self._manager.reload()
         kept = self.latest_step()
         kept = "no checkpoint is kept" if kept is None else f"checkpoint {kept} is kept"
         return CheckpointError(
-            f"saving a checkpoint to {self.directory} failed ({_one_line(e, 200)}); {kept}. "
+            f"saving a checkpoint to {self.directory} failed ({_save_cause(e)}); {kept}. "
             f"Free disk space (or fix the directory) and rerun the same command to resume."
         )
 
@@ -204,6 +189,7 @@ class Checkpointer:
             self._manager.check_for_errors()
         except Exception as e:
             raise self._save_error(e) from e
+        ORBAX_ERRORS.release()
 
     def _check_fits(self, step: int, abstract_state) -> None:
         """Compare the saved tree (paths, shapes, dtypes) with ``abstract_state``."""
@@ -223,6 +209,13 @@ class Checkpointer:
             )
 
     def _restore_step(self, step: int, abstract_state):
+        try:
+            return self._restore_verified(step, abstract_state)
+        except CheckpointError:
+            ORBAX_ERRORS.discard()  # orbax's echoes of the failure that this error reports
+            raise
+
+    def _restore_verified(self, step: int, abstract_state):
         self._check_fits(step, abstract_state)
         has_integrity = os.path.isdir(os.path.join(self.directory, str(step), _INTEGRITY))
         items = {_STATE: ocp.args.StandardRestore(abstract_state)}

@@ -16,6 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow as tf
 from flax import nnx
+from tensorboard_events import tensorboard_points
 
 from configs import default
 from imixer_jax import config as config_lib
@@ -358,3 +359,25 @@ def test_progress_leaves_out_what_it_did_not_time(monkeypatch):
         "train/data_wait_s": 0.25,
         "train/eta_s": 20.0,
     }
+
+
+def test_resumed_writer_replaces_the_replayed_steps_in_metrics_and_tensorboard(tmp_path):
+    from imixer_jax.training.writers import MetricWriter
+
+    workdir = str(tmp_path)
+    first = MetricWriter(workdir)
+    first.write_text("config", "a", step=1)
+    for step in range(1, 6):  # killed after step 5, its last checkpoint at step 2
+        first.write(step, {"train/loss": float(step)})
+    first.close()
+    resumed = MetricWriter(workdir, resume_step=2)
+    resumed.write_text("config", "b", step=3)
+    for step in range(3, 7):
+        resumed.write(step, {"train/loss": 10.0 * step})
+    resumed.close()
+    want = [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0), (5, 50.0), (6, 60.0)]
+    rows = metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    assert [(r["step"], r["train/loss"]) for r in rows] == want
+    shown = tensorboard_points(workdir)
+    assert shown["train/loss"] == want  # each step once, the resumed run's values
+    assert shown["config"] == [(1, "    a"), (3, "    b")]  # the config from each start on

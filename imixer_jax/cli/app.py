@@ -56,9 +56,9 @@ def setup_process(verbose: bool, *, tensorflow: bool) -> None:
     if verbose:
         return
     logging.get_absl_handler().addFilter(_FILTER)  # adding it twice is a no-op
-    from imixer_jax import checkpointing  # orbax's read-only notes, asyncio's echo of a failed read
+    from imixer_jax import checkpoint_noise  # orbax's and TensorStore's echoes of our errors
 
-    checkpointing.quiet_orbax_logging()
+    checkpoint_noise.quiet_orbax_logging()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if tensorflow and "tensorflow" not in sys.modules:
         with _stderr_descriptor_to_devnull():

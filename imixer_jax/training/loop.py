@@ -149,7 +149,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             dict(setup.mesh.shape),
         )
         logging.info("parameters:\n%s", parameter_overview(state.params))
-        writer.write_text("config", config.to_json_best_effort(indent=2, sort_keys=True))
+        config_text = config.to_json_best_effort(indent=2, sort_keys=True)
+        writer.write_text("config", config_text, step=start + 1)  # the config from this step on
         result = _Loop(setup, ckpt, writer, workdir).run(state, start, batches)
         ckpt.wait()
     result["wall_time_s"] = time.time() - start_time

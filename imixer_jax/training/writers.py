@@ -5,6 +5,12 @@ and cut back if that fails (disk full), a row cut by a kill is dropped when the 
 the file, and rows of steps that a resumed run replays are dropped then too, so that every step
 appears once.
 
+TensorBoard gets the same guarantee the way TensorBoard supports: every run (first or resumed)
+starts its event file with a ``SessionLog.START`` event at step ``resume_step + 1``. TensorBoard
+reads event files in order and, at each START after the first, drops every point at that step or
+later that it has read so far (``purge_orphaned_data``, on by default), so the points that a
+killed run logged after its last checkpoint are replaced by the resumed run's, not doubled.
+
 TensorBoard scalars are written with TensorFlow's core summary op (``tf.summary.write`` with the
 'scalars' plugin metadata, what ``tf.summary.scalar`` writes): the ``tensorboard`` package, which
 provides ``tf.summary.scalar``, is needed only to view the files, not to write them. TensorFlow is
@@ -13,9 +19,11 @@ imported when a writer is created, not when the trainer is imported.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import time
 from collections.abc import Mapping
 
 from imixer_jax import metrics
@@ -52,7 +60,8 @@ class MetricWriter:
     False, e.g. on every process but the first.
 
     ``resume_step``: the step the run starts from; rows after it (written by an earlier run that
-    got further than its last checkpoint) are dropped, since this run writes them again.
+    got further than its last checkpoint) are dropped, since this run writes them again, and
+    TensorBoard is told to drop its points after it too.
 
     Raises (``write``): TrainingError with one line when a file cannot be written.
     """
@@ -80,6 +89,32 @@ class MetricWriter:
         except OSError as e:
             raise _write_error(self.path, e) from e
         self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+        self._start_session(resume_step + 1)
+
+    def _start_session(self, step: int) -> None:
+        """``SessionLog.START`` at ``step``: TensorBoard purges the points at ``step`` and later
+        that earlier runs wrote (see the module docstring)."""
+        from tensorflow.core.util import event_pb2  # noqa: PLC0415
+        from tensorflow.python.ops import summary_ops_v2  # noqa: PLC0415 (no public API)
+
+        start = event_pb2.Event(
+            wall_time=time.time(),
+            step=step,
+            session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START),
+        )
+        with self._events() as tf:
+            summary_ops_v2.import_event(tf.constant(start.SerializeToString()))
+
+    @contextlib.contextmanager
+    def _events(self):
+        """Writes to the event file in the block (yields ``tf``), then flushes it."""
+        tf = self._tf
+        try:
+            with self._tb.as_default():
+                yield tf
+            self._tb.flush()
+        except tf.errors.OpError as e:
+            raise _write_error(os.path.join(os.path.dirname(self.path), "tensorboard"), e) from e
 
     def logged(self, step: int) -> bool:
         """Whether ``metrics.jsonl`` holds test metrics of ``step`` (a finished run restarted
@@ -106,29 +141,20 @@ class MetricWriter:
         # JSON has no NaN/Inf: write them as strings so that the file stays strict JSON.
         row = {k: v if isinstance(v, int) or math.isfinite(v) else str(v) for k, v in row.items()}
         self._append((json.dumps(row) + "\n").encode())
-        tf = self._tf
-        try:
-            with self._tb.as_default():
-                for key, value in scalars.items():
-                    value = tf.constant(float(value))
-                    tf.summary.write(key, value, step=int(step), metadata=self._scalar)
-            self._tb.flush()
-        except tf.errors.OpError as e:
-            raise _write_error(os.path.join(os.path.dirname(self.path), "tensorboard"), e) from e
+        with self._events() as tf:
+            for key, value in scalars.items():
+                value = tf.constant(float(value))
+                tf.summary.write(key, value, step=int(step), metadata=self._scalar)
 
-    def write_text(self, tag: str, text: str, step: int = 0) -> None:
+    def write_text(self, tag: str, text: str, step: int) -> None:
         """A text summary in TensorBoard's text tab, e.g. the run's config (its
-        hyperparameters) as Markdown code."""
+        hyperparameters) as Markdown code at the first step it trains (``resume_step + 1``,
+        which the session start does not purge)."""
         if not self.enabled:
             return
-        tf = self._tf
         markdown = "\n".join("    " + line for line in text.splitlines())
-        try:
-            with self._tb.as_default():
-                tf.summary.write(tag, tf.constant(markdown), step=step, metadata=self._text)
-            self._tb.flush()
-        except tf.errors.OpError as e:
-            raise _write_error(os.path.join(os.path.dirname(self.path), "tensorboard"), e) from e
+        with self._events() as tf:
+            tf.summary.write(tag, tf.constant(markdown), step=step, metadata=self._text)
 
     def close(self) -> None:
         if self.enabled:

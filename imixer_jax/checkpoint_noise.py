@@ -1,0 +1,102 @@
+"""What orbax and TensorStore print besides the trainer's own lines, cut to what a user needs
+(installed by the entry points unless ``--verbose``; see ``quiet_orbax_logging``).
+
+A checkpoint that fails to save or restore is reported by ``imixer_jax.checkpointing`` as one
+line; orbax and TensorStore report the same failure from their own threads (a dozen lines with
+the whole TensorStore spec, some printed after the trainer's line). Those echoes are dropped here;
+errors that the trainer does not report are delayed to its next save or wait, never hidden.
+"""
+
+from __future__ import annotations
+
+import logging as py_logging
+import sys
+
+from absl import logging
+
+__all__ = ["ORBAX_ERRORS", "quiet_orbax_logging"]
+
+
+class _DropOrbaxInfo(py_logging.Filter):
+    """orbax's INFO lines and read-only notes dropped; its errors held back.
+
+    A failed background save (e.g. disk full) is logged by each of orbax's threads, with the
+    TensorStore spec, some of them after the trainer has already raised the same error as one
+    line (``Checkpointer``). So orbax's errors are held here, cut to one line each: the
+    ``Checkpointer`` drops them when it reports the failure itself (``report`` for a save,
+    ``discard`` for a restore), and logs them as warnings at its next successful ``wait`` /
+    ``save`` otherwise (``release``): an error that it does not report is delayed, not hidden.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reset()
+
+    def reset(self) -> None:
+        """A new run: nothing held or reported yet."""
+        self.held: list[str] = []
+        self.reported = False  # a save failure was reported: orbax's echoes of it are dropped
+
+    def filter(self, record: py_logging.LogRecord) -> bool:
+        if "/orbax/" not in record.pathname:
+            return True
+        if record.levelno >= py_logging.ERROR:
+            if not self.reported:
+                self.held.append(" ".join(record.getMessage().split())[:300])
+            return False
+        return record.levelno >= py_logging.WARNING and "is read only" not in record.getMessage()
+
+    def report(self) -> None:
+        """A failed save was reported (the run ends): drop what is held and what comes."""
+        self.held, self.reported = [], True
+
+    def discard(self) -> None:
+        """A failed restore was reported: drop what is held."""
+        self.held = []
+
+    def release(self) -> None:
+        """Nothing reported them: log the held errors as warnings, one line each."""
+        held, self.held = self.held, []
+        for message in held:
+            logging.warning("orbax: %s", message)
+
+
+class _DropOrphanedTasks(py_logging.Filter):
+    """orbax leaves the failed reads of a damaged checkpoint as asyncio tasks whose errors (the
+    whole TensorStore spec, ~60 lines each) asyncio logs when they are collected; the restore
+    itself has already raised them as one line."""
+
+    def filter(self, record: py_logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Task exception was never retrieved")
+
+
+class _DropClosedLoopCallbacks:
+    """``sys.unraisablehook``. When a save fails, orbax closes the asyncio loop of the save
+    while TensorStore writes of it are still running; each that completes later calls
+    ``loop.call_soon_threadsafe`` on the closed loop from a TensorStore thread, and TensorStore
+    reports the ``RuntimeError('Event loop is closed')`` as unraisable (``PyErr_WriteUnraisable``
+    without an object: a bare 6-line traceback). Exactly those are dropped (the failure itself
+    is reported as one line); every other unraisable exception goes to the previous hook."""
+
+    def __init__(self) -> None:
+        self.previous = sys.unraisablehook
+
+    def __call__(self, unraisable) -> None:
+        exc = unraisable.exc_value
+        closed_loop = isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+        if unraisable.object is None and closed_loop:
+            return
+        self.previous(unraisable)
+
+
+ORBAX_ERRORS, _TASK_FILTER = _DropOrbaxInfo(), _DropOrphanedTasks()
+
+
+def quiet_orbax_logging() -> None:
+    """Drop orbax's INFO lines (a dozen per save) and read-only notes from the absl log, the
+    asyncio echo of a failed restore and TensorStore's echoes of a failed save on a closed loop;
+    orbax's errors are held back (``_DropOrbaxInfo``), its other warnings stay."""
+    py_logging.getLogger("absl").addFilter(ORBAX_ERRORS)  # adding it twice is a no-op
+    py_logging.getLogger("asyncio").addFilter(_TASK_FILTER)
+    if not isinstance(sys.unraisablehook, _DropClosedLoopCallbacks):
+        sys.unraisablehook = _DropClosedLoopCallbacks()

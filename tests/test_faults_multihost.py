@@ -1,0 +1,140 @@
+"""Preemption of a 2-process ``jax.distributed`` run (CPU collectives: gloo), started with the
+trainer's entry point as a cluster would: SIGTERM (or Ctrl-C) reaches ONE process; both must save
+the same step (JAX's preemption sync point, through orbax), print one line each and exit 0, and a
+resumed run must end bit-identical to an uninterrupted one.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from imixer_jax import data, metrics
+
+pytestmark = pytest.mark.slow  # three 2-process runs, each compiling on a loaded 2-core CPU
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Long enough that a stop requested after step 3 lands well before the end on any machine.
+STEPS = 60
+
+CONFIG = """
+from configs import default
+from imixer_jax import config as config_lib
+
+
+def get_config():
+    c = default.get_config()
+    c.model = config_lib.model_config(
+        "imixer_s16", num_classes=10, img_size=16, patch_size=4, num_blocks=1, hidden_dim=16,
+        tokens_mlp_dim=8, channels_mlp_dim=32, n_power=2, drop_path_rate=0.1)
+    c.data.data_dir = {data_dir!r}
+    c.batch_size, c.eval_batch_size = 16, 360
+    c.schedule.update(unit="steps", length={steps}.0, warmup=1.0)
+    c.checkpoint.every_steps, c.checkpoint.keep = 0, 3
+    c.log_every_steps, c.eval_every_steps = 1, 0
+    return c
+"""
+
+
+@pytest.fixture(scope="module")
+def config_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("config")
+    data_dir = str(path / "tfds")
+    data.dataset_info("digits", data_dir=data_dir)  # prepared once, before the processes start
+    (path / "tiny.py").write_text(textwrap.dedent(CONFIG.format(data_dir=data_dir, steps=STEPS)))
+    return str(path / "tiny.py")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _start(config_path, workdir, jax_cache):
+    """Two trainer processes of one jax.distributed run on this machine (one CPU device each)."""
+    port = _free_port()
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": jax_cache}
+    env.pop("XLA_FLAGS", None)
+    processes = []
+    for i in range(2):
+        command = [sys.executable, "-m", "imixer_jax.train", "--config", config_path]
+        command += ["--workdir", workdir, "--config.distributed.initialize=always"]
+        command += [f"--config.distributed.coordinator_address=localhost:{port}"]
+        command += ["--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"]
+        pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        processes.append(subprocess.Popen(command, cwd=REPO, env=env, **pipes))
+    return processes
+
+
+def _finish(processes, timeout=900):
+    """stderr of each process; both must exit 0 without a traceback."""
+    errs = [p.communicate(timeout=timeout)[1] for p in processes]
+    for p, err in zip(processes, errs):
+        assert p.returncode == 0 and "Traceback" not in err, err[-3000:]
+    return errs
+
+
+def _logged_steps(workdir):
+    try:
+        return [r["step"] for r in metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
+    except FileNotFoundError:
+        return []
+
+
+def _params(workdir, step):
+    """Parameters of a checkpoint saved by 2 processes, restored onto this process's device."""
+    checkpointer = ocp.StandardCheckpointer()
+    path = os.path.join(workdir, "checkpoints", str(step), "default")
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+        checkpointer.metadata(path).item_metadata,
+    )
+    return jax.tree.leaves(checkpointer.restore(path, target)["params"])
+
+
+def _preempt(config_path, workdir, jax_cache, sig):
+    """Start a 2-process run, send ``sig`` to process 1 after 3 logged steps: the step that
+    both processes saved (each says so in one line, exits 0) and the only checkpoint."""
+    run = _start(config_path, workdir, jax_cache)
+    deadline = time.time() + 600  # generous: a loaded machine compiles slowly
+    while len(_logged_steps(workdir)) < 3 and time.time() < deadline:
+        assert all(p.poll() is None for p in run), run[0].communicate()[1][-3000:]
+        time.sleep(0.01)
+    run[1].send_signal(sig)  # the process that writes no metrics: the notice travels
+    saved = []
+    for err in _finish(run):
+        lines = [line for line in err.splitlines() if ": saved the checkpoint of step " in line]
+        assert len(lines) == 1, err[-3000:]
+        saved.append(int(lines[0].split("of step ")[1].split()[0]))
+    assert saved[0] == saved[1] and 3 <= saved[0] < STEPS, saved
+    assert os.listdir(os.path.join(workdir, "checkpoints")) == [str(saved[0])]
+    assert max(_logged_steps(workdir)) == saved[0]
+    return saved[0]
+
+
+def test_sigterm_to_one_process_saves_the_same_step_on_both(config_path, tmp_path):
+    jax_cache = str(tmp_path / "jax_cache")
+    preempted, reference = str(tmp_path / "preempted"), str(tmp_path / "reference")
+    _preempt(config_path, preempted, jax_cache, signal.SIGTERM)
+    # Resumed vs uninterrupted: the same keys and global batches give the same bits.
+    _finish(_start(config_path, preempted, jax_cache))
+    _finish(_start(config_path, reference, jax_cache))
+    steps = _logged_steps(preempted)
+    assert steps == _logged_steps(reference) and steps[:STEPS] == list(range(1, STEPS + 1))
+    for a, b in zip(_params(preempted, STEPS), _params(reference, STEPS), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_ctrl_c_in_one_process_saves_the_same_step_on_both(config_path, tmp_path):
+    # The process turns its first SIGINT into a SIGTERM to itself: the path tested above.
+    _preempt(config_path, str(tmp_path / "run"), str(tmp_path / "jax_cache"), signal.SIGINT)
