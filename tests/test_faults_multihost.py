@@ -19,7 +19,7 @@ import pytest
 
 from imixer_jax import data, metrics
 
-pytestmark = pytest.mark.slow  # three 2-process runs, each compiling on a loaded 2-core CPU
+pytestmark = pytest.mark.slow  # four 2-process runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Long enough that a stop requested after step 3 lands well before the end on any machine.
@@ -102,12 +102,12 @@ def _params(workdir, step):
     return jax.tree.leaves(checkpointer.restore(path, target)["params"])
 
 
-def _preempt(config_path, workdir, jax_cache, sig):
-    """Start a 2-process run, send ``sig`` to process 1 after 3 logged steps: the step that
-    both processes saved (each says so in one line, exits 0) and the only checkpoint."""
+def _preempt(config_path, workdir, jax_cache, sig, after):
+    """Start (or resume) a 2-process run, send ``sig`` to process 1 once step ``after`` is
+    logged: the step that both processes saved (each says so in one line, exits 0)."""
     run = _start(config_path, workdir, jax_cache)
     deadline = time.time() + 600  # generous: a loaded machine compiles slowly
-    while len(_logged_steps(workdir)) < 3 and time.time() < deadline:
+    while max(_logged_steps(workdir), default=0) < after and time.time() < deadline:
         assert all(p.poll() is None for p in run), run[0].communicate()[1][-3000:]
         time.sleep(0.01)
     run[1].send_signal(sig)  # the process that writes no metrics: the notice travels
@@ -116,25 +116,29 @@ def _preempt(config_path, workdir, jax_cache, sig):
         lines = [line for line in err.splitlines() if ": saved the checkpoint of step " in line]
         assert len(lines) == 1, err[-3000:]
         saved.append(int(lines[0].split("of step ")[1].split()[0]))
-    assert saved[0] == saved[1] and 3 <= saved[0] < STEPS, saved
-    assert os.listdir(os.path.join(workdir, "checkpoints")) == [str(saved[0])]
-    assert max(_logged_steps(workdir)) == saved[0]
+    assert saved[0] == saved[1] and after <= saved[0] < STEPS, saved
+    newest = max(int(name) for name in os.listdir(os.path.join(workdir, "checkpoints")))
+    assert newest == saved[0] and max(_logged_steps(workdir)) == saved[0]
     return saved[0]
 
 
-def test_sigterm_to_one_process_saves_the_same_step_on_both(config_path, tmp_path):
-    jax_cache = str(tmp_path / "jax_cache")
+@pytest.fixture(scope="module")
+def jax_cache(tmp_path_factory):
+    """The runs compile the same programs: share them through JAX's cache."""
+    return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+def test_sigterm_or_ctrl_c_to_one_process_saves_the_same_step_on_both(
+    config_path, jax_cache, tmp_path
+):
     preempted, reference = str(tmp_path / "preempted"), str(tmp_path / "reference")
-    _preempt(config_path, preempted, jax_cache, signal.SIGTERM)
-    # Resumed vs uninterrupted: the same keys and global batches give the same bits.
+    first = _preempt(config_path, preempted, jax_cache, signal.SIGTERM, after=3)
+    # Resumed, then Ctrl-C: the process turns its first SIGINT into a SIGTERM to itself.
+    _preempt(config_path, preempted, jax_cache, signal.SIGINT, after=first + 3)
+    # Resumed again vs uninterrupted: the same keys and global batches give the same bits.
     _finish(_start(config_path, preempted, jax_cache))
     _finish(_start(config_path, reference, jax_cache))
     steps = _logged_steps(preempted)
     assert steps == _logged_steps(reference) and steps[:STEPS] == list(range(1, STEPS + 1))
     for a, b in zip(_params(preempted, STEPS), _params(reference, STEPS), strict=True):
         np.testing.assert_array_equal(a, b)
-
-
-def test_ctrl_c_in_one_process_saves_the_same_step_on_both(config_path, tmp_path):
-    # The process turns its first SIGINT into a SIGTERM to itself: the path tested above.
-    _preempt(config_path, str(tmp_path / "run"), str(tmp_path / "jax_cache"), signal.SIGINT)
