@@ -44,3 +44,24 @@ def test_the_tfds_pipeline_is_imported_on_first_use():
         "tensorflow",
         "tensorflow_datasets",
     ]
+
+
+def test_importing_the_trainer_leaves_the_jax_backend_alone():
+    # jax.distributed.initialize must come before the backend starts: no import may start it
+    # (e.g. a module-level jnp constant).
+    script = textwrap.dedent(
+        """
+        import configs.default, imixer_jax.config, imixer_jax.train, imixer_jax.training
+        from imixer_jax import data
+        from imixer_jax.data import device_augment
+        from jax._src import xla_bridge
+        imixer_jax.config.validate(configs.default.get_config())
+        print(xla_bridge.backends_are_initialized())
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().split("\n")[-1] == "False"

@@ -19,7 +19,9 @@ import numpy as np
 from imixer_jax.data.randaugment_policy import FILL
 
 Array = jax.Array
-VALUES = jnp.arange(256, dtype=jnp.int32)  # the 256 grey levels, input of every table
+# The 256 grey levels, input of every table (numpy: importing must not start the JAX backend,
+# which jax.distributed.initialize must precede).
+VALUES = np.arange(256, dtype=np.int32)
 
 
 def to_uint8(x: Array) -> Array:
