@@ -4,6 +4,14 @@ The golden files in ``tests/data/`` were written once, from the code as it stood
 structural refactors, by ``python -m tests.test_pinned --write`` (never rerun it to make a test
 pass: a difference is a behaviour change to explain, not a golden to refresh).
 
+They were rewritten once since, on purpose, when iMixer's fixed-point loop became fully unrolled
+(the solver's default for small n_iter; the rolled ``lax.scan`` cost three times one iteration on
+a GPU). Unrolling lets XLA sum the per-iteration cotangents of the ``fc_sn2`` bias in another
+order; compared with the previous goldens on the same jaxlib, only ``grad:*fc_sn2/bias`` of the
+two unrolled iMixer cases changed (at most 3 ulp, largest difference 1.5e-8); every parameter,
+logit, spectral-norm vector and other gradient stayed bit-identical. The default run's test top-1
+and top-5 stayed identical, 20 of its 24 losses too, the other four within 1.2e-7 (relative).
+
 * ``pinned_models.npz``: for six tiny variants (MLP-Mixer; iMixer official, tied Euler, implicit,
   bfloat16, ReLU without spectral norm), the parameters drawn from ``nnx.Rngs(0)``, the training
   logits (drop path and the per-call power iteration active), the gradient of the cross-entropy,
