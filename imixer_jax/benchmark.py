@@ -26,6 +26,10 @@ T token-MLP, C channel-MLP, H = int(T * hidden_ratio), N blocks, K classes:
                            + n_iter * 4 D T H              iMLP fc_sn1, fc_sn2 per iteration
                            + 4 S D C]                      channel MLP fc_c1, fc_c2
                       + 2 D K                              head
+
+The parallelized Mixer family (``paramixer_*``, ``symmixer_*``, ...) runs each block's token and
+channel MLPs ``n_iter`` times (the ``_ni`` repeats); an asymmetric MLP has three matmuls, W_1 x,
+W_1^T g and W_2 g, so its block term is 6 (D S T + S D C) per repeat instead of 4.
     train step per image = 3 x forward (backward: one matmul for the input gradient and one
                            for the weight gradient per forward matmul)
 
@@ -47,7 +51,7 @@ import numpy as np
 
 from imixer_jax import cli
 from imixer_jax.models.configs import REMATS
-from imixer_jax.models.registry import VARIANT_NAMES, model_config
+from imixer_jax.models.registry import PARAMIXER_NAMES, VARIANT_NAMES, model_config
 
 DTYPES = ("float32", "bfloat16")
 
@@ -57,11 +61,15 @@ def forward_flops_per_image(model: str, **overrides) -> float:
     c = model_config(model, **overrides)
     tokens = c.num_tokens
     dim, token_dim, channel_dim = c.hidden_dim, c.tokens_mlp_dim, c.channels_mlp_dim
-    token_mixer = 4 * dim * tokens * token_dim
-    if c.token_mixer == "imlp":
-        hidden = int(token_dim * c.hidden_ratio)
-        token_mixer += c.n_iter * 4 * dim * token_dim * hidden
-    block = token_mixer + 4 * tokens * dim * channel_dim
+    if c.arch == "paramixer":
+        matmuls = 6 if c.mlp == "asymmetric" else 4
+        block = c.n_iter * matmuls * (dim * tokens * token_dim + tokens * dim * channel_dim)
+    else:
+        token_mixer = 4 * dim * tokens * token_dim
+        if c.token_mixer == "imlp":
+            hidden = int(token_dim * c.hidden_ratio)
+            token_mixer += c.n_iter * 4 * dim * token_dim * hidden
+        block = token_mixer + 4 * tokens * dim * channel_dim
     stem = 2 * tokens * 3 * c.patch_size**2 * dim
     return float(stem + c.num_blocks * block + 2 * dim * c.num_classes)
 
@@ -182,8 +190,8 @@ def benchmark(
         "img_size": img_size,
         "num_classes": num_classes,
         "dtype": dtype,
-        "scan_blocks": bool(config.model.scan_blocks),
-        "remat": config.model.remat,
+        "scan_blocks": bool(config.model.get("scan_blocks", False)),
+        "remat": config.model.get("remat", "none"),
         "params": int(num_params),
         "compile_s": compile_s,
         "step_s": seconds / steps,
@@ -214,13 +222,13 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m imixer_jax.benchmark",
         description="Time the trainer's train step on synthetic batches (see the module doc).",
     )
-    parser.add_argument("--model", required=True, choices=VARIANT_NAMES)
+    parser.add_argument("--model", required=True, choices=(*VARIANT_NAMES, *PARAMIXER_NAMES))
     parser.add_argument("--batch", type=int, required=True, help="global batch size")
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--num-classes", type=int, default=1000)
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
-    parser.add_argument("--scan-blocks", action="store_true", help="blocks under nnx.scan")
-    parser.add_argument("--remat", choices=REMATS, default="none")
+    parser.add_argument("--scan-blocks", action="store_true", help="blocks under nnx.scan (Mixer)")
+    parser.add_argument("--remat", choices=REMATS, default="none", help="(Mixer)")
     parser.add_argument("--data", default="synthetic", help="dataset name (class count only)")
     parser.add_argument("--data-dir", default=None, help="TFDS data_dir of --data")
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
@@ -233,6 +241,11 @@ def main(argv: list[str] | None = None) -> None:
         _check_counts(args.batch, args.steps, args.warmup)
     except ValueError as e:
         parser.error(str(e))
+    layout = dict(scan_blocks=args.scan_blocks, remat=args.remat)
+    if model_config(args.model).arch == "paramixer":
+        if args.scan_blocks or args.remat != "none" or args.compare_torch:
+            parser.error("--scan-blocks, --remat and --compare-torch are for mixer_* / imixer_*")
+        layout = {}
     if args.compare_torch:
         try:
             from imixer_jax import torch_reference
@@ -250,8 +263,7 @@ def main(argv: list[str] | None = None) -> None:
             steps=args.steps,
             warmup=args.warmup,
             matmul_size=args.matmul_size,
-            scan_blocks=args.scan_blocks,
-            remat=args.remat,
+            **layout,
         )
     except ValueError as e:  # config.ConfigError included
         parser.error(str(e))

@@ -58,20 +58,28 @@ def test_benchmark_times_the_trainers_step(tmp_path, layout):
     assert report["peak_memory_bytes"] is None or report["peak_memory_bytes"] > 0
 
 
-@pytest.mark.parametrize("token_mixer", ["mlp", "imlp"])
-def test_analytic_flops_match_xla_count(token_mixer):
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("imixer_s16", dict(token_mixer="mlp")),
+        ("imixer_s16", dict(token_mixer="imlp")),
+        ("paramixer_s16_224", dict()),
+        ("asymmixer_s16_224", dict()),
+    ],
+)
+def test_analytic_flops_match_xla_count(name, kwargs):
     """One S/16 block at 64 px (16 tokens) with one fixed-point step (XLA counts a loop body
     once, so n_iter = 1 keeps the counts comparable). XLA also counts the elementwise ops that
     the formula leaves out (LayerNorm, GELU: tens of FLOPs per activation against 2 D = 1,024
     per matmul output), i.e. it must be higher by a few percent to ~15%, never lower."""
-    kwargs = dict(num_blocks=1, img_size=64, n_iter=1, token_mixer=token_mixer)
-    model = nnx.eval_shape(lambda: create_model("imixer_s16", rngs=nnx.Rngs(0), **kwargs))
+    kwargs = dict(num_blocks=1, img_size=64, n_iter=1, **kwargs)
+    model = nnx.eval_shape(lambda: create_model(name, rngs=nnx.Rngs(0), **kwargs))
     model.eval()
     graphdef, state = nnx.split(model)
     images = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
     forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
     xla = forward.lower(state, images).cost_analysis()["flops"]
-    analytic = forward_flops_per_image("imixer_s16", **kwargs)
+    analytic = forward_flops_per_image(name, **kwargs)
     assert 0.85 * xla < analytic <= xla
 
 
@@ -86,11 +94,15 @@ def test_benchmark_rejects_bad_arguments():
 
 @pytest.mark.parametrize(
     "args, names",
-    [(["--batch", "0"], "batch"), (["--batch", "2", "--remat", "all"], "--remat")],
+    [
+        (["--model", "mixer_s16", "--batch", "0"], "batch"),
+        (["--model", "mixer_s16", "--batch", "2", "--remat", "all"], "--remat"),
+        (["--model", "paramixer_s16_224", "--batch", "2", "--scan-blocks"], "--scan-blocks"),
+    ],
 )
 def test_cli_errors_are_one_line(args, names):
     out = subprocess.run(
-        [sys.executable, "-m", "imixer_jax.benchmark", "--model", "mixer_s16", *args],
+        [sys.executable, "-m", "imixer_jax.benchmark", *args],
         capture_output=True,
         text=True,
     )
