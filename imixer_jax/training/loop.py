@@ -234,7 +234,9 @@ class _Loop:
                 _check_finite(rows, ckpt)  # before a save: a bad state never replaces a good one
                 window.extend(row for _, row in rows)
                 if save_now:
+                    saving = time.time()
                     ckpt.save(step, state)
+                    progress.exclude(time.time() - saving)  # saving is not training time
                 if log_now:
                     result["train/loss"] = self._log(state, step, window)
                     window = []

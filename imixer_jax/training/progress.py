@@ -3,7 +3,8 @@
 The first step after a (re)start compiles the train step: the loop blocks on its result and the
 clock starts after it, so that the rate and the ETA describe steady-state steps only. Time spent
 waiting for the input pipeline (``next(batches)`` and the host-to-device copy) is measured apart:
-``data_wait_s`` of ``step_time_s``.
+``data_wait_s`` of ``step_time_s``. Checkpoint saves (the device-to-host copy and any wait for the
+previous save) are left out too (``exclude``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ class Progress:
     def data_wait(self, seconds: float) -> None:
         """Add one step's wait for its batch."""
         self._data_wait += seconds
+
+    def exclude(self, seconds: float) -> None:
+        """Leave ``seconds`` of the current window out of the step time (a checkpoint save)."""
+        self._start += seconds
 
     def step(self) -> None:
         """Count one timed step."""
