@@ -86,13 +86,18 @@ def test_registry_names():
     assert sorted(VARIANT_NAMES) == sorted(expected)
 
 
-@pytest.mark.parametrize("name", VARIANT_NAMES)
+def _large_ones_slow(names):
+    """The L variants trace 24 blocks (10-15 s each on 2 cores): the slow set checks them."""
+    return [pytest.param(n, marks=pytest.mark.slow) if "_l" in n else n for n in names]
+
+
+@pytest.mark.parametrize("name", _large_ones_slow(VARIANT_NAMES))
 def test_param_count_1000(name):
     assert closed_form_count(name, 1000) == PARAMS_1000[name]
     assert param_count(name, num_classes=1000) == PARAMS_1000[name]
 
 
-@pytest.mark.parametrize("name", sorted(PARAMS_10))
+@pytest.mark.parametrize("name", _large_ones_slow(sorted(PARAMS_10)))
 def test_param_count_cifar10(name):
     assert closed_form_count(name, 10) == PARAMS_10[name]
     assert param_count(name, num_classes=10) == PARAMS_10[name]
