@@ -124,7 +124,10 @@ def test_same_seed_same_batches_other_seed_other_batches(digits_dir):
     assert not np.array_equal(a[0]["image"], b[0]["image"])
 
 
-@pytest.mark.parametrize("process_count", [1, 2])
+@pytest.mark.parametrize(
+    "process_count",
+    [1, pytest.param(2, marks=pytest.mark.slow)],  # 2: the slow set
+)
 def test_start_step_resumes_exactly(digits_dir, process_count):
     # Per process 1437 / process_count examples and 64 per batch: step 23 (1 process) and
     # step 12 (2 processes) lie in the second epoch, and the 3 batches checked cross no or one

@@ -139,6 +139,7 @@ def test_energy_gradient_equals_minus_tau_hessian_times_velocity():
         chex.assert_trees_all_close(g, -layer.tau * hess_v, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow  # covered in the default set by the graph core's stationarity test
 def test_fixed_point_of_dynamics_has_zero_energy_gradient():
     names, sizes = ("relu", "softplus", "layernorm"), (6, 5, 4)
     net = random_network(jax.random.PRNGKey(5), names, sizes)

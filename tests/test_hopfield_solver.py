@@ -74,6 +74,7 @@ def test_tolerance_stop_and_residual_reporting():
     assert int(sol.steps) == 2 and float(sol.residual) > 1e-9
 
 
+@pytest.mark.slow  # covered in the default set by the float32 implicit-vs-unrolled test
 def test_implicit_unrolled_and_finite_difference_gradients_agree():
     # Finite differences need float64: in float32 a step h gives errors ~eps/h ~ 1e-3.
     with jax.enable_x64(True):

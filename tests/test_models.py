@@ -386,6 +386,7 @@ def test_scanned_layout_matches_per_block_layout(layout):
     np.testing.assert_array_equal(back(images), model(images))  # the round trip is exact
 
 
+@pytest.mark.slow  # covered in the default set by the scanned-layout equality test
 def test_scanned_training_forward_advances_each_blocks_spectral_vectors():
     model = _tiny(drop_path_rate=0.0)
     scanned = _copy_of(model, scan_blocks=True, drop_path_rate=0.0)
@@ -399,6 +400,7 @@ def test_scanned_training_forward_advances_each_blocks_spectral_vectors():
         assert not np.allclose(stacked.u[...][i], _tiny().blocks[i].token_mixer.fc_sn2.u[...])
 
 
+@pytest.mark.slow  # covered in the default set by the scanned-layout equality test
 def test_scanned_drop_path_differs_per_block():
     scanned = _tiny(num_blocks=4, scan_blocks=True, drop_path_rate=0.5)
     _randomise_head(scanned)
@@ -410,7 +412,7 @@ def test_scanned_drop_path_differs_per_block():
     np.testing.assert_array_equal(scanned(images), scanned(images))  # ... and vanish in eval
 
 
-@pytest.mark.parametrize("remat", ["token_mixer", "block"])
+@pytest.mark.parametrize("remat", [pytest.param("token_mixer", marks=pytest.mark.slow), "block"])
 def test_remat_keeps_loss_and_gradients(remat):
     model = _tiny(drop_path_rate=0.0)  # training mode: power iteration runs under remat too
     _randomise_head(model)

@@ -139,7 +139,7 @@ def _tied_energy_change(activation, seed, step_size=0.05):
     return info["energy_after"] - info["energy_before"], info
 
 
-@pytest.mark.parametrize("activation", ["relu", "softplus"])
+@pytest.mark.parametrize("activation", ["relu", pytest.param("softplus", marks=pytest.mark.slow)])
 def test_tied_euler_step_lowers_reduced_energy_with_convex_lagrangians(activation):
     for seed in range(4):
         change, info = _tied_energy_change(activation, seed)
@@ -147,6 +147,7 @@ def test_tied_euler_step_lowers_reduced_energy_with_convex_lagrangians(activatio
         assert bool(jnp.all(change < 0)), (seed, change)
 
 
+@pytest.mark.slow  # covered in the default set by the toy network's GELU test
 def test_tied_euler_step_with_gelu_is_reported_not_assumed(record_property):
     """GELU is not convex: no guarantee. Record what happens (the notebook shows it too)."""
     changes = jnp.concatenate([_tied_energy_change("gelu", seed)[0] for seed in range(4)])
