@@ -5,16 +5,15 @@ trainer processes the tests start. JAX's persistent compilation cache, in pytest
 (``.pytest_cache/d/jax-compilation-cache``, so also kept between local runs), lets each program
 compile once. The environment variable is what the workers and the child processes inherit, and
 JAX reads it at import: this hook runs before any test module imports JAX. A cache directory set
-by the caller is kept; ``-p no:cacheprovider`` runs without one.
+by the caller is kept; ``-p no:cacheprovider`` runs without one, ``--cache-clear`` empties it.
+No size limit: JAX's eviction keeps access-time files that processes sharing the directory race
+on (each lost race is a warning on stderr, which the one-line-error tests would see).
 """
 
 import os
-
-_MAX_BYTES = 2 << 30  # least-recently-used entries are evicted beyond 2 GiB
 
 
 def pytest_configure(config):
     if config.cache is None or "JAX_COMPILATION_CACHE_DIR" in os.environ:
         return
     os.environ["JAX_COMPILATION_CACHE_DIR"] = str(config.cache.mkdir("jax-compilation-cache"))
-    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(_MAX_BYTES))

@@ -227,6 +227,7 @@ def _trainer(config_path, workdir, jax_cache, file_size_limit=None, flags=()):
         command += [sys.executable, "-m", "imixer_jax.train", "--config", config_path]
         command += ["--workdir", workdir, *flags]
     env = dict(os.environ)
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the suite's cache (tests/conftest.py) too
     if jax_cache is not None:
         env["JAX_COMPILATION_CACHE_DIR"] = jax_cache
     return subprocess.Popen(

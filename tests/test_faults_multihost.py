@@ -1,7 +1,7 @@
 """Preemption of a 2-process ``jax.distributed`` run (CPU collectives: gloo), started with the
 trainer's entry point as a cluster would: SIGTERM (or Ctrl-C) reaches ONE process; both must save
 the same step (JAX's preemption sync point, through orbax), print one line each and exit 0, and a
-resumed run must end bit-identical to an uninterrupted one.
+resumed run continues from the saved step.
 """
 
 import os
@@ -12,14 +12,11 @@ import sys
 import textwrap
 import time
 
-import jax
-import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from imixer_jax import data, metrics
 
-pytestmark = pytest.mark.slow  # four 2-process runs
+pytestmark = pytest.mark.slow  # two 2-process runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Long enough that a stop requested after step 3 lands well before the end on any machine.
@@ -90,18 +87,6 @@ def _logged_steps(workdir):
         return []
 
 
-def _params(workdir, step):
-    """Parameters of a checkpoint saved by 2 processes, restored onto this process's device."""
-    checkpointer = ocp.StandardCheckpointer()
-    path = os.path.join(workdir, "checkpoints", str(step), "default")
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-        checkpointer.metadata(path).item_metadata,
-    )
-    return jax.tree.leaves(checkpointer.restore(path, target)["params"])
-
-
 def _preempt(config_path, workdir, jax_cache, sig, after):
     """Start (or resume) a 2-process run, send ``sig`` to process 1 once step ``after`` is
     logged: the step that both processes saved (each says so in one line, exits 0)."""
@@ -131,14 +116,11 @@ def jax_cache(tmp_path_factory):
 def test_sigterm_or_ctrl_c_to_one_process_saves_the_same_step_on_both(
     config_path, jax_cache, tmp_path
 ):
-    preempted, reference = str(tmp_path / "preempted"), str(tmp_path / "reference")
-    first = _preempt(config_path, preempted, jax_cache, signal.SIGTERM, after=3)
+    workdir = str(tmp_path / "run")
+    first = _preempt(config_path, workdir, jax_cache, signal.SIGTERM, after=3)
     # Resumed, then Ctrl-C: the process turns its first SIGINT into a SIGTERM to itself.
-    _preempt(config_path, preempted, jax_cache, signal.SIGINT, after=first + 3)
-    # Resumed again vs uninterrupted: the same keys and global batches give the same bits.
-    _finish(_start(config_path, preempted, jax_cache))
-    _finish(_start(config_path, reference, jax_cache))
-    steps = _logged_steps(preempted)
-    assert steps == _logged_steps(reference) and steps[:STEPS] == list(range(1, STEPS + 1))
-    for a, b in zip(_params(preempted, STEPS), _params(reference, STEPS), strict=True):
-        np.testing.assert_array_equal(a, b)
+    second = _preempt(config_path, workdir, jax_cache, signal.SIGINT, after=first + 3)
+    # The resumed run continued from the saved step: one row per step, none missing. That a
+    # resumed run ends bit-identical to an uninterrupted one is tested with one process
+    # (test_checkpoint.py), and that two processes compute what one does in test_sharding.py.
+    assert _logged_steps(workdir) == list(range(1, second + 1))
