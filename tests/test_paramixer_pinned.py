@@ -23,7 +23,7 @@ import optax
 import pytest
 from flax import nnx
 
-from tests.test_pinned import DATA, _flat, _same_jaxlib
+from tests.test_pinned import DATA, _flat, assert_case_pinned
 
 FILE = os.path.join(DATA, "paramixer_pinned.npz")
 
@@ -88,18 +88,7 @@ def golden():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_paramixer_outputs_pinned(name, golden):
-    want = {k.split("::", 1)[1]: v for k, v in golden.items() if k.startswith(name + "::")}
-    exact = _same_jaxlib(str(golden["jaxlib"]))
-    got = compute_case(name)
-    assert sorted(got) == sorted(want), "pinned arrays (parameter paths) changed"
-    for key, value in want.items():
-        if exact:
-            np.testing.assert_array_equal(got[key], value, err_msg=key)
-        else:
-            # Another XLA: float32 round-off through at most ~30 dependent ops (bf16: 8-bit
-            # mantissa); parameters are drawn by the RNG and must stay exact.
-            rtol = 0 if key.startswith("param:") else 1e-2 if "bf16" in name else 1e-4
-            np.testing.assert_allclose(got[key], value, rtol=rtol, atol=rtol * 1e-2, err_msg=key)
+    assert_case_pinned(name, compute_case(name), golden)
 
 
 def _write() -> None:

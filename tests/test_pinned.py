@@ -140,12 +140,10 @@ def golden_models():
         return dict(f)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", list(CASES))
-def test_model_outputs_pinned(name, golden_models):
-    golden = {k.split("::", 1)[1]: v for k, v in golden_models.items() if k.startswith(name + "::")}
-    exact = _same_jaxlib(str(golden_models["jaxlib"]))
-    got = compute_case(name)
+def assert_case_pinned(name: str, got: dict[str, np.ndarray], golden_file: dict) -> None:
+    """``got`` (``compute_case(name)``) equals case ``name`` of a loaded golden ``.npz``."""
+    golden = {k.split("::", 1)[1]: v for k, v in golden_file.items() if k.startswith(name + "::")}
+    exact = _same_jaxlib(str(golden_file["jaxlib"]))
     assert sorted(got) == sorted(golden), "pinned arrays (parameter paths) changed"
     for key, want in golden.items():
         if exact:
@@ -155,6 +153,12 @@ def test_model_outputs_pinned(name, golden_models):
             # mantissa); parameters are drawn by the RNG and must stay exact.
             rtol = 0 if key.startswith("param:") else 1e-2 if "bf16" in name else 1e-4
             np.testing.assert_allclose(got[key], want, rtol=rtol, atol=rtol * 1e-2, err_msg=key)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CASES))
+def test_model_outputs_pinned(name, golden_models):
+    assert_case_pinned(name, compute_case(name), golden_models)
 
 
 @pytest.mark.slow
