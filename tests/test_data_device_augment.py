@@ -10,9 +10,6 @@ instead of 0.5 or a mean of 9.1 instead of 9 are each caught in >= 96% of seed c
 """
 
 import functools
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +21,7 @@ from scipy import stats
 from imixer_jax import data
 from imixer_jax.data import augment, device_augment
 from imixer_jax.data.randaugment_policy import RandAugmentPolicy
+from tests.multidevice import run_on_eight_devices
 
 ALPHA = 1e-3
 N = 4000
@@ -260,19 +258,7 @@ print("OK")
 
 @pytest.mark.slow
 def test_full_recipe_same_on_one_device_and_sharded_over_eight():
-    env = dict(os.environ)
-    env.update(
-        XLA_FLAGS="--xla_force_host_platform_device_count=8",
-        JAX_PLATFORMS="cpu",
-        PYTHONPATH=os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")]),
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", SHARDED_SCRIPT],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_on_eight_devices(SHARDED_SCRIPT)
     assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-3000:]
 
 

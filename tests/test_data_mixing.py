@@ -1,8 +1,5 @@
 """mix_batch: timm Mixup/CutMix ('batch' mode) with label smoothing, on device."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import chex
@@ -12,6 +9,7 @@ import numpy as np
 import pytest
 
 from imixer_jax.data import mix_batch
+from tests.multidevice import run_on_eight_devices
 
 B, H, W, C, K = 8, 12, 10, 3, 10
 SMOOTHING = 0.1
@@ -163,17 +161,5 @@ SHARDED_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_same_result_on_one_device_and_sharded_over_eight():
-    env = dict(os.environ)
-    env.update(
-        XLA_FLAGS="--xla_force_host_platform_device_count=8",
-        JAX_PLATFORMS="cpu",
-        PYTHONPATH=os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")]),
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", SHARDED_SCRIPT],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_on_eight_devices(SHARDED_SCRIPT)
     assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-3000:]
