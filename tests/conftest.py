@@ -14,6 +14,7 @@ import os
 
 
 def pytest_configure(config):
-    if config.cache is None or "JAX_COMPILATION_CACHE_DIR" in os.environ:
+    cache = getattr(config, "cache", None)  # absent under -p no:cacheprovider
+    if cache is None or "JAX_COMPILATION_CACHE_DIR" in os.environ:
         return
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(config.cache.mkdir("jax-compilation-cache"))
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(cache.mkdir("jax-compilation-cache"))

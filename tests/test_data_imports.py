@@ -65,3 +65,37 @@ def test_importing_the_trainer_leaves_the_jax_backend_alone():
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().split("\n")[-1] == "False"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["imixer_jax.train", "--config", "configs/missing.py", "--workdir", "unused"],
+        [
+            "imixer_jax.train",
+            "--config",
+            "configs/default.py",
+            "--workdir",
+            "unused",
+            "--config.model.n_iters=3",
+        ],
+        ["imixer_jax.evaluate", "--config", "configs/default.py", "--workdir", "missing_dir"],
+    ],
+)
+def test_a_bad_input_is_answered_without_importing_tensorflow(argv, tmp_path):
+    # Importing TensorFlow takes 5-10 s: an entry point imports it on first use (the TFDS
+    # pipeline, the TensorBoard writer), so a bad input is answered at once.
+    script = textwrap.dedent(
+        f"""
+        import atexit, runpy, sys
+        atexit.register(lambda: print("tensorflow" in sys.modules))
+        sys.argv = {argv!r}
+        runpy.run_module(sys.argv[0], run_name="__main__")
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    assert out.returncode == 1 and out.stdout == "False\n", (out.stdout, out.stderr)
+    assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr

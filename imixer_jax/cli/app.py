@@ -4,15 +4,15 @@ one line ``error: <cause>; <fix>`` on stderr (exit status 1; 130 after Ctrl-C)."
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging as py_logging
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from absl import app, logging
 
+from imixer_jax import tf_import
 from imixer_jax.cli import errors
 from imixer_jax.cli.flags import VERBOSE, parse_flags
 
@@ -30,28 +30,13 @@ class _OwnInfoOnly(py_logging.Filter):
 _FILTER = _OwnInfoOnly()
 
 
-@contextlib.contextmanager
-def _stderr_descriptor_to_devnull() -> Iterator[None]:
-    """Sends file descriptor 2 (what C++ code writes to) to /dev/null for the block."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def setup_process(verbose: bool, *, tensorflow: bool) -> None:
+def setup_process(verbose: bool) -> None:
     """Process-wide options of every entry point; call it before TensorFlow is imported.
 
     Unless ``verbose``: only this package's INFO lines reach the absl log (libraries keep their
     warnings and errors), TensorFlow's C++ INFO and WARNING lines are off
-    (``TF_CPP_MIN_LOG_LEVEL=2`` unless set) and, with ``tensorflow``, TensorFlow is imported
-    here with its import banner dropped: it logs through absl's C++ library before any log
-    level applies, two lines per process that ``TF_CPP_MIN_LOG_LEVEL`` does not stop.
+    (``TF_CPP_MIN_LOG_LEVEL=2`` unless set) and TensorFlow's import banner is dropped when it is
+    first imported (``imixer_jax.tf_import``).
     """
     if verbose:
         return
@@ -60,9 +45,7 @@ def setup_process(verbose: bool, *, tensorflow: bool) -> None:
 
     checkpoint_noise.quiet_orbax_logging()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if tensorflow and "tensorflow" not in sys.modules:
-        with _stderr_descriptor_to_devnull():
-            import tensorflow  # noqa: F401
+    tf_import.drop_banner()
 
 
 def _fail(error: BaseException) -> NoReturn:
@@ -73,7 +56,7 @@ def _fail(error: BaseException) -> NoReturn:
 def run_absl(main: Callable[[list[str]], Any]) -> None:
     """``absl.app.run(main)`` with the shared setup and flags parser (``parse_flags``); for the
     programs that read a config file (which imports TensorFlow)."""
-    setup_process(errors.verbose_requested(sys.argv), tensorflow=True)
+    setup_process(errors.verbose_requested(sys.argv))
 
     def reported(argv: list[str]) -> Any:
         try:
@@ -89,14 +72,12 @@ def run_absl(main: Callable[[list[str]], Any]) -> None:
 def run_argparse(
     main: Callable[[list[str] | None], Any],
     argv: Sequence[str] | None = None,
-    *,
-    tensorflow: bool = False,
 ) -> None:
     """``main(argv)`` (an argparse program, see ``ArgumentParser``) with the shared setup
-    (``tensorflow``: see ``setup_process``)."""
+    (``setup_process``)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     verbose = errors.verbose_requested(argv)
-    setup_process(verbose, tensorflow=tensorflow)
+    setup_process(verbose)
     try:
         main(argv)
     except (Exception, KeyboardInterrupt) as e:

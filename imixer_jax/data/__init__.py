@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from imixer_jax import tf_import
 from imixer_jax.data.defaults import AUGMENT_DEFAULTS, MIX_KEYS, DatasetInfo
 from imixer_jax.data.device_augment import augment_on_device
 from imixer_jax.data.mixing import mix_batch
@@ -35,5 +36,6 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     """``Digits`` on first access (it imports TFDS)."""
     if name == "Digits":
+        tf_import.import_tensorflow()  # without its banner under an entry point
         return importlib.import_module("imixer_jax.data.digits").Digits
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

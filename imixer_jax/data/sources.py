@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 from types import ModuleType
 from typing import Any
 
+from imixer_jax import tf_import
 from imixer_jax.data import synthetic
 from imixer_jax.data.defaults import DatasetInfo
 
@@ -21,6 +22,7 @@ from imixer_jax.data.defaults import DatasetInfo
 def _source(name: str) -> ModuleType:
     if synthetic.is_synthetic(name):
         return synthetic
+    tf_import.import_tensorflow()  # without its banner under an entry point
     return importlib.import_module("imixer_jax.data.pipeline")
 
 

@@ -26,7 +26,7 @@ import os
 import time
 from collections.abc import Mapping
 
-from imixer_jax import metrics
+from imixer_jax import metrics, tf_import
 from imixer_jax.training.errors import TrainingError
 
 METRICS_FILE = "metrics.jsonl"
@@ -71,7 +71,7 @@ class MetricWriter:
         if not enabled:
             return
         # Lazy: importing the trainer (or a config) must not import TensorFlow.
-        import tensorflow as tf  # noqa: PLC0415
+        tf = tf_import.import_tensorflow()
         from tensorflow.core.framework import summary_pb2  # noqa: PLC0415
 
         self._tf = tf
