@@ -126,34 +126,17 @@ def benchmark_config(
 
 
 def benchmark(
-    model: str,
-    *,
-    batch: int,
-    img_size: int = 224,
-    num_classes: int = 1000,
-    dtype: str = "float32",
-    data: str = "synthetic",
-    data_dir: str | None = None,
-    steps: int = 10,
-    warmup: int = 2,
-    matmul_size: int = 2048,
-    **overrides,
+    model: str, *, steps: int = 10, warmup: int = 2, matmul_size: int = 2048, **config_args
 ) -> dict:
-    """Time the trainer's train step of ``model`` (``overrides``: Mixer arguments, e.g.
+    """Time the trainer's train step of ``model`` in the config ``benchmark_config(model,
+    **config_args)`` (``batch``, ``img_size``, ..., and Mixer arguments such as
     ``scan_blocks=True``); returns the report dict (keys as printed by the CLI)."""
     from imixer_jax import sharding, training
 
+    config = benchmark_config(model, **config_args)
+    batch, img_size = config.batch_size, config.model.img_size
+    num_classes = config.model.num_classes
     _check_counts(batch, steps, warmup)
-    config = benchmark_config(
-        model,
-        batch=batch,
-        img_size=img_size,
-        num_classes=num_classes,
-        dtype=dtype,
-        data=data,
-        data_dir=data_dir,
-        **overrides,
-    )
     run = training.prepare(config)  # one-line ConfigError for anything invalid, before compiling
     state = training.init_state(run)
     train_step = training.make_train_step(run)
@@ -177,10 +160,9 @@ def benchmark(
 
     seconds = _time(step, warmup, steps)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
-    flops = 3.0 * forward_flops_per_image(
-        model, num_classes=num_classes, img_size=img_size, **overrides
-    )
+    flops = 3.0 * forward_flops_per_image(model, **config.model.to_dict())
     achieved = flops * batch * steps / seconds / 1e12
+    dtype = config.model.dtype or "float32"
     peak = matmul_tflops(matmul_size, dtype)
     device = jax.devices()[0]
     stats = device.memory_stats() or {}
