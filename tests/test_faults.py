@@ -219,7 +219,9 @@ def jax_cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("jax_cache"))
 
 
-def _trainer(config_path, workdir, jax_cache, file_size_limit=None, flags=()):
+def _trainer(config_path, workdir, jax_cache, file_size_limit=None, flags=(), read_only=False):
+    """A trainer process; ``read_only``: it reads compiled programs from ``jax_cache`` but never
+    writes one (no program compiles for 1e9 s), so a write cannot fail under a file-size limit."""
     command = [sys.executable, "-m", "imixer_jax.train", "--config", config_path]
     command += ["--workdir", workdir, *flags]
     if file_size_limit is not None:  # in 1 KiB blocks; past it writes fail with EFBIG
@@ -230,6 +232,8 @@ def _trainer(config_path, workdir, jax_cache, file_size_limit=None, flags=()):
     env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the suite's cache (tests/conftest.py) too
     if jax_cache is not None:
         env["JAX_COMPILATION_CACHE_DIR"] = jax_cache
+    if read_only:
+        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "1e9"
     return subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -288,20 +292,24 @@ def test_sigkill_during_a_save_leaves_a_restorable_workdir(data_dir, jax_cache, 
 
 
 def test_full_disk_stops_with_one_line_and_keeps_checkpoint_and_metrics(
-    data_dir, trained, tmp_path
+    data_dir, trained, jax_cache, tmp_path
 ):
     source, _ = trained
-    config_path = _config_file(tmp_path, data_dir, steps=6, every=2)
+    # 1000 steps as in the signal tests: the same programs, read from their JAX cache (the run
+    # stops at its first save, step 4, whatever the length).
+    config_path = _config_file(tmp_path, data_dir, steps=1000, every=2)
     workdir = _copy(source, tmp_path)
     shutil.rmtree(os.path.join(workdir, "checkpoints", str(STEPS)))  # resume from step 2
     # Room for the metrics and event files, not for a checkpoint's metadata file.
     limit_kib = 16
     metadata = os.path.join(workdir, "checkpoints", "2", "default", "_METADATA")
     assert os.path.getsize(metadata) > limit_kib * 1024
-    # --verbosity=-1: the trainer's INFO progress lines off, every warning and error kept. No
-    # JAX cache: writing its entries would fail too (JAX's warning about a full cache).
+    # --verbosity=-1: the trainer's INFO progress lines off, every warning and error kept. The
+    # JAX cache read-only: writing an entry would fail too (JAX's warning about a full cache).
     flags = ["--verbosity=-1"]
-    trainer = _trainer(config_path, workdir, None, file_size_limit=limit_kib, flags=flags)
+    trainer = _trainer(
+        config_path, workdir, jax_cache, file_size_limit=limit_kib, flags=flags, read_only=True
+    )
     _, err = trainer.communicate(timeout=600)
     assert trainer.returncode == 1, err[-3000:]
     # Exactly one line: orbax logs the failed save from each of its threads (with TensorStore's
@@ -310,7 +318,7 @@ def test_full_disk_stops_with_one_line_and_keeps_checkpoint_and_metrics(
     assert len(lines) == 1 and lines[0].startswith("error: ") and "failed" in lines[0], err[-3000:]
     assert "checkpoint 2 is kept" in lines[0] or "metrics.jsonl" in lines[0], lines
     assert "File too large" in lines[0], lines  # the cause, before TensorStore's long spec
-    config = tiny_config(data_dir, steps=6)
+    config = tiny_config(data_dir, steps=1000)
     assert int(training.restore_state(training.prepare(config), workdir).step) == 2
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         text = f.read()

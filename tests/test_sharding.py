@@ -4,6 +4,7 @@ parameters of a 1-process run on the same global batches."""
 
 import json
 import os
+import pathlib
 import socket
 import subprocess
 import sys
@@ -33,20 +34,26 @@ c.model = config_lib.model_config(
 c.data.data_dir = args["data_dir"]
 c.data.augment.update(mixup_alpha=0.8, cutmix_alpha=1.0)
 c.batch_size = 16
+# 3 steps at init_lr, 0.75 lr and 0.25 lr (optim.learning_rate): updates that move the parameters.
+c.schedule.update(unit="steps", length=3.0, warmup=1.0)
 """
 
-# (a) Losses of 3 steps on fixed batches for each mesh shape in args["meshes"].
-_MESH_RUN = (
+# (a) With args["meshes"]: losses of 3 steps on fixed batches for each mesh shape listed.
+# (b) With args["workdir"]: train_and_evaluate for the same 3 steps; every process feeds its rows
+# of the 1-process batches. One interpreter can do both: the 1-device process imports once and
+# compiles the train step once (the run reads (a)'s program from JAX's persistent cache).
+_RUN = (
     _SETUP
     + """
+result = {}
+default_mesh_shape = c.mesh.shape
 rng = np.random.default_rng(0)
 batches = [
     {"image": rng.uniform(-1, 1, (16, 16, 16, 3)).astype(np.float32),
      "label": rng.integers(0, 10, 16).astype(np.int32)}
     for _ in range(3)
 ]
-out = {}
-for shape in args["meshes"]:
+for shape in args.get("meshes", []):
     c.mesh.shape = tuple(shape)
     run = training.prepare(c)
     state, step = training.init_state(run), training.make_train_step(run)
@@ -55,25 +62,12 @@ for shape in args["meshes"]:
         state, metrics = step(state, sharding.global_batch(run.mesh, batch))
         losses.append([float(metrics["loss"]), float(metrics["grad_norm"])])
     fc_c1 = state.params["blocks"][0]["channel_mlp"]["fc_c1"]["kernel"]
-    out[str(tuple(shape))] = {
+    result[str(tuple(shape))] = {
         "losses": losses,
         "fc_c1_spec": str(fc_c1.sharding.spec),
         "devices": len(run.mesh.devices.flat),
     }
-print(json.dumps(out))
-"""
-)
-
-# (b) train_and_evaluate for 3 steps; every process feeds its rows of the 1-process batches.
-_PROCESS_RUN = (
-    _SETUP
-    + """
-c.schedule.update(unit="steps", length=3.0, warmup=1.0)
-c.checkpoint.every_steps, c.eval_every_steps = 0, 0
-if args["process_count"] > 1:
-    c.distributed.update(
-        initialize="always", coordinator_address=args["coordinator"],
-        num_processes=args["process_count"], process_id=args["process_id"])
+c.mesh.shape = default_mesh_shape
 one_process_batches = data.train_batches
 
 
@@ -85,14 +79,22 @@ def same_global_batches(*, process_index, process_count, global_batch_size, **kw
         yield {k: v[process_index * rows : (process_index + 1) * rows] for k, v in batch.items()}
 
 
-data.train_batches = same_global_batches
-print(json.dumps(training.train_and_evaluate(c, args["workdir"])))
+if "workdir" in args:
+    c.checkpoint.every_steps, c.eval_every_steps = 0, 0
+    if args["process_count"] > 1:
+        c.distributed.update(
+            initialize="always", coordinator_address=args["coordinator"],
+            num_processes=args["process_count"], process_id=args["process_id"])
+    data.train_batches = same_global_batches
+    result["run"] = training.train_and_evaluate(c, args["workdir"])
+print(json.dumps(result))
 """
 )
 
 
-def _python(script, args, devices=1):
+def _python(script, args, jax_cache, devices=1):
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    env["JAX_COMPILATION_CACHE_DIR"] = jax_cache
     return subprocess.Popen(
         [sys.executable, "-c", script, json.dumps(args)],
         cwd=REPO,
@@ -103,7 +105,7 @@ def _python(script, args, devices=1):
     )
 
 
-def _result(process, timeout=300):
+def _result(process, timeout=600):
     out, err = process.communicate(timeout=timeout)
     assert process.returncode == 0, err[-3000:]
     return json.loads(out.strip().splitlines()[-1])
@@ -115,6 +117,40 @@ def data_dir(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("tfds"))
     data.dataset_info("digits", data_dir=path)
     return path
+
+
+class _Started:
+    """A subprocess started on first use, whose JSON result is read once."""
+
+    def __init__(self, script: str, args: dict, jax_cache: str, workdir: pathlib.Path):
+        self.script, self.args, self.jax_cache, self.workdir = script, args, jax_cache, workdir
+        self._process, self._result = None, None
+
+    def start(self) -> None:
+        if self._process is None:
+            self._process = _python(self.script, self.args, self.jax_cache)
+
+    def result(self) -> dict:
+        self.start()
+        if self._result is None:
+            self._result = _result(self._process)
+        return self._result
+
+
+@pytest.fixture(scope="module")
+def jax_cache(tmp_path_factory):
+    """The subprocesses' JAX cache, also without the suite's (``-p no:cacheprovider``)."""
+    return os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(tmp_path_factory.mktemp("jax"))
+
+
+@pytest.fixture(scope="module")
+def one_device(data_dir, jax_cache, tmp_path_factory):
+    """The 1-process, 1-device reference of both slow tests from one interpreter (JAX imported
+    and the 1-device programs built once): the losses on the (-1, 1) mesh and a 3-step run in
+    ``workdir``. Started by the first test that needs it, beside its 8-device or 2 processes."""
+    workdir = tmp_path_factory.mktemp("one_device") / "one"
+    args = {"data_dir": data_dir, "meshes": [[-1, 1]], "process_count": 1, "workdir": str(workdir)}
+    return _Started(_RUN, args, jax_cache, workdir)
 
 
 def test_mesh_shape_resolves_the_free_axis():
@@ -194,10 +230,11 @@ def test_partition_rules():
 
 
 @pytest.mark.slow
-def test_same_losses_on_1_and_8_devices_with_data_and_model_meshes(data_dir):
-    one = _python(_MESH_RUN, {"data_dir": data_dir, "meshes": [[-1, 1]]})
-    eight = _python(_MESH_RUN, {"data_dir": data_dir, "meshes": [[8, 1], [4, 2]]}, devices=8)
-    one, eight = _result(one), _result(eight)
+def test_same_losses_on_1_and_8_devices_with_data_and_model_meshes(data_dir, jax_cache, one_device):
+    one_device.start()
+    meshes = {"data_dir": data_dir, "meshes": [[8, 1], [4, 2]]}
+    eight = _python(_RUN, meshes, jax_cache, devices=8)
+    one, eight = one_device.result(), _result(eight)
     reference = np.array(one["(-1, 1)"]["losses"])
     assert one["(-1, 1)"]["devices"] == 1 and eight["(8, 1)"]["devices"] == 8
     assert eight["(4, 2)"]["fc_c1_spec"] == str(P(None, "model"))  # really split on 'model'
@@ -226,14 +263,12 @@ def _free_port():
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process(data_dir, tmp_path):
-    single = _python(
-        _PROCESS_RUN, {"data_dir": data_dir, "process_count": 1, "workdir": str(tmp_path / "one")}
-    )
+def test_two_processes_match_one_process(data_dir, jax_cache, one_device, tmp_path):
+    one_device.start()
     coordinator = f"localhost:{_free_port()}"
     workers = [
         _python(
-            _PROCESS_RUN,
+            _RUN,
             {
                 "data_dir": data_dir,
                 "process_count": 2,
@@ -241,13 +276,15 @@ def test_two_processes_match_one_process(data_dir, tmp_path):
                 "coordinator": coordinator,
                 "workdir": str(tmp_path / "two"),
             },
+            jax_cache,
         )
         for i in range(2)
     ]
-    single, results = _result(single), [_result(w) for w in workers]
+    single, results = one_device.result()["run"], [_result(w)["run"] for w in workers]
     assert results[0]["step"] == results[1]["step"] == single["step"] == 3
     one, two = (
-        _restore_on_this_device(tmp_path / name / "checkpoints" / "3") for name in ("one", "two")
+        _restore_on_this_device(workdir / "checkpoints" / "3")
+        for workdir in (one_device.workdir, tmp_path / "two")
     )
     assert len(one) == len(two) > 0
     for a, b in zip(one, two):
