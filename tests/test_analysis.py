@@ -3,7 +3,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -14,7 +13,7 @@ import pytest
 from flax import nnx
 
 from configs import default
-from imixer_jax import analysis, training
+from imixer_jax import analysis, checkpointing, training
 from imixer_jax.models.configs import MixerConfig
 from imixer_jax.models.mixer import Mixer
 
@@ -162,9 +161,24 @@ def test_analyze_command_writes_the_pngs(tied_workdir, tmp_path):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
 
 
-def test_analyze_command_on_a_checkpoint_that_does_not_fit_is_one_line(tied_workdir, tmp_path):
+def _untrained_workdir(workdir: str) -> None:
+    """The workdir of a tied run as the trainer leaves it at a save, without the training:
+    ``config.json`` and the checkpoint (step 0) of the fresh train state, both as the trainer
+    writes them. Training would add ~25 s of CPU time (the train step compiles) and nothing
+    the fit check reads: it compares the saved shapes with the config's before any value."""
+    setup = training.prepare(_tiny_config(tied=True, steps=20))
+    ckpt = checkpointing.Checkpointer(workdir, every_steps=1)
+    ckpt.save(0, training.init_state(setup))
+    ckpt.wait()
+    ckpt.close()
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(setup.config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+    assert analysis.has_checkpoint(workdir)  # what the command checks before loading the run
+
+
+def test_analyze_command_on_a_checkpoint_that_does_not_fit_is_one_line(tmp_path):
     workdir = tmp_path / "run"
-    shutil.copytree(tied_workdir, workdir)
+    _untrained_workdir(str(workdir))
     config = json.loads((workdir / "config.json").read_text())
     config["model"]["hidden_dim"] = 24  # another model: the checkpoint's shapes do not fit
     (workdir / "config.json").write_text(json.dumps(config))
@@ -180,4 +194,5 @@ def test_analyze_command_on_a_checkpoint_that_does_not_fit_is_one_line(tied_work
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert "checkpoint" in lines[0] and "; " in lines[0]
+    assert "does not fit" in lines[0]  # the fit check, not a missing checkpoint
     assert not out.exists()  # nothing written before the run loaded

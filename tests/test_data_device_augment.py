@@ -157,7 +157,10 @@ def test_flip_is_a_fair_coin_as_on_the_host():
         lambda s: tf.image.stateless_random_flip_left_right(image, s)[0, 0, 0], N, tf.uint8
     )
     images = jnp.broadcast_to(jnp.asarray([[[0] * 3, [255] * 3]], jnp.uint8), (N, 1, 2, 3))
-    ours = device_augment.augment_batch(jax.random.key(3), images, ON_DEVICE)
+    # Jitted: one compilation instead of op-by-op dispatch (the same draws).
+    ours = jax.jit(lambda k, x: device_augment.augment_batch(k, x, ON_DEVICE))(
+        jax.random.key(3), images
+    )
     ours = np.asarray(ours[:, 0, 0, 0] > 0).astype(int)
     assert 0.45 < ours.mean() < 0.55
     assert _same_law((theirs > 0).astype(int), ours) > ALPHA
@@ -175,7 +178,9 @@ def _box_stats(erased):
 def test_erasing_box_matches_the_tf_sampler():
     flat = tf.fill([12, 16, 3], 100.0)  # N(0, 1) noise never lands on 100
     theirs = _tf_map(lambda s: augment.random_erasing(flat, s, 0.5)[..., 0] != 100.0, N, tf.bool)
-    boxes = jax.vmap(lambda k: device_augment.erasing_box(k, 12, 16, 0.5)[0])(_keys(N, 5))
+    boxes = jax.jit(jax.vmap(lambda k: device_augment.erasing_box(k, 12, 16, 0.5)[0]))(
+        _keys(N, 5)
+    )  # jitted: one compilation instead of op-by-op dispatch (the same draws)
     for name, t, o in zip(
         ("erased", "top", "left", "height", "width"),
         _box_stats(theirs),
@@ -187,7 +192,8 @@ def test_erasing_box_matches_the_tf_sampler():
 
 def test_erasing_fills_the_box_with_standard_normal_noise():
     image = jnp.full((64, 64, 3), 3.0)
-    out = np.asarray(device_augment.random_erasing(image, jax.random.key(0), 1.0))
+    erase = jax.jit(lambda x, k: device_augment.random_erasing(x, k, 1.0))  # one compilation
+    out = np.asarray(erase(image, jax.random.key(0)))
     noise = out[out != 3.0]
     assert noise.size > 0.02 * out.size
     # Mean and std of >= 245 N(0, 1) draws: 5 standard errors (0.32, 0.23) would be exceeded

@@ -6,6 +6,7 @@ import glob
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -45,9 +46,26 @@ def tiny_config(data_dir, model="imixer_s16", **model_overrides):
     return c
 
 
-def test_train_and_evaluate_writes_metrics_checkpoints_and_resumes(data_dir, tmp_path):
-    config, workdir = tiny_config(data_dir), str(tmp_path / "run")
-    result = training.train_and_evaluate(config, workdir)
+@pytest.fixture(scope="module")
+def trained_run(data_dir, tmp_path_factory):
+    """One finished 8-step run of ``tiny_config``: ``(result, workdir)``. Training it is most of
+    a test's time (the train and eval steps compile), and two tests read the same run; each
+    works on its own copy (``_copy_run``), since one resumes it and the other damages it."""
+    workdir = str(tmp_path_factory.mktemp("trained") / "run")
+    return training.train_and_evaluate(tiny_config(data_dir), workdir), workdir
+
+
+def _copy_run(trained_run, tmp_path) -> tuple[dict, str]:
+    """The shared run's result and a private copy of its workdir (as the trainer left it)."""
+    result, workdir = trained_run
+    copy = str(tmp_path / "run")
+    shutil.copytree(workdir, copy)
+    return result, copy
+
+
+def test_train_and_evaluate_writes_metrics_checkpoints_and_resumes(data_dir, trained_run, tmp_path):
+    config = tiny_config(data_dir)
+    result, workdir = _copy_run(trained_run, tmp_path)
     assert result["step"] == 8 and 0 <= result["test/top1"] <= result["test/top5"] <= 1
 
     rows = metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
@@ -218,13 +236,32 @@ def _deterministic(config):
     return config
 
 
-def test_gradient_accumulation_equals_one_large_batch(data_dir):
+def _half_batches():
+    """Two batches of 8 and their concatenation, one batch of 16."""
+    (b1, b2) = _batches(2, 8)
+    return b1, b2, {k: np.concatenate([b1[k], b2[k]]) for k in b1}
+
+
+@pytest.fixture(scope="module")
+def one_large_step(data_dir):
+    """``(params before, state after)`` one train step of the deterministic tiny ``mixer_s16``
+    with EMA decay 0.75 on ``_half_batches``' batch of 16. Shared by the accumulation test (its
+    one large batch) and the EMA test, so that this train step compiles once; EMA only reads
+    the updated parameters, so it changes nothing the accumulation test compares."""
+    config = _deterministic(tiny_config(data_dir, "mixer_s16"))
+    config.optimizer.ema_decay = 0.75
+    run = training.prepare(config)
+    state = training.init_state(run)
+    before = jax.device_get(state.params)
+    state, _ = training.make_train_step(run)(state, _half_batches()[2])
+    return before, state
+
+
+def test_gradient_accumulation_equals_one_large_batch(data_dir, one_large_step):
     small = _deterministic(tiny_config(data_dir, "mixer_s16"))
     small.optimizer.accum_steps, small.batch_size = 2, 8
-    large = _deterministic(tiny_config(data_dir, "mixer_s16"))
-    (b1, b2) = _batches(2, 8)
-    both = {k: np.concatenate([b1[k], b2[k]]) for k in b1}
-    accumulated, direct = _run_steps(small, [b1, b2]), _run_steps(large, [both])
+    b1, b2, _ = _half_batches()
+    accumulated, direct = _run_steps(small, [b1, b2]), one_large_step[1]
     # The mean of two half-batch mean gradients equals the full-batch mean up to float32
     # rounding (~1e-7 relative); Adam's normalised step turns that into ~1e-7 of lr = 2e-3.
     for a, b in zip(jax.tree.leaves(accumulated.params), jax.tree.leaves(direct.params)):
@@ -232,13 +269,8 @@ def test_gradient_accumulation_equals_one_large_batch(data_dir):
     assert int(accumulated.step) == 2 and int(direct.step) == 1
 
 
-def test_ema_tracks_the_parameters(data_dir):
-    config = _deterministic(tiny_config(data_dir, "mixer_s16"))
-    config.optimizer.ema_decay = 0.75
-    run = training.prepare(config)
-    state = training.init_state(run)
-    before = jax.device_get(state.params)
-    state, _ = training.make_train_step(run)(state, _batches(1, 16)[0])
+def test_ema_tracks_the_parameters(one_large_step):
+    before, state = one_large_step  # EMA decay 0.75, one step
     for ema, p0, p1 in zip(*(jax.tree.leaves(t) for t in (state.ema_params, before, state.params))):
         np.testing.assert_allclose(ema, 0.75 * p0 + 0.25 * p1, rtol=1e-6, atol=1e-7)
 
@@ -297,12 +329,12 @@ def _checkpoint_files(workdir):
 # orbax leaves tensorstore handles of the failed restore to the garbage collector.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_mismatched_or_damaged_checkpoint_fails_with_one_line_and_deletes_nothing(
-    data_dir, tmp_path
+    data_dir, trained_run, tmp_path
 ):
     from imixer_jax.checkpointing import CheckpointError
 
-    config, workdir = tiny_config(data_dir), str(tmp_path / "run")
-    training.train_and_evaluate(config, workdir)
+    config = tiny_config(data_dir)
+    _, workdir = _copy_run(trained_run, tmp_path)
     before = _checkpoint_files(workdir)
 
     wider = tiny_config(data_dir, hidden_dim=24)  # another model: shapes do not fit

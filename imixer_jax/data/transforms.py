@@ -8,6 +8,7 @@ return float32 ``[S, S, 3]`` with mean = std = 0.5 (pixels in [-1, 1]); grey ima
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -71,11 +72,19 @@ def _decode_random_crop(
     return image[top : top + h, left : left + w]
 
 
+@functools.cache
+def _randaugment(spec: str):
+    """The RandAugment of ``spec`` as a ``tf.function``, one per process: it is traced once per
+    image shape, and every later pipeline calls that graph (tracing it costs about 5 s of CPU
+    time, as much as the rest of building a pipeline); the same ops, the same results."""
+    return tf.function(augment_lib.RandAugment.from_string(spec))
+
+
 def train_transform(feature: tfds.features.Image, image_size: int, config: dict[str, Any]):
     """(example seed [2], encoded example) -> {'image': float32 [S, S, 3], 'label': int32};
     with ``config['on_device']`` only the crop and resize: {'image': uint8 [S, S, 3], ...}."""
     spec = config["randaugment"]
-    randaugment = augment_lib.RandAugment.from_string(spec) if spec else None
+    randaugment = _randaugment(spec) if spec else None
     size = (image_size, image_size)
 
     def transform(seed: tf.Tensor, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
