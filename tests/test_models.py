@@ -226,6 +226,11 @@ def _randomise_head(model: Mixer) -> None:
     kernel[...] = jax.random.normal(jax.random.key(7), kernel.shape)
 
 
+# A training-mode forward retraces its loops (power iteration, fixed point) on every eager call;
+# jitted, it compiles once per model structure and each further call reuses the program.
+_train_forward = nnx.jit(lambda model, images, rngs: model(images, rngs=rngs))
+
+
 def _images(batch: int, key: int = 1) -> jax.Array:
     return jax.random.uniform(jax.random.key(key), (batch, 32, 32, 3), minval=-1.0, maxval=1.0)
 
@@ -315,15 +320,16 @@ def test_drop_path_in_block_drops_whole_branches():
     y = block.token_mixer(x)
     block.drop_path.deterministic = False  # training-mode drop path only
     out = block(x, rngs=nnx.Rngs(dropout=3))
+    # The four candidate outputs of every sample (token branch kept or dropped, channel branch
+    # kept or dropped), each computed for the whole batch at once: 4 eager calls, not 4 x 64.
+    candidates = {}
+    for m1, m2 in itertools.product((0, 1), repeat=2):
+        x1 = x + m1 * y / keep
+        candidates[m1, m2] = np.asarray(x1 + m2 * block.channel_mlp(block.norm(x1)) / keep)
     seen = set()
     for i in range(len(x)):
-        matches = []
-        for m1, m2 in itertools.product((0, 1), repeat=2):
-            x1 = x[i] + m1 * y[i] / keep
-            cand = x1 + m2 * block.channel_mlp(block.norm(x1)) / keep
-            # Same float32 ops in a different order: agreement to ~1e-6 relative to |x| ~ 1.
-            if np.allclose(out[i], cand, atol=1e-5):
-                matches.append((m1, m2))
+        # Same float32 ops in a different order: agreement to ~1e-6 relative to |x| ~ 1.
+        matches = [m for m, cand in candidates.items() if np.allclose(out[i], cand[i], atol=1e-5)]
         assert len(matches) == 1, (i, matches)
         seen.add(matches[0])
     assert seen == {(0, 0), (0, 1), (1, 0), (1, 1)}  # 64 samples: all four patterns occur
@@ -334,8 +340,8 @@ def test_train_mode_with_drop_path_runs_and_differs_per_key():
     _randomise_head(model)
     model.train()
     images = _images(8)
-    a = model(images, rngs=nnx.Rngs(dropout=0))
-    b = model(images, rngs=nnx.Rngs(dropout=1))
+    a = _train_forward(model, images, nnx.Rngs(dropout=0))
+    b = _train_forward(model, images, nnx.Rngs(dropout=1))
     assert np.all(np.isfinite(a)) and not np.allclose(a, b)
 
 
@@ -359,7 +365,9 @@ def test_bfloat16_compute_float32_params():
 
 
 def _copy_of(model: Mixer, **layout) -> Mixer:
-    other = _tiny(**layout)
+    # copy_variables overwrites every variable: an abstract target skips the eager initialisation
+    # (for the scanned layout a vmapped init that compiles op by op, ~10 s on 2 cores).
+    other = nnx.eval_shape(lambda: _tiny(**layout))
     copy_variables(model, other)
     return other
 
@@ -434,7 +442,8 @@ def test_remat_keeps_loss_and_gradients(remat):
 
 def test_capture_intermediates_rejects_scanned_layout():
     with pytest.raises(ValueError, match="scan_blocks=False"):
-        capture_intermediates(_tiny(scan_blocks=True), _images(1))
+        # The check looks at the layout only: an abstract model (nothing initialised) suffices.
+        capture_intermediates(nnx.eval_shape(lambda: _tiny(scan_blocks=True)), _images(1))
 
 
 @pytest.mark.parametrize("bad", [dict(remat="all"), dict(scan_blocks=1)])
