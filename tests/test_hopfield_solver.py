@@ -15,15 +15,16 @@ from imixer_jax.hopfield import (
     lagrangians,
     solver,
 )
+from tests import random_draws
 
 
 def _imlp_like_network(key, dtype=jnp.float32, scale=0.8):
     """LN visible (D=3, S=6) -> GELU (T=5) -> GELU (H=4), untied, contracting feedback loop."""
-    k = jax.random.split(key, 6)
+    k = random_draws.split(key, 6)
     d, s, t, h = 3, 6, 5, 4
 
     def mat(kk, a, b, c=1.0):
-        return (c * jax.random.normal(kk, (a, b)) / np.sqrt(a)).astype(dtype)
+        return (c * random_draws.normal(kk, (a, b)) / np.sqrt(a)).astype(dtype)
 
     layers = (
         Layer(lagrangians.LayerNorm(gamma=1.0, delta=0.1, axis=-2), (d, s)),
@@ -35,7 +36,7 @@ def _imlp_like_network(key, dtype=jnp.float32, scale=0.8):
         Synapse(mat(k[2], t, h, scale), mat(k[3], h, t, scale), jnp.full((h,), -0.1, dtype)),
     )
     net = HierarchicalNetwork(layers, synapses)
-    x0 = jax.random.normal(k[4], (2, d, s), dtype)
+    x0 = random_draws.normal(k[4], (2, d, s), dtype)
     return net, x0
 
 
@@ -88,9 +89,9 @@ def test_implicit_unrolled_and_finite_difference_gradients_agree():
 
         # Directional finite difference along a random direction in (params, input).
         leaves, treedef = jax.tree.flatten(jax.tree.map(jnp.asarray, (net, x0)))
-        keys = jax.random.split(jax.random.PRNGKey(3), len(leaves))
+        keys = random_draws.split(jax.random.PRNGKey(3), len(leaves))
         direction = jax.tree.unflatten(
-            treedef, [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
+            treedef, [random_draws.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
         )
         h = 1e-6
         plus = jax.tree.map(lambda a, d: a + h * d, (net, x0), direction)
@@ -129,9 +130,9 @@ def test_generic_fixed_point_and_per_step_params():
 
 def test_two_layer_network_is_closed_form():
     layers = (Layer(lagrangians.ReLU(), (4,)), Layer(lagrangians.GELU(), (3,)))
-    w = jax.random.normal(jax.random.PRNGKey(5), (4, 3))
+    w = random_draws.normal(jax.random.PRNGKey(5), (4, 3))
     net = HierarchicalNetwork(layers, (Synapse(w, None, jnp.ones(3), jnp.ones(4)),))
-    x0 = jax.random.normal(jax.random.PRNGKey(6), (2, 4))
+    x0 = random_draws.normal(jax.random.PRNGKey(6), (2, 4))
     fast, sol = net.solve_fast_layers(x0, max_steps=0)
     assert sol is None
     expected = jax.nn.gelu(jax.nn.relu(x0) @ w + 1, approximate=False) @ w.T + 1
@@ -144,9 +145,9 @@ def test_two_layer_network_is_closed_form():
 
 def _contraction(key, n=6, rate=0.9):
     """z <- tanh(W z + b) with ||W||_2 = rate (a contraction at that rate)."""
-    k1, k2 = jax.random.split(key)
-    w = jax.random.normal(k1, (n, n))
-    return {"w": rate * w / jnp.linalg.norm(w, ord=2), "b": jax.random.normal(k2, (n,))}
+    k1, k2 = random_draws.split(key)
+    w = random_draws.normal(k1, (n, n))
+    return {"w": rate * w / jnp.linalg.norm(w, ord=2), "b": random_draws.normal(k2, (n,))}
 
 
 def _tanh_map(z, p):
