@@ -160,14 +160,18 @@ def test_energy_terms_tree_and_untied_error():
     names, sizes = ("layernorm", "relu", "softplus"), (5, 4, 3)
     net = random_network(jax.random.PRNGKey(7), names, sizes)
     xs = random_states(jax.random.PRNGKey(8), sizes, (2, 3))
-    terms = net.energy_terms(xs)
+
+    @jax.jit  # one program: eagerly each op compiles on its own for every new shape
+    def energies(net, xs):
+        return net.energy_terms(xs), net.energy(xs), net.energy(tuple(x[1, 2] for x in xs))
+
+    terms, energy, single = energies(net, xs)
     assert set(terms) == {"neurons", "synapses", "biases"}
     assert set(terms["neurons"]) == {"layer_0", "layer_1", "layer_2"}
     assert set(terms["synapses"]) == {"synapse_0", "synapse_1"}
-    chex.assert_shape(net.energy(xs), (2, 3))
+    chex.assert_shape(energy, (2, 3))
     # The batched energy equals the energy of each sample computed alone.
-    single = net.energy(tuple(x[1, 2] for x in xs))
-    np.testing.assert_allclose(net.energy(xs)[1, 2], single, rtol=1e-6)
+    np.testing.assert_allclose(energy[1, 2], single, rtol=1e-6)
     untied = random_network(jax.random.PRNGKey(7), names, sizes, tied=False)
     with pytest.raises(ValueError, match="tied"):
         untied.energy(xs)

@@ -10,12 +10,13 @@ from flax import nnx
 from imixer_jax.models.mixer import capture_intermediates
 from imixer_jax.models.spectral_norm import power_iteration
 from imixer_jax.models.token_mixers import IMLP, TokenMLP
+from tests import random_draws
 
 B, S, D, T = 2, 16, 8, 6
 
 
 def _x(seed=0, scale=1.0):
-    return scale * jax.random.normal(jax.random.PRNGKey(seed), (B, S, D))
+    return scale * random_draws.normal(jax.random.PRNGKey(seed), (B, S, D))
 
 
 def _gelu(x):
@@ -141,7 +142,7 @@ def _tied_energy_change(activation, seed, step_size=0.05):
         _forward(module, _x(seed))
     module.eval()
     # Larger-than-init biases so the hidden layers sit in every regime of their activation.
-    module.fc1.bias[...] = jax.random.normal(jax.random.PRNGKey(seed), (T,))
+    module.fc1.bias[...] = random_draws.normal(jax.random.PRNGKey(seed), (T,))
     _, sown = _capture(module, _x(seed, scale=2.0))
     info = nnx.to_pure_dict(sown)
     return info["energy_after"] - info["energy_before"], info
