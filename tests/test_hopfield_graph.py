@@ -18,20 +18,21 @@ from imixer_jax.hopfield import (
     Synapse,
     lagrangians,
 )
+from tests import random_draws
 
 F32_EPS = float(jnp.finfo(jnp.float32).eps)
 S, D, T, C = 6, 4, 5, 7
 
 
 def _normal(key, shape, scale=1.0):
-    return scale * jax.random.normal(key, shape) / np.sqrt(shape[0])
+    return scale * random_draws.normal(key, shape) / np.sqrt(shape[0])
 
 
 def parallel_mixer_block(key, *, hidden="relu", tied=True) -> Network:
     """The parallelised Mixer block: a visible S x D layer with a LayerNorm Lagrangian over the
     whole matrix, a token hidden layer (T x D) and a channel hidden layer (S x C), both attached
     to the visible layer. Reduced update: x <- x + TokenMLP(LN x) + ChannelMLP(LN x)."""
-    k = jax.random.split(key, 4)
+    k = random_draws.split(key, 4)
     token = Dense(_normal(k[0], (S, T)), pre="x", post="tok", spec="sd,st->td")
     channel = Dense(_normal(k[1], (D, C)), pre="x", post="chn", spec="sd,dc->sc")
     if not tied:  # a symmetry-breaking feedback, as in the asymmetric Mixer
@@ -50,21 +51,21 @@ def parallel_mixer_block(key, *, hidden="relu", tied=True) -> Network:
 def test_token_and_channel_synapses_contract_their_axis():
     net = parallel_mixer_block(jax.random.PRNGKey(0))
     w_tok, w_chn = net.synapses["token"].weight, net.synapses["channel"].weight
-    g = jax.random.normal(jax.random.PRNGKey(1), (2, S, D))
+    g = random_draws.normal(jax.random.PRNGKey(1), (2, S, D))
     tok, chn = net.synapses["token"].forward(g), net.synapses["channel"].forward(g)
     chex.assert_shape((tok, chn), ((2, T, D), (2, S, C)))
     for b in range(2):
         np.testing.assert_allclose(tok[b], w_tok.T @ g[b], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(chn[b], g[b] @ w_chn, rtol=1e-5, atol=1e-6)
     # Tied feedback is the transposed map: <h, W g> = <W^T h, g>.
-    h = jax.random.normal(jax.random.PRNGKey(2), (T, D))
+    h = random_draws.normal(jax.random.PRNGKey(2), (T, D))
     back = net.synapses["token"].backward(h)
     np.testing.assert_allclose(jnp.vdot(h, tok[0]), jnp.vdot(back, g[0]), rtol=1e-5)
 
 
 def test_reduced_update_is_token_mlp_plus_channel_mlp():
     net = parallel_mixer_block(jax.random.PRNGKey(3))
-    x = 2.0 * jax.random.normal(jax.random.PRNGKey(4), (3, S, D))
+    x = 2.0 * random_draws.normal(jax.random.PRNGKey(4), (3, S, D))
     fast, solution = net.solve_fast({"x": x})
     assert solution is None  # both hidden layers read only the visible one: closed form
     y = net.reduced_currents({"x": x}, fast)["x"]
@@ -80,7 +81,7 @@ def test_reduced_update_is_token_mlp_plus_channel_mlp():
 @pytest.mark.parametrize("hidden", ["relu", "softplus", "tanh"])
 def test_parallel_mixer_block_descends_its_reduced_energy(hidden):
     net = parallel_mixer_block(jax.random.PRNGKey(5), hidden=hidden)
-    x = 2.0 * jax.random.normal(jax.random.PRNGKey(6), (4, S, D))
+    x = 2.0 * random_draws.normal(jax.random.PRNGKey(6), (4, S, D))
     energies, stats, final = net.reduced_descend({"x": x}, dt=0.05, num_steps=200)
     chex.assert_shape(energies, (201, 4))
     assert stats == {}  # closed form: no solver statistics
@@ -93,7 +94,7 @@ def test_parallel_mixer_block_descends_its_reduced_energy(hidden):
 
 def test_untied_block_has_dynamics_but_no_energy():
     net = parallel_mixer_block(jax.random.PRNGKey(7), tied=False)
-    x = jax.random.normal(jax.random.PRNGKey(8), (2, S, D))
+    x = random_draws.normal(jax.random.PRNGKey(8), (2, S, D))
     energies, _, final = net.reduced_descend({"x": x}, dt=0.1, num_steps=3)
     assert energies is None
     assert bool(jnp.all(jnp.isfinite(final["x"])))
@@ -170,8 +171,8 @@ def test_energy_defined_synapse_matches_the_closed_form_one():
     }
     dense = Network(layers, {"s": Dense(w, pre="x", post="tok", spec="sd,st->td")})
     generic = Network(layers, {"s": Bilinear(w)})
-    xs = {"x": jax.random.normal(jax.random.PRNGKey(10), (3, S, D))}
-    xs["tok"] = jax.random.normal(jax.random.PRNGKey(11), (3, T, D))
+    xs = {"x": random_draws.normal(jax.random.PRNGKey(10), (3, S, D))}
+    xs["tok"] = random_draws.normal(jax.random.PRNGKey(11), (3, T, D))
     # Same sums in another order: float32 rounding of O(1) values.
     chex.assert_trees_all_close(generic.currents(xs), dense.currents(xs), rtol=1e-5, atol=1e-5)
     chex.assert_trees_all_close(generic.energy(xs), dense.energy(xs), rtol=1e-5, atol=1e-5)
@@ -179,7 +180,7 @@ def test_energy_defined_synapse_matches_the_closed_form_one():
 
 def test_attention_network_descends_its_energy():
     n, d, k = 5, 4, 3
-    keys = jax.random.split(jax.random.PRNGKey(12), 4)
+    keys = random_draws.split(jax.random.PRNGKey(12), 4)
     net = Network(
         layers={
             "tokens": Layer(lagrangians.LayerNorm(gamma=1.0), (n, d)),
@@ -193,7 +194,7 @@ def test_attention_network_descends_its_energy():
         },
     )
     xs = {
-        "tokens": 2.0 * jax.random.normal(keys[3], (3, n, d)),
+        "tokens": 2.0 * random_draws.normal(keys[3], (3, n, d)),
         "memories": jnp.zeros((3, 6, d)),
     }
     energies, _, _ = net.descend(xs, dt=0.02, num_steps=300)
@@ -203,7 +204,7 @@ def test_attention_network_descends_its_energy():
 
 
 def test_energy_descends_on_a_cycle():
-    keys = jax.random.split(jax.random.PRNGKey(13), 4)
+    keys = random_draws.split(jax.random.PRNGKey(13), 4)
     sizes = {"a": 4, "b": 5, "c": 3}
     net = Network(
         layers={
@@ -217,7 +218,7 @@ def test_energy_descends_on_a_cycle():
             "ca": Dense(_normal(keys[2], (3, 4)), pre="c", post="a"),
         },
     )
-    xs = {n: 2.0 * jax.random.normal(k, (8, s)) for (n, s), k in zip(sizes.items(), keys)}
+    xs = {n: 2.0 * random_draws.normal(k, (8, s)) for (n, s), k in zip(sizes.items(), keys)}
     energies, _, _ = net.descend(xs, dt=0.02, num_steps=300)
     assert bool(jnp.all(jnp.diff(energies, axis=0) <= 256 * F32_EPS * (1 + jnp.abs(energies[1:]))))
     assert bool(jnp.all(energies[-1] < energies[0] - 1e-3))
@@ -230,13 +231,13 @@ def test_energy_descends_on_a_cycle():
 def star_network(key) -> Network:
     """Visible 'v' with two hidden neighbours 'a' and 'b', and 'c' above 'a' (so the reduction
     needs the solver): a non-chain graph, tied, convex Lagrangians, biases."""
-    k = jax.random.split(key, 6)
+    k = random_draws.split(key, 6)
     return Network(
         layers={
             "v": Layer(lagrangians.LayerNorm(gamma=1.0, delta=0.1), (5,)),
-            "a": Layer(lagrangians.Softplus(), (4,), bias=0.2 * jax.random.normal(k[4], (4,))),
+            "a": Layer(lagrangians.Softplus(), (4,), bias=0.2 * random_draws.normal(k[4], (4,))),
             "b": Layer(lagrangians.ReLU(), (3,)),
-            "c": Layer(lagrangians.Tanh(), (6,), bias=0.1 * jax.random.normal(k[5], (6,))),
+            "c": Layer(lagrangians.Tanh(), (6,), bias=0.1 * random_draws.normal(k[5], (6,))),
         },
         synapses={
             "va": Dense(_normal(k[0], (5, 4)), pre="v", post="a", forward_bias=0.1 * jnp.ones(4)),
@@ -248,7 +249,7 @@ def star_network(key) -> Network:
 
 def test_init_states_is_a_feedforward_pass():
     net = star_network(jax.random.PRNGKey(14))
-    v = jax.random.normal(jax.random.PRNGKey(15), (2, 5))
+    v = random_draws.normal(jax.random.PRNGKey(15), (2, 5))
     xs = net.init_states({"v": v})
     g = net.layers["v"].lagrangian.activation(v)
     a = net.synapses["va"].forward(g) + net.layers["a"].bias
@@ -263,13 +264,18 @@ def test_fast_fixed_point_is_stationary_for_the_energy(visible):
     """At the fixed point of the fast layers, dE/dx_fast = 0 for any choice of visible layers."""
     net = star_network(jax.random.PRNGKey(16))
     xs = {
-        n: 1.5 * jax.random.normal(jax.random.PRNGKey(i), (3, *layer.shape))
+        n: 1.5 * random_draws.normal(jax.random.PRNGKey(i), (3, *layer.shape))
         for i, (n, layer) in enumerate(net.layers.items())
     }
-    vis = {n: xs[n] for n in visible}
-    fast, solution = net.solve_fast(vis, max_steps=300, tol=1e-7, adjoint="implicit")
-    grads = jax.grad(lambda f: jnp.sum(net.energy({**vis, **f})))(fast)
-    grads0 = jax.grad(lambda f: jnp.sum(net.energy({**vis, **f})))({n: xs[n] for n in fast})
+
+    @jax.jit  # one program: eagerly the solver's loop and each gradient op compile on their own
+    def energy_gradients(net, xs):
+        vis = {n: xs[n] for n in visible}
+        fast, solution = net.solve_fast(vis, max_steps=300, tol=1e-7, adjoint="implicit")
+        energy_grad = jax.grad(lambda f: jnp.sum(net.energy({**vis, **f})))
+        return energy_grad(fast), energy_grad({n: xs[n] for n in fast}), solution
+
+    grads, grads0, solution = energy_gradients(net, xs)
     # |dE/dx_f| = |M_f (x_f - I_f)| <= |M_f| * residual * |x| ~ 1e-6; 1e-4 leaves margin.
     assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads)) < 1e-4
     assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads0)) > 1e-2
@@ -285,7 +291,7 @@ def test_unknown_visible_layer_is_a_one_line_error():
 
 def test_reduced_descend_reports_energies_and_solver_statistics():
     net = star_network(jax.random.PRNGKey(18))
-    v = 2.0 * jax.random.normal(jax.random.PRNGKey(19), (4, 5))
+    v = 2.0 * random_draws.normal(jax.random.PRNGKey(19), (4, 5))
     energies, stats, _ = net.reduced_descend(
         {"v": v}, dt=0.05, num_steps=60, max_steps=100, tol=1e-6, per_sample=True
     )
@@ -303,7 +309,7 @@ def test_reduced_dynamics_equal_full_dynamics_in_the_adiabatic_limit_on_a_star()
     """Full ODE with tau_fast / tau_visible = 1e-2 and 1e-3 versus the reduced dynamics of 'v':
     the gap shrinks linearly with the ratio (first-order adiabatic error)."""
     base = star_network(jax.random.PRNGKey(20))
-    v0 = 2.0 * jax.random.normal(jax.random.PRNGKey(21), (2, 5))
+    v0 = 2.0 * random_draws.normal(jax.random.PRNGKey(21), (2, 5))
     errors = {}
     for ratio in (1e-2, 1e-3):
         layers = {n: x.replace(tau=1.0 if n == "v" else ratio) for n, x in base.layers.items()}

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from imixer_jax.hopfield import Lagrangian, from_fn, lagrangians
+from tests import random_draws
 
 LAGRANGIANS = {
     "identity": lagrangians.Identity(),
@@ -37,7 +38,7 @@ def test_every_lagrangian_follows_the_protocol():
 @pytest.mark.parametrize("name", sorted(LAGRANGIANS))
 def test_activation_is_gradient_of_lagrangian(name):
     lag = LAGRANGIANS[name]
-    x = 2.0 * jax.random.normal(jax.random.PRNGKey(0), (5, 7))
+    x = 2.0 * random_draws.normal(jax.random.PRNGKey(0), (5, 7))
     # Both sides are O(1) sums of a few float32 ops: 1e-5 covers their rounding with margin.
     chex.assert_trees_all_close(lag.activation(x), jax.grad(lag)(x), atol=1e-5, rtol=1e-5)
 
@@ -49,9 +50,9 @@ def test_convexity_flag_matches_the_hessian(name):
     negative curvature of an elementwise non-convex L that dense directions average away)."""
     lag = LAGRANGIANS[name]
     with jax.enable_x64(True):
-        keys = jax.random.split(jax.random.PRNGKey(1), 3)
-        xs = 3.0 * jax.random.normal(keys[0], (128, 5, 7), jnp.float64)
-        dense = jax.random.normal(keys[1], (64, 5, 7), jnp.float64)
+        keys = random_draws.split(jax.random.PRNGKey(1), 3)
+        xs = 3.0 * random_draws.normal(keys[0], (128, 5, 7), jnp.float64)
+        dense = random_draws.normal(keys[1], (64, 5, 7), jnp.float64)
         one_hot = jax.nn.one_hot(jax.random.randint(keys[2], (64,), 0, 35), 35).reshape(64, 5, 7)
         vs = jnp.concatenate([dense, one_hot.astype(jnp.float64)])
         curv = jax.vmap(lambda x, v: jnp.vdot(v, jax.jvp(lag.activation, (x,), (v,))[1]))(xs, vs)
@@ -67,7 +68,7 @@ def test_convex_set_is_the_expected_one():
 @pytest.mark.parametrize("name", ["layernorm", "layernorm_axis0", "layernorm_all", "spherical"])
 def test_closed_form_neuron_energy(name):
     lag = LAGRANGIANS[name]
-    x = 3.0 + 2.0 * jax.random.normal(jax.random.PRNGKey(3), (5, 7))
+    x = 3.0 + 2.0 * random_draws.normal(jax.random.PRNGKey(3), (5, 7))
     with jax.enable_x64(True):
         x64 = x.astype(jnp.float64)
         lag64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), lag)
@@ -81,7 +82,7 @@ def test_closed_form_neuron_energy(name):
 
 
 def test_layernorm_over_a_whole_matrix_normalises_all_its_elements():
-    x = jax.random.normal(jax.random.PRNGKey(4), (2, 5, 7))  # batch of two 5 x 7 states
+    x = random_draws.normal(jax.random.PRNGKey(4), (2, 5, 7))  # batch of two 5 x 7 states
     g = lagrangians.bind(lagrangians.LayerNorm(axis=None), 2).activation(x)
     np.testing.assert_allclose(g.mean(axis=(1, 2)), 0.0, atol=1e-6)
     np.testing.assert_allclose(g.var(axis=(1, 2)), 1.0, rtol=1e-4)  # eps 1e-6 of var ~1

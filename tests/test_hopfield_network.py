@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from imixer_jax.hopfield import HierarchicalNetwork, Layer, Synapse, lagrangians
+from tests import random_draws
 
 F32_EPS = float(jnp.finfo(jnp.float32).eps)
 
@@ -28,7 +29,7 @@ CONVEX = ("identity", "relu", "softplus", "softmax", "layernorm")
 @pytest.mark.parametrize("name", sorted(LAGRANGIANS))
 def test_activation_is_gradient_of_lagrangian(name):
     lag = LAGRANGIANS[name]
-    x = 2.0 * jax.random.normal(jax.random.PRNGKey(0), (5, 7))
+    x = 2.0 * random_draws.normal(jax.random.PRNGKey(0), (5, 7))
     # Both sides are O(1) sums of a few float32 ops: 1e-5 covers their rounding with margin.
     chex.assert_trees_all_close(lag.activation(x), jax.grad(lag)(x), atol=1e-5, rtol=1e-5)
 
@@ -60,41 +61,41 @@ def test_unknown_lagrangian_name():
 
 def _convex_lagrangian(name: str, key) -> lagrangians.Lagrangian:
     if name == "softmax":
-        return lagrangians.Softmax(beta=1.0 + jax.random.uniform(key))
+        return lagrangians.Softmax(beta=1.0 + random_draws.uniform(key))
     if name == "layernorm":
-        return lagrangians.LayerNorm(gamma=0.5 + jax.random.uniform(key), delta=0.1)
+        return lagrangians.LayerNorm(gamma=0.5 + random_draws.uniform(key), delta=0.1)
     return lagrangians.get(name)
 
 
 def random_network(key, names, sizes, *, tied=True, biases=True) -> HierarchicalNetwork:
-    keys = iter(jax.random.split(key, 8 * len(sizes)))
+    keys = iter(random_draws.split(key, 8 * len(sizes)))
     layers = tuple(
         Layer(
             _convex_lagrangian(n, next(keys)) if n in CONVEX else lagrangians.get(n),
             (s,),
             tau=0.5 + 0.4 * a,  # static (a pytree aux field), so not drawn at random
-            bias=0.3 * jax.random.normal(next(keys), (s,)) if biases else None,
+            bias=0.3 * random_draws.normal(next(keys), (s,)) if biases else None,
         )
         for a, (n, s) in enumerate(zip(names, sizes))
     )
     synapses = []
     for a, b in itertools.pairwise(sizes):
-        w = jax.random.normal(next(keys), (a, b)) / np.sqrt(a)
-        fb = None if tied else jax.random.normal(next(keys), (b, a)) / np.sqrt(b)
+        w = random_draws.normal(next(keys), (a, b)) / np.sqrt(a)
+        fb = None if tied else random_draws.normal(next(keys), (b, a)) / np.sqrt(b)
         synapses.append(
             Synapse(
                 w,
                 fb,
-                forward_bias=0.1 * jax.random.normal(next(keys), (b,)) if biases else None,
-                feedback_bias=0.1 * jax.random.normal(next(keys), (a,)) if biases else None,
+                forward_bias=0.1 * random_draws.normal(next(keys), (b,)) if biases else None,
+                feedback_bias=0.1 * random_draws.normal(next(keys), (a,)) if biases else None,
             )
         )
     return HierarchicalNetwork(layers, tuple(synapses))
 
 
 def random_states(key, sizes, batch):
-    keys = jax.random.split(key, len(sizes))
-    return tuple(2.0 * jax.random.normal(k, (*batch, s)) for k, s in zip(keys, sizes))
+    keys = random_draws.split(key, len(sizes))
+    return tuple(2.0 * random_draws.normal(k, (*batch, s)) for k, s in zip(keys, sizes))
 
 
 DEPTH_CASES = [
@@ -111,14 +112,14 @@ def test_energy_never_increases_along_descent(names, sizes):
     num_nets, batch, steps, dt = 16, 8, 300, 0.02
 
     def run(key):
-        k_net, k_x = jax.random.split(key)
+        k_net, k_x = random_draws.split(key)
         net = random_network(k_net, names, sizes)
         energies, _, _ = net.descend(random_states(k_x, sizes, (batch,)), dt=dt, num_steps=steps)
         terms = net.energy_terms(random_states(k_x, sizes, (batch,)))
         scale = sum(jnp.abs(t) for t in jax.tree.leaves(terms))
         return energies, scale
 
-    energies, scale = jax.vmap(run)(jax.random.split(jax.random.PRNGKey(len(sizes)), num_nets))
+    energies, scale = jax.vmap(run)(random_draws.split(jax.random.PRNGKey(len(sizes)), num_nets))
     increase = jnp.diff(energies, axis=1)  # [nets, steps, batch]
     # Rounding of an energy that sums terms of total magnitude `scale`: a few hundred float32 ulps.
     tolerance = 256 * F32_EPS * (1.0 + scale[:, None, :])
@@ -159,14 +160,18 @@ def test_energy_terms_tree_and_untied_error():
     names, sizes = ("layernorm", "relu", "softplus"), (5, 4, 3)
     net = random_network(jax.random.PRNGKey(7), names, sizes)
     xs = random_states(jax.random.PRNGKey(8), sizes, (2, 3))
-    terms = net.energy_terms(xs)
+
+    @jax.jit  # one program: eagerly each op compiles on its own for every new shape
+    def energies(net, xs):
+        return net.energy_terms(xs), net.energy(xs), net.energy(tuple(x[1, 2] for x in xs))
+
+    terms, energy, single = energies(net, xs)
     assert set(terms) == {"neurons", "synapses", "biases"}
     assert set(terms["neurons"]) == {"layer_0", "layer_1", "layer_2"}
     assert set(terms["synapses"]) == {"synapse_0", "synapse_1"}
-    chex.assert_shape(net.energy(xs), (2, 3))
+    chex.assert_shape(energy, (2, 3))
     # The batched energy equals the energy of each sample computed alone.
-    single = net.energy(tuple(x[1, 2] for x in xs))
-    np.testing.assert_allclose(net.energy(xs)[1, 2], single, rtol=1e-6)
+    np.testing.assert_allclose(energy[1, 2], single, rtol=1e-6)
     untied = random_network(jax.random.PRNGKey(7), names, sizes, tied=False)
     with pytest.raises(ValueError, match="tied"):
         untied.energy(xs)
@@ -188,8 +193,8 @@ def test_descent_returns_states_on_request():
 def test_synapse_contracts_last_axis_shared_over_channels():
     """A (D, S) token-matrix layer: the synapse contracts S and is shared by the D channels."""
     d, s, t = 3, 5, 4
-    w = jax.random.normal(jax.random.PRNGKey(0), (s, t))
-    g = jax.random.normal(jax.random.PRNGKey(1), (d, s))
+    w = random_draws.normal(jax.random.PRNGKey(0), (s, t))
+    g = random_draws.normal(jax.random.PRNGKey(1), (d, s))
     out = Synapse(w).forward(g)
     for c in range(d):
         np.testing.assert_allclose(out[c], g[c] @ w, rtol=1e-6)

@@ -15,15 +15,16 @@ from imixer_jax.hopfield import (
     lagrangians,
     solver,
 )
+from tests import random_draws
 
 
 def _imlp_like_network(key, dtype=jnp.float32, scale=0.8):
     """LN visible (D=3, S=6) -> GELU (T=5) -> GELU (H=4), untied, contracting feedback loop."""
-    k = jax.random.split(key, 6)
+    k = random_draws.split(key, 6)
     d, s, t, h = 3, 6, 5, 4
 
     def mat(kk, a, b, c=1.0):
-        return (c * jax.random.normal(kk, (a, b)) / np.sqrt(a)).astype(dtype)
+        return (c * random_draws.normal(kk, (a, b)) / np.sqrt(a)).astype(dtype)
 
     layers = (
         Layer(lagrangians.LayerNorm(gamma=1.0, delta=0.1, axis=-2), (d, s)),
@@ -35,7 +36,7 @@ def _imlp_like_network(key, dtype=jnp.float32, scale=0.8):
         Synapse(mat(k[2], t, h, scale), mat(k[3], h, t, scale), jnp.full((h,), -0.1, dtype)),
     )
     net = HierarchicalNetwork(layers, synapses)
-    x0 = jax.random.normal(k[4], (2, d, s), dtype)
+    x0 = random_draws.normal(k[4], (2, d, s), dtype)
     return net, x0
 
 
@@ -79,18 +80,21 @@ def test_implicit_unrolled_and_finite_difference_gradients_agree():
     # Finite differences need float64: in float32 a step h gives errors ~eps/h ~ 1e-3.
     with jax.enable_x64(True):
         net, x0 = _imlp_like_network(jax.random.PRNGKey(2), dtype=jnp.float64)
-        loss_implicit = lambda n, x: _loss(n, x, max_steps=300, tol=1e-13, adjoint="implicit")
+        # Jitted (each compiled once; eagerly every loop compiles on its own at every call).
+        loss_implicit = jax.jit(
+            lambda n, x: _loss(n, x, max_steps=300, tol=1e-13, adjoint="implicit")
+        )
         loss_unrolled = lambda n, x: _loss(n, x, max_steps=300, adjoint="unrolled")
-        g_imp = jax.grad(loss_implicit, argnums=(0, 1))(net, x0)
-        g_unr = jax.grad(loss_unrolled, argnums=(0, 1))(net, x0)
+        g_imp = jax.jit(jax.grad(loss_implicit, argnums=(0, 1)))(net, x0)
+        g_unr = jax.jit(jax.grad(loss_unrolled, argnums=(0, 1)))(net, x0)
         # Both solve the same fixed point to ~1e-13 (asymptotic contraction rate ~0.8 here).
         chex.assert_trees_all_close(g_imp, g_unr, rtol=1e-9, atol=1e-11)
 
         # Directional finite difference along a random direction in (params, input).
         leaves, treedef = jax.tree.flatten(jax.tree.map(jnp.asarray, (net, x0)))
-        keys = jax.random.split(jax.random.PRNGKey(3), len(leaves))
+        keys = random_draws.split(jax.random.PRNGKey(3), len(leaves))
         direction = jax.tree.unflatten(
-            treedef, [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
+            treedef, [random_draws.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
         )
         h = 1e-6
         plus = jax.tree.map(lambda a, d: a + h * d, (net, x0), direction)
@@ -104,8 +108,11 @@ def test_implicit_unrolled_and_finite_difference_gradients_agree():
 
 def test_implicit_gradient_in_float32_matches_unrolled():
     net, x0 = _imlp_like_network(jax.random.PRNGKey(4))
-    g_imp = jax.grad(lambda n: _loss(n, x0, max_steps=300, tol=1e-6, adjoint="implicit"))(net)
-    g_unr = jax.grad(lambda n: _loss(n, x0, max_steps=200, adjoint="unrolled"))(net)
+    # Jitted: eagerly, every loop of the solve and of its adjoint compiles on its own.
+    g_imp = jax.jit(jax.grad(lambda n: _loss(n, x0, max_steps=300, tol=1e-6, adjoint="implicit")))(
+        net
+    )
+    g_unr = jax.jit(jax.grad(lambda n: _loss(n, x0, max_steps=200, adjoint="unrolled")))(net)
     # Asymptotic contraction rate r ~ 0.85: 200 unrolled steps converge to float32 precision;
     # stopping at a relative step of 1e-6 leaves an error ~1e-6 r / (1 - r) ~ 6e-6 relative in
     # the forward and adjoint solves; 5e-5 is that with a safety factor ~10.
@@ -129,9 +136,9 @@ def test_generic_fixed_point_and_per_step_params():
 
 def test_two_layer_network_is_closed_form():
     layers = (Layer(lagrangians.ReLU(), (4,)), Layer(lagrangians.GELU(), (3,)))
-    w = jax.random.normal(jax.random.PRNGKey(5), (4, 3))
+    w = random_draws.normal(jax.random.PRNGKey(5), (4, 3))
     net = HierarchicalNetwork(layers, (Synapse(w, None, jnp.ones(3), jnp.ones(4)),))
-    x0 = jax.random.normal(jax.random.PRNGKey(6), (2, 4))
+    x0 = random_draws.normal(jax.random.PRNGKey(6), (2, 4))
     fast, sol = net.solve_fast_layers(x0, max_steps=0)
     assert sol is None
     expected = jax.nn.gelu(jax.nn.relu(x0) @ w + 1, approximate=False) @ w.T + 1
@@ -144,9 +151,9 @@ def test_two_layer_network_is_closed_form():
 
 def _contraction(key, n=6, rate=0.9):
     """z <- tanh(W z + b) with ||W||_2 = rate (a contraction at that rate)."""
-    k1, k2 = jax.random.split(key)
-    w = jax.random.normal(k1, (n, n))
-    return {"w": rate * w / jnp.linalg.norm(w, ord=2), "b": jax.random.normal(k2, (n,))}
+    k1, k2 = random_draws.split(key)
+    w = random_draws.normal(k1, (n, n))
+    return {"w": rate * w / jnp.linalg.norm(w, ord=2), "b": random_draws.normal(k2, (n,))}
 
 
 def _tanh_map(z, p):
@@ -228,7 +235,15 @@ def test_anderson_needs_fewer_steps_and_gives_the_same_fixed_point_and_gradient(
             anderson_memory=8,
         )
 
-    picard, anderson = solve(p, "picard"), solve(p, "anderson")
+    def solve_and_grad(q, method):
+        """The solution and the gradient of sum(sin(z*)) in one compiled program per method."""
+        sol = solve(q, method)
+        return jnp.sum(jnp.sin(sol.value)), sol
+
+    solve_and_grad = jax.jit(jax.value_and_grad(solve_and_grad, has_aux=True), static_argnums=1)
+    ((_, picard), g_picard), ((_, anderson), g_anderson) = (
+        solve_and_grad(p, m) for m in ("picard", "anderson")
+    )
     assert bool(jnp.all(anderson.status == solver.CONVERGED))
     assert int(anderson.steps.max()) * 3 < int(picard.steps.min()), (anderson.steps, picard.steps)
     exact = jnp.linalg.solve(jnp.eye(20) - p["w"], p["b"])
@@ -237,12 +252,8 @@ def test_anderson_needs_fewer_steps_and_gives_the_same_fixed_point_and_gradient(
     np.testing.assert_allclose(
         anderson.value[0], exact, rtol=1e-3, atol=1e-3 * jnp.abs(exact).max()
     )
-    grads = [
-        jax.grad(lambda q, m=m: jnp.sum(jnp.sin(solve(q, m).value)))(p)
-        for m in ("picard", "anderson")
-    ]
     # Same fixed point and adjoint, each to ~3e-5 relative: 2e-3 covers both with margin.
-    chex.assert_trees_all_close(grads[0], grads[1], rtol=2e-3, atol=2e-3)
+    chex.assert_trees_all_close(g_picard, g_anderson, rtol=2e-3, atol=2e-3)
 
 
 def test_implicit_adjoint_differentiates_closed_over_arrays():
@@ -337,4 +348,5 @@ def test_implicit_gradients_match_optimistix():
 
         # Both solve to ~1e-14 and their adjoint linear systems exactly or to ~1e-14: agreement
         # to 1e-10 leaves four orders of margin over the float64 solves.
-        chex.assert_trees_all_close(jax.grad(ours)(p), jax.grad(oracle)(p), rtol=1e-10, atol=1e-12)
+        g_ours, g_oracle = jax.jit(jax.grad(ours))(p), jax.jit(jax.grad(oracle))(p)
+        chex.assert_trees_all_close(g_ours, g_oracle, rtol=1e-10, atol=1e-12)

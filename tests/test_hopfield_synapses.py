@@ -9,12 +9,13 @@ import pytest
 
 from imixer_jax.hopfield import Conv, Dense, Directed, Layer, Network, lagrangians
 from imixer_jax.hopfield.synapses import contract
+from tests import random_draws
 
 F32_EPS = float(jnp.finfo(jnp.float32).eps)
 
 
 def _normal(seed, shape, scale=1.0):
-    return scale * jax.random.normal(jax.random.key(seed), shape)
+    return scale * random_draws.normal(jax.random.key(seed), shape)
 
 
 # --- Dense: contraction, Directed, mixed precision ----------------------------------------------

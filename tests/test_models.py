@@ -29,6 +29,7 @@ from imixer_jax.models.mixer import capture_intermediates, copy_variables
 from imixer_jax.models.registry import VARIANT_NAMES
 from imixer_jax.models.spectral_norm import spectral_sigmas
 from imixer_jax.models.token_mixers import IMLP
+from tests import random_draws
 
 # A small iMixer: 16 tokens (32 px, patch 8), D 16, T 8, H 16, C 32, 2 blocks.
 TINY = dict(
@@ -178,7 +179,7 @@ def imixer_s16():
 
 
 def test_imixer_s16_forward_224(imixer_s16):
-    images = jax.random.uniform(jax.random.key(1), (2, 224, 224, 3), minval=-1.0, maxval=1.0)
+    images = random_draws.uniform(jax.random.key(1), (2, 224, 224, 3), minval=-1.0, maxval=1.0)
     forward = nnx.jit(lambda m, x: m(x))
     logits = forward(imixer_s16, images)
     assert logits.shape == (2, 1000) and logits.dtype == jnp.float32
@@ -223,11 +224,16 @@ def _tiny(**overrides) -> Mixer:
 def _randomise_head(model: Mixer) -> None:
     """Replace the zero head by a random one, so that logits depend on the features."""
     kernel = model.head.kernel
-    kernel[...] = jax.random.normal(jax.random.key(7), kernel.shape)
+    kernel[...] = random_draws.normal(jax.random.key(7), kernel.shape)
+
+
+# A training-mode forward retraces its loops (power iteration, fixed point) on every eager call;
+# jitted, it compiles once per model structure and each further call reuses the program.
+_train_forward = nnx.jit(lambda model, images, rngs: model(images, rngs=rngs))
 
 
 def _images(batch: int, key: int = 1) -> jax.Array:
-    return jax.random.uniform(jax.random.key(key), (batch, 32, 32, 3), minval=-1.0, maxval=1.0)
+    return random_draws.uniform(jax.random.key(key), (batch, 32, 32, 3), minval=-1.0, maxval=1.0)
 
 
 def test_capture_intermediates_returns_logits_and_per_block_intermediates():
@@ -285,7 +291,8 @@ def test_drop_path_eval_is_deterministic():
     model = _tiny(drop_path_rate=0.5)
     _randomise_head(model)
     model.eval()
-    images = _images(4)
+    # The batch of the other eager tests: eager calls compile each op once per input shape.
+    images = _images(2)
     a = model(images)
     b = model(images, rngs=nnx.Rngs(dropout=1))
     np.testing.assert_array_equal(a, b)
@@ -311,19 +318,20 @@ def test_drop_path_in_block_drops_whole_branches():
         IMLP(16, 16, 8, rngs=nnx.Rngs(0)), 16, 32, drop_path_rate=rate, rngs=nnx.Rngs(1)
     )
     block.eval()  # power iteration off: the token branch is the same in both modes
-    x = jax.random.normal(jax.random.key(2), (64, 16, 16))
+    x = random_draws.normal(jax.random.key(2), (64, 16, 16))
     y = block.token_mixer(x)
     block.drop_path.deterministic = False  # training-mode drop path only
     out = block(x, rngs=nnx.Rngs(dropout=3))
+    # The four candidate outputs of every sample (token branch kept or dropped, channel branch
+    # kept or dropped), each computed for the whole batch at once: 4 eager calls, not 4 x 64.
+    candidates = {}
+    for m1, m2 in itertools.product((0, 1), repeat=2):
+        x1 = x + m1 * y / keep
+        candidates[m1, m2] = np.asarray(x1 + m2 * block.channel_mlp(block.norm(x1)) / keep)
     seen = set()
     for i in range(len(x)):
-        matches = []
-        for m1, m2 in itertools.product((0, 1), repeat=2):
-            x1 = x[i] + m1 * y[i] / keep
-            cand = x1 + m2 * block.channel_mlp(block.norm(x1)) / keep
-            # Same float32 ops in a different order: agreement to ~1e-6 relative to |x| ~ 1.
-            if np.allclose(out[i], cand, atol=1e-5):
-                matches.append((m1, m2))
+        # Same float32 ops in a different order: agreement to ~1e-6 relative to |x| ~ 1.
+        matches = [m for m, cand in candidates.items() if np.allclose(out[i], cand[i], atol=1e-5)]
         assert len(matches) == 1, (i, matches)
         seen.add(matches[0])
     assert seen == {(0, 0), (0, 1), (1, 0), (1, 1)}  # 64 samples: all four patterns occur
@@ -334,8 +342,8 @@ def test_train_mode_with_drop_path_runs_and_differs_per_key():
     _randomise_head(model)
     model.train()
     images = _images(8)
-    a = model(images, rngs=nnx.Rngs(dropout=0))
-    b = model(images, rngs=nnx.Rngs(dropout=1))
+    a = _train_forward(model, images, nnx.Rngs(dropout=0))
+    b = _train_forward(model, images, nnx.Rngs(dropout=1))
     assert np.all(np.isfinite(a)) and not np.allclose(a, b)
 
 
@@ -346,7 +354,8 @@ def test_bfloat16_compute_float32_params():
     params = nnx.state(model, nnx.Param)
     assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
     images = _images(2)
-    logits = model(images)
+    # Jitted: eagerly every bfloat16 op would compile on its own (the float32 ones are cached).
+    logits = nnx.jit(lambda m, x: m(x))(model, images)
     assert logits.dtype == jnp.float32
     reference = _tiny(dtype=None)
     reference.eval()
@@ -359,7 +368,9 @@ def test_bfloat16_compute_float32_params():
 
 
 def _copy_of(model: Mixer, **layout) -> Mixer:
-    other = _tiny(**layout)
+    # copy_variables overwrites every variable: an abstract target skips the eager initialisation
+    # (for the scanned layout a vmapped init that compiles op by op, ~10 s on 2 cores).
+    other = nnx.eval_shape(lambda: _tiny(**layout))
     copy_variables(model, other)
     return other
 
@@ -402,11 +413,14 @@ def test_scanned_training_forward_advances_each_blocks_spectral_vectors():
 
 @pytest.mark.slow  # covered in the default set by the scanned-layout equality test
 def test_scanned_drop_path_differs_per_block():
-    scanned = _tiny(num_blocks=4, scan_blocks=True, drop_path_rate=0.5)
+    # Variables copied from the per-block layout (whose eager initialisation is cached), not
+    # drawn by the scanned layout's vmapped initialisation (op by op, ~10 s on 2 cores).
+    layout = dict(num_blocks=4, drop_path_rate=0.5)
+    scanned = _copy_of(_tiny(**layout), scan_blocks=True, **layout)
     _randomise_head(scanned)
     images = _images(8)
-    a = scanned(images, rngs=nnx.Rngs(dropout=0))
-    b = scanned(images, rngs=nnx.Rngs(dropout=1))
+    a = _train_forward(scanned, images, nnx.Rngs(dropout=0))
+    b = _train_forward(scanned, images, nnx.Rngs(dropout=1))
     assert not np.allclose(a, b)  # the masks depend on the key ...
     scanned.eval()
     np.testing.assert_array_equal(scanned(images), scanned(images))  # ... and vanish in eval
@@ -434,7 +448,8 @@ def test_remat_keeps_loss_and_gradients(remat):
 
 def test_capture_intermediates_rejects_scanned_layout():
     with pytest.raises(ValueError, match="scan_blocks=False"):
-        capture_intermediates(_tiny(scan_blocks=True), _images(1))
+        # The check looks at the layout only: an abstract model (nothing initialised) suffices.
+        capture_intermediates(nnx.eval_shape(lambda: _tiny(scan_blocks=True)), _images(1))
 
 
 @pytest.mark.parametrize("bad", [dict(remat="all"), dict(scan_blocks=1)])

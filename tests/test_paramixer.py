@@ -14,6 +14,7 @@ from imixer_jax.hopfield import Dense, Directed
 from imixer_jax.models import paramixer, registry
 from imixer_jax.models.configs import ParaMixerConfig
 from imixer_jax.models.paramixer import ParallelBlock, ParaMixer, SerialBlock, reduced_energy
+from tests import random_draws
 
 # A small model: 16 tokens (32 px, patch 8), D 16, T 8, C 32, 2 blocks.
 TINY = dict(
@@ -34,7 +35,7 @@ def _block(block_class=ParallelBlock, **kwargs) -> ParallelBlock | SerialBlock:
 
 
 def _x(seed: int = 1, batch: int = 3) -> jax.Array:
-    return jax.random.normal(jax.random.key(seed), (batch, S, D)) * 2.0 + 0.5
+    return random_draws.normal(jax.random.key(seed), (batch, S, D)) * 2.0 + 0.5
 
 
 def _ln(x: np.ndarray) -> np.ndarray:
@@ -253,7 +254,7 @@ def _asym_with_zero_w2_and_sym(**kwargs):
 def test_asymmetric_with_zero_w2_equals_symmetric_exactly():
     sym, asym = _asym_with_zero_w2_and_sym(scalar_scale=True)
     sym.eval(), asym.eval()
-    images = jax.random.uniform(jax.random.key(2), (2, 32, 32, 3), minval=-1, maxval=1)
+    images = random_draws.uniform(jax.random.key(2), (2, 32, 32, 3), minval=-1, maxval=1)
     np.testing.assert_array_equal(asym(images), sym(images))  # h W_1^T + h 0: exact in float
     x = sym.embed(images)
     np.testing.assert_array_equal(
@@ -267,7 +268,7 @@ def test_asymmetric_with_zero_w2_equals_symmetric_exactly():
 
 def _energy_block(activation: str, **kwargs) -> ParallelBlock:
     block = _block(mlp="symmetric", activation=activation, scalar_scale=True, **kwargs)
-    block.norm.bias[...] = jax.random.normal(jax.random.key(3), (S, D)) * 0.1
+    block.norm.bias[...] = random_draws.normal(jax.random.key(3), (S, D)) * 0.1
     return block
 
 
@@ -276,7 +277,7 @@ def test_reduced_energy_is_the_closed_form(mlp):
     """E~(X) = -n gamma eps / sqrt(Var X + eps) - L_h(W_t^T LN X) - L_h(LN X W_c) (asymmetric:
     the symmetric part), with L_h the GELU Lagrangian."""
     block = _block(mlp=mlp, scalar_scale=True)
-    block.norm.bias[...] = jax.random.normal(jax.random.key(3), (S, D)) * 0.1
+    block.norm.bias[...] = random_draws.normal(jax.random.key(3), (S, D)) * 0.1
     x = _x()
     g = block.norm(x)
     w_t, w_c = block.mlp_tokens.fc1.kernel[...], block.mlp_channels.fc1.kernel[...]
@@ -297,7 +298,7 @@ def test_energy_gradient_is_the_derivation(activation):
     """dE~/dX = M_v (X - f(X)): M_v = Hessian of the visible Lagrangian (jvp of LN), f the drive.
     Holds for any hidden Lagrangian; it is what makes both updates descend for a convex one."""
     block = _energy_block(activation)
-    x, v = _x(), jax.random.normal(jax.random.key(4), (3, S, D))
+    x, v = _x(), random_draws.normal(jax.random.key(4), (3, S, D))
     _, d_energy = jax.jvp(lambda x: reduced_energy(block, x), (x,), (v,))
     _, m_v = jax.jvp(block.norm, (x,), (v,))  # M_v v (M_v symmetric)
     expected = jnp.sum((x - block.drive(x)) * m_v, axis=(1, 2))
@@ -366,7 +367,7 @@ def test_forward_shapes_and_training_mode(block, mlp, dtype):
         **TINY, block=block, mlp=mlp, n_iter=2, drop_path_rate=0.5, dtype=dtype
     )
     model = ParaMixer(config, rngs=nnx.Rngs(0))
-    images = jax.random.uniform(jax.random.key(2), (3, 32, 32, 3), minval=-1, maxval=1)
+    images = random_draws.uniform(jax.random.key(2), (3, 32, 32, 3), minval=-1, maxval=1)
     train = model(images, rngs=nnx.Rngs(dropout=1))
     model.eval()
     logits = model(images)

@@ -7,11 +7,12 @@ import numpy as np
 from flax import nnx
 
 from imixer_jax.models.spectral_norm import SpectralNormLinear, power_iteration, spectral_sigmas
+from tests import random_draws
 
 
 def _layer(scale=1.0, n_power=8, seed=0, shape=(12, 7)):
     layer = SpectralNormLinear(*shape, n_power=n_power, rngs=nnx.Rngs(seed))
-    layer.kernel[...] = scale * jax.random.normal(jax.random.PRNGKey(seed + 100), shape)
+    layer.kernel[...] = scale * random_draws.normal(jax.random.PRNGKey(seed + 100), shape)
     return layer
 
 

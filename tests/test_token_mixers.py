@@ -10,12 +10,13 @@ from flax import nnx
 from imixer_jax.models.mixer import capture_intermediates
 from imixer_jax.models.spectral_norm import power_iteration
 from imixer_jax.models.token_mixers import IMLP, TokenMLP
+from tests import random_draws
 
 B, S, D, T = 2, 16, 8, 6
 
 
 def _x(seed=0, scale=1.0):
-    return scale * jax.random.normal(jax.random.PRNGKey(seed), (B, S, D))
+    return scale * random_draws.normal(jax.random.PRNGKey(seed), (B, S, D))
 
 
 def _gelu(x):
@@ -48,6 +49,14 @@ def official_imlp(x, params, uv, *, n_iter, n_power, coeff, training):
     return jnp.swapaxes(y, 1, 2), uv
 
 
+# Eager calls of a token mixer retrace (and recompile) its fixed-point loop on every call; these
+# compile once per module structure, and every seed or case after the first reuses the program.
+_forward = nnx.jit(lambda module, x: module(x))
+_capture = nnx.jit(capture_intermediates)
+# The reference too: eagerly, each of its power-iteration loops compiles anew.
+_official = jax.jit(official_imlp, static_argnames=("n_iter", "n_power", "coeff", "training"))
+
+
 def _params_and_uv(module):
     params = nnx.to_pure_dict(nnx.state(module, nnx.Param))
     uv = {
@@ -69,10 +78,10 @@ def test_imlp_reproduces_official_forward(n_iter, training):
         module.eval()
     params, uv = _params_and_uv(module)
     x = _x(1)
-    expected, expected_uv = official_imlp(
+    expected, expected_uv = _official(
         x, params, uv, n_iter=n_iter, n_power=3, coeff=0.9, training=training
     )
-    got = module(x)
+    got = _forward(module, x)
     # Same ops; only the LayerNorm reduction runs on the transposed layout: float32 rounding.
     chex.assert_trees_all_close(got, expected, rtol=1e-5, atol=1e-6)
     _, got_uv = _params_and_uv(module)
@@ -130,11 +139,11 @@ def _tied_energy_change(activation, seed, step_size=0.05):
     # Training-mode calls converge the power iteration: until then sigma is estimated from the
     # random initial u, v (as in the official code) and F need not be a contraction.
     for _ in range(4):
-        module(_x(seed))
+        _forward(module, _x(seed))
     module.eval()
     # Larger-than-init biases so the hidden layers sit in every regime of their activation.
-    module.fc1.bias[...] = jax.random.normal(jax.random.PRNGKey(seed), (T,))
-    _, sown = capture_intermediates(module, _x(seed, scale=2.0))
+    module.fc1.bias[...] = random_draws.normal(jax.random.PRNGKey(seed), (T,))
+    _, sown = _capture(module, _x(seed, scale=2.0))
     info = nnx.to_pure_dict(sown)
     return info["energy_after"] - info["energy_before"], info
 
@@ -157,8 +166,8 @@ def test_tied_euler_step_with_gelu_is_reported_not_assumed(record_property):
 
 def test_untied_intermediates_have_no_energy_and_report_residuals_and_sigmas():
     module = IMLP(S, D, T, n_iter=3, rngs=nnx.Rngs(0))
-    y, sown = capture_intermediates(module, _x())
-    np.testing.assert_array_equal(y, IMLP(S, D, T, n_iter=3, rngs=nnx.Rngs(0))(_x()))
+    y, sown = _capture(module, _x())
+    np.testing.assert_array_equal(y, _forward(IMLP(S, D, T, n_iter=3, rngs=nnx.Rngs(0)), _x()))
     info = nnx.to_pure_dict(sown)
     chex.assert_shape(info["residuals"], (3,))
     assert set(info) == {"residuals", "steps", "fc_sn1", "fc_sn2"}
@@ -180,7 +189,7 @@ def test_gradients_flow_to_every_parameter(adjoint):
     def loss(p, r):  # r (u, v) is mutated by the training forward: pass it in, not closed over
         return jnp.sum(nnx.merge(graphdef, p, r, copy=True)(_x()) ** 2)
 
-    grads = jax.grad(loss)(params, rest)
+    grads = jax.jit(jax.grad(loss))(params, rest)  # one compiled program, not op by op
     for path, g in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(grads)):
         assert bool(jnp.all(jnp.isfinite(g))), path
         assert float(jnp.max(jnp.abs(g))) > 0, path
@@ -190,7 +199,7 @@ def test_converged_implicit_and_unrolled_mixers_agree():
     unrolled = IMLP(S, D, T, n_iter=200, adjoint="unrolled", rngs=nnx.Rngs(3))
     implicit = IMLP(S, D, T, n_iter=200, tol=1e-7, adjoint="implicit", rngs=nnx.Rngs(4))
     x = _x(4)
-    unrolled(x)  # a training forward converges the power iteration (1600 steps)
+    _forward(unrolled, x)  # a training forward converges the power iteration (1600 steps)
     nnx.update(implicit, nnx.state(unrolled))  # same parameters and u, v
     for m in (unrolled, implicit):
         m.eval()  # one stationary map for both
@@ -201,11 +210,11 @@ def test_converged_implicit_and_unrolled_mixers_agree():
         def loss(p, r):
             return jnp.sum(jnp.sin(nnx.merge(graphdef, p, r, copy=True)(x)))
 
-        return jax.grad(loss)(params, rest)
+        return jax.jit(jax.grad(loss))(params, rest)
 
     # Both converge to the same fixed point; the implicit stop at a relative step of 1e-7 (about
     # float32 precision) leaves errors of a few ulps, amplified ~1/(1 - rate) in the adjoint.
-    chex.assert_trees_all_close(unrolled(x), implicit(x), rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(_forward(unrolled, x), _forward(implicit, x), rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(grad_of(unrolled), grad_of(implicit), rtol=1e-4, atol=1e-6)
 
 
@@ -215,7 +224,7 @@ def test_bfloat16_compute_is_close_to_float32():
     bf16 = IMLP(S, D, T, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
     f32.eval()
     bf16.eval()
-    y32, y16 = f32(x), bf16(x)
+    y32, y16 = _forward(f32, x), _forward(bf16, x)
     assert y16.dtype == jnp.float32  # the residual stream stays float32
     # bfloat16 keeps 8 mantissa bits (relative 4e-3 per op); a few ops deep: 5e-2 of the scale.
     assert float(jnp.max(jnp.abs(y16 - y32))) < 5e-2 * float(jnp.max(jnp.abs(y32)))
