@@ -116,12 +116,14 @@ def test_cli_json(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "imixer_jax.benchmark", "--model", "mixer_s32", "--batch", "2"]
         + ["--img-size", "32", "--num-classes", "10", "--data", "digits", "--steps", "1"]
-        + ["--warmup", "0", "--matmul-size", "64", "--json", "--data-dir", str(tmp_path)],
+        + ["--warmup", "0", "--matmul-size", "64", "--json", "--data-dir", str(tmp_path)]
+        + ["--scan-blocks"],  # one compiled block instead of 8 (the S/32's 19M parameters stay)
         capture_output=True,
         text=True,
         check=True,
     ).stdout
     report = json.loads(out.strip().splitlines()[-1])
     assert report["model"] == "mixer_s32" and report["dtype"] == "float32"
+    assert report["scan_blocks"] is True
     for key in POSITIVE:
         assert report[key] > 0, key

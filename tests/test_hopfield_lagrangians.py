@@ -17,6 +17,7 @@ LAGRANGIANS = {
     "softplus": lagrangians.Softplus(),
     "tanh": lagrangians.Tanh(),
     "softmax": lagrangians.Softmax(beta=1.7, axis=-1),
+    "softmax_axis0": lagrangians.Softmax(beta=0.6, axis=0),
     "spherical": lagrangians.Spherical(axis=-1),
     "spherical_all": lagrangians.Spherical(axis=(0, 1)),
     "layernorm": lagrangians.LayerNorm(gamma=1.3, delta=jnp.linspace(-1, 1, 7), axis=-1),

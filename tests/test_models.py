@@ -46,7 +46,7 @@ TINY = dict(
 PARAMS_1000 = {
     "mixer_s16": 18_528_264,
     "mixer_s32": 19_104_624,
-    "mixer_b16": 59_880_472,
+    "mixer_b16": 59_880_472,  # these three: google-research/vision_transformer's published counts
     "mixer_b32": 60_293_428,
     "mixer_l16": 208_196_168,
     "mixer_l32": 206_939_264,
@@ -102,13 +102,6 @@ def test_param_count_1000(name):
 def test_param_count_cifar10(name):
     assert closed_form_count(name, 10) == PARAMS_10[name]
     assert param_count(name, num_classes=10) == PARAMS_10[name]
-
-
-def test_vision_transformer_sanity_counts():
-    # google-research/vision_transformer's published Mixer counts (1000 classes).
-    assert param_count("mixer_b16", num_classes=1000) == 59_880_472
-    assert param_count("mixer_b32", num_classes=1000) == 60_293_428
-    assert param_count("mixer_l16", num_classes=1000) == 208_196_168
 
 
 @pytest.mark.slow
