@@ -12,9 +12,19 @@ on (each lost race is a warning on stderr, which the one-line-error tests would 
 
 import os
 
+import pytest
+
 
 def pytest_configure(config):
     cache = getattr(config, "cache", None)  # absent under -p no:cacheprovider
     if cache is None or "JAX_COMPILATION_CACHE_DIR" in os.environ:
         return
     os.environ["JAX_COMPILATION_CACHE_DIR"] = str(cache.mkdir("jax-compilation-cache"))
+
+
+@pytest.fixture(scope="session")
+def jax_cache(tmp_path_factory) -> str:
+    """The compilation cache for the trainer processes a test starts: the suite's, or (under
+    ``-p no:cacheprovider``) one for this run, so that processes running the same programs
+    compile them once."""
+    return os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(tmp_path_factory.mktemp("jax_cache"))

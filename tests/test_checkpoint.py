@@ -65,10 +65,10 @@ def _state(workdir, step):
 
 
 @pytest.mark.slow
-def test_sigkill_and_restart_ends_like_an_uninterrupted_run(tmp_path):
+def test_sigkill_and_restart_ends_like_an_uninterrupted_run(tmp_path, jax_cache):
     config_path = tmp_path / "tiny.py"
     config_path.write_text(textwrap.dedent(CONFIG))
-    data_dir, cache = str(tmp_path / "tfds"), str(tmp_path / "jax_cache")
+    data_dir, cache = str(tmp_path / "tfds"), jax_cache
     from imixer_jax import data
 
     data.dataset_info("digits", data_dir=data_dir)  # prepared once, before the runs start

@@ -138,12 +138,6 @@ class _Started:
 
 
 @pytest.fixture(scope="module")
-def jax_cache(tmp_path_factory):
-    """The subprocesses' JAX cache, also without the suite's (``-p no:cacheprovider``)."""
-    return os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(tmp_path_factory.mktemp("jax"))
-
-
-@pytest.fixture(scope="module")
 def one_device(data_dir, jax_cache, tmp_path_factory):
     """The 1-process, 1-device reference of both slow tests from one interpreter (JAX imported
     and the 1-device programs built once): the losses on the (-1, 1) mesh and a 3-step run in

@@ -55,7 +55,7 @@ def _fail(error: BaseException) -> NoReturn:
 
 def run_absl(main: Callable[[list[str]], Any]) -> None:
     """``absl.app.run(main)`` with the shared setup and flags parser (``parse_flags``); for the
-    programs that read a config file (which imports TensorFlow)."""
+    programs that read a config file."""
     setup_process(errors.verbose_requested(sys.argv))
 
     def reported(argv: list[str]) -> Any:
