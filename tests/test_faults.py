@@ -215,7 +215,9 @@ def _config_file(tmp_path, data_dir, steps, every):
 
 @pytest.fixture(scope="module")
 def jax_cache(tmp_path_factory):
-    """The trainer processes compile the same programs: share them through JAX's cache."""
+    """The trainer processes compile the same programs: share them through JAX's cache. This
+    module's own, not the suite's (conftest's ``jax_cache``): its processes are killed and run
+    under file-size limits, and must not leave anything in a cache other tests read."""
     return str(tmp_path_factory.mktemp("jax_cache"))
 
 
