@@ -14,6 +14,7 @@ from flax import nnx
 
 from configs import default
 from imixer_jax import analysis, checkpointing, training
+from imixer_jax.analysis import toy
 from imixer_jax.models.configs import MixerConfig
 from imixer_jax.models.mixer import Mixer
 
@@ -78,6 +79,19 @@ def test_energy_rate_matches_finite_differences_of_the_energy():
     np.testing.assert_allclose(fd[:5], descent.rates[:5], rtol=2e-2)
 
 
+def test_energy_descent_in_chunks_is_one_long_scan():
+    # energy_descent runs its steps in scans of toy.CHUNK steps (one compiled scan for every dt
+    # and num_steps); each scan continues from the last state, so the trajectory is the one long
+    # scan's, bit for bit.
+    net = analysis.three_layer_network(jax.random.key(1), bias_mean=-2.0)
+    num_steps = 2 * toy.CHUNK + 7
+    descent = analysis.energy_descent(net, jax.random.key(2), batch=3, num_steps=num_steps)
+    xs0 = toy._initial_states(jax.random.key(2), ((16,), (24,), (12,)), 3, 2.0)
+    energies, states, _ = net.descend(xs0, dt=0.01, num_steps=num_steps, return_states=True)
+    np.testing.assert_array_equal(descent.energies, energies)
+    np.testing.assert_array_equal(descent.rates, toy._energy_rates(net, states))
+
+
 def test_energy_increases_counts_only_rises_beyond_rounding():
     energies = np.array([3.0, 2.0, 2.0 + 1e-7, 2.5, 1.0])
     stats = analysis.energy_increases(energies)
@@ -138,6 +152,14 @@ def test_load_run_and_tied_energies(tied_workdir):
     assert before.shape == after.shape == (2, 5)
     descent = analysis.block_energy_descent(loaded.model, images[:2], num_steps=10)
     assert descent.shape == (2, 11, 2) and np.all(np.isfinite(descent))
+
+    fresh = analysis.fresh_like(loaded.model, seed=1)
+    placement = jax.tree.map(lambda x: x.sharding, nnx.state(loaded.model))
+    assert jax.tree.map(lambda x: x.sharding, nnx.state(fresh)) == placement  # on the run's mesh
+    # The official initialisation from seed 1, drawn in one compiled program rather than eagerly:
+    # the same draws, equal up to float32 rounding of the samplers (a few ulp).
+    eager = Mixer(loaded.model.config, rngs=nnx.Rngs(params=1))
+    chex.assert_trees_all_close(nnx.state(fresh), nnx.state(eager), rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.slow

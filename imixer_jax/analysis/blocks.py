@@ -39,6 +39,24 @@ def with_solver(model: Mixer, **solver) -> Mixer:
     return copy
 
 
+def fresh_like(model: Mixer, seed: int) -> Mixer:
+    """A freshly initialised ``model`` (its class and config; the official initialisation drawn
+    from ``seed``) in evaluation mode, its arrays placed as ``model``'s are (a restored run's on
+    the run's mesh), so that a program compiled for one, e.g. ``forward``'s, serves the other."""
+    graphdef, state = nnx.split(model)
+    fresh = _initial_state(type(model), model.config, jax.random.key(seed))
+    return nnx.merge(graphdef, jax.device_put(fresh, jax.tree.map(lambda x: x.sharding, state)))
+
+
+# One program for all the draws (eagerly, every parameter shape compiles its own sampler); it runs
+# once per config, so XLA's backend (LLVM) optimisation would only add seconds of compile time.
+@functools.partial(
+    jax.jit, static_argnums=(0, 1), compiler_options={"xla_backend_optimization_level": 0}
+)
+def _initial_state(cls: type, config, key: Array) -> nnx.State:
+    return nnx.state(cls(config, rngs=nnx.Rngs(params=key)))
+
+
 def intermediates(module: nnx.Module, x: Array) -> tuple[Array, dict]:
     """``module(x)`` and the intermediates it records: the one place that reads them.
 
@@ -123,7 +141,12 @@ def block_sigmas(model: Mixer) -> dict[str, np.ndarray]:
 def block_inputs(model: Mixer, images) -> list[Array]:
     """Input token matrix ``[B, S, D]`` of every block (the backbone's stem and blocks, run
     one by one)."""
-    x = model.embed(jnp.asarray(images))
+    return _block_inputs(model, jnp.asarray(images))
+
+
+@nnx.jit
+def _block_inputs(model: Mixer, images: Array) -> list[Array]:
+    x = model.embed(images)
     inputs = []
     for block in model.blocks:
         inputs.append(x)

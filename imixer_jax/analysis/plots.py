@@ -155,12 +155,11 @@ def write_plots(
         written.append(path)
 
     save(plot_energy_descent(toy.toy_energy_curves(jax.random.key(0))), "energy_descent.png")
+    _, info = blocks.forward(model, images)
     if c.token_mixer == "imlp" and c.n_iter > 0:
         converged = blocks.with_solver(model, n_iter=max_iter, tol=tol, adjoint="implicit")
         curves = {
-            f"trained solver (n_iter {c.n_iter}, {c.adjoint})": blocks.residuals(
-                blocks.forward(model, images)[1]
-            ),
+            f"trained solver (n_iter {c.n_iter}, {c.adjoint})": blocks.residuals(info),
             f"converged (implicit, tol {tol:g}, at most {max_iter})": blocks.residuals(
                 blocks.forward(converged, images)[1]
             ),
@@ -173,7 +172,7 @@ def write_plots(
     if sigmas:
         save(plot_sigmas(sigmas, coeff=c.sn_coeff), "sigmas.png")
     if c.tied:
-        before, after = blocks.block_energies(blocks.forward(model, images[:1])[1])
+        before, after = blocks.block_energies(info)  # the first image: [:, 0]
         save(plot_block_energies(before[:, 0], after[:, 0]), "block_energies.png")
         descent = blocks.block_energy_descent(model, images[:1])[:, :, 0]
         save(plot_block_energy_descent(descent, step_size=0.1), "block_energy_descent.png")

@@ -7,6 +7,7 @@ Shapes: states ``[batch, n_A]`` per layer; trajectories ``[num_steps + 1, batch]
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -35,18 +36,24 @@ def three_layer_network(
     0.1^2)``: a negative mean pushes neurons into GELU's falling branch (x < -0.75). All time
     constants 1; states are vectors ``[*batch, n_A]``. The same ``key`` gives the same weights
     whatever the Lagrangians."""
-    keys = iter(jax.random.split(key, 4))
+    biases, (w0, w1) = _toy_arrays(key, tuple(sizes), weight_scale, sn_coeff, bias_mean)
     layers = [Layer(lagrangians.LayerNorm(gamma=1.0), (sizes[0],))]
     layers += [
-        Layer(
-            lagrangians.get(name), (n,), bias=bias_mean + 0.1 * jax.random.normal(next(keys), (n,))
-        )
-        for name, n in zip(hidden, sizes[1:])
+        Layer(lagrangians.get(name), (n,), bias=bias)
+        for name, n, bias in zip(hidden, sizes[1:], biases)
     ]
+    return HierarchicalNetwork(tuple(layers), (Synapse(w0), Synapse(w1)))
+
+
+@partial(jax.jit, static_argnums=1)
+def _toy_arrays(key, sizes, weight_scale, sn_coeff, bias_mean):
+    """The hidden biases and the two weights of ``three_layer_network``, drawn in one compiled
+    program (drawn eagerly, every shape would compile its own sampler)."""
+    keys = iter(jax.random.split(key, 4))
+    biases = [bias_mean + 0.1 * jax.random.normal(next(keys), (n,)) for n in sizes[1:]]
     w0 = weight_scale * jax.random.normal(next(keys), sizes[:2]) / np.sqrt(sizes[0])
     w1 = jax.random.normal(next(keys), sizes[1:])
-    w1 = sn_coeff * w1 / jnp.linalg.norm(w1, ord=2)
-    return HierarchicalNetwork(tuple(layers), (Synapse(w0), Synapse(w1)))
+    return biases, (w0, sn_coeff * w1 / jnp.linalg.norm(w1, ord=2))
 
 
 @dataclasses.dataclass
@@ -90,14 +97,34 @@ def energy_descent(
     init_scale: float = 2.0,
 ) -> Descent:
     """Explicit-Euler dynamics of the tied ``net`` from ``batch`` random initial states
-    ``N(0, init_scale^2)``: energies and exact energy rates along the trajectories."""
-    keys = jax.random.split(key, net.num_layers)
-    xs0 = tuple(
-        init_scale * jax.random.normal(k, (batch, *layer.shape))
-        for k, layer in zip(keys, net.layers)
+    ``N(0, init_scale^2)``: energies and exact energy rates along the trajectories.
+
+    The steps run in scans of at most ``CHUNK`` steps, each starting where the last ended (the
+    same Euler steps as one long scan), and ``dt`` is traced: every ``dt`` and ``num_steps``
+    share one compiled scan per network structure.
+    """
+    shapes = tuple(layer.shape for layer in net.layers)
+    xs = _initial_states(key, shapes, batch, init_scale)
+    chunk = min(CHUNK, num_steps)
+    energies, rates = [], []
+    for start in range(0, num_steps, chunk):
+        e, states, xs = net.descend(xs, dt=dt, num_steps=chunk, return_states=True)
+        first = 0 if start == 0 else 1  # a later scan's first state ends the one before
+        energies.append(np.asarray(e)[first:])
+        rates.append(np.asarray(_energy_rates(net, states))[first:])
+    return Descent(
+        np.concatenate(energies)[: num_steps + 1], np.concatenate(rates)[: num_steps + 1], dt
     )
-    energies, states, _ = net.descend(xs0, dt=dt, num_steps=num_steps, return_states=True)
-    return Descent(np.asarray(energies), np.asarray(_energy_rates(net, states)), dt)
+
+
+CHUNK = 500  # steps per compiled scan of ``energy_descent``
+
+
+@partial(jax.jit, static_argnums=(1, 2))
+def _initial_states(key: Array, shapes, batch: int, init_scale: float) -> tuple[Array, ...]:
+    """``N(0, init_scale^2)`` states ``[batch, *shape]``, one per layer."""
+    keys = jax.random.split(key, len(shapes))
+    return tuple(init_scale * jax.random.normal(k, (batch, *s)) for k, s in zip(keys, shapes))
 
 
 @jax.jit
