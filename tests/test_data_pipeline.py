@@ -10,6 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import imixer_jax.data as data
+from imixer_jax import tf_import
 
 NO_AUGMENT = {
     "random_resized_crop": False,
@@ -196,6 +197,9 @@ def test_bad_arguments(digits_dir):
 
 def test_dataset_that_is_not_prepared_fails_fast_with_instructions(tmp_path):
     empty = str(tmp_path / "empty")
+    # Timed: the failure, not TensorFlow's one-time import (5-10 s), which this test would pay
+    # when it runs first in its process.
+    tf_import.import_tensorflow()
     start = time.perf_counter()
     with pytest.raises(FileNotFoundError) as err:
         data.train_batches(
