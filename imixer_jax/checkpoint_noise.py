@@ -9,16 +9,18 @@ errors that the trainer does not report are delayed to its next save or wait, ne
 
 from __future__ import annotations
 
+import contextlib
 import logging as py_logging
 import sys
+from collections.abc import Iterator
 
 from absl import logging
 
-__all__ = ["ORBAX_ERRORS", "quiet_orbax_logging"]
+__all__ = ["ORBAX_ERRORS", "quiet_orbax_logging", "without_read_only_note"]
 
 
 class _DropOrbaxInfo(py_logging.Filter):
-    """orbax's INFO lines and read-only notes dropped; its errors held back.
+    """orbax's INFO lines dropped; its errors held back.
 
     A failed background save (e.g. disk full) is logged by each of orbax's threads, with the
     TensorStore spec, some of them after the trainer has already raised the same error as one
@@ -44,7 +46,7 @@ class _DropOrbaxInfo(py_logging.Filter):
             if not self.reported:
                 self.held.append(" ".join(record.getMessage().split())[:300])
             return False
-        return record.levelno >= py_logging.WARNING and "is read only" not in record.getMessage()
+        return record.levelno >= py_logging.WARNING
 
     def report(self) -> None:
         """A failed save was reported (the run ends): drop what is held and what comes."""
@@ -89,11 +91,32 @@ class _DropClosedLoopCallbacks:
         self.previous(unraisable)
 
 
+class _DropReadOnlyNote(py_logging.Filter):
+    """orbax's 'Given directory is read only=DIR' warning."""
+
+    def filter(self, record: py_logging.LogRecord) -> bool:
+        return "/orbax/" not in record.pathname or "is read only" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def without_read_only_note() -> Iterator[None]:
+    """orbax warns 'Given directory is read only=DIR' whenever it opens a checkpoint directory
+    read-only, which evaluation and inspection (``analysis.load_run``, a notebook) do on
+    purpose; that one line is dropped from the absl log inside the block, whatever started the
+    process (an entry point, a notebook, a script)."""
+    logger, note = py_logging.getLogger("absl"), _DropReadOnlyNote()
+    logger.addFilter(note)
+    try:
+        yield
+    finally:
+        logger.removeFilter(note)
+
+
 ORBAX_ERRORS, _TASK_FILTER = _DropOrbaxInfo(), _DropOrphanedTasks()
 
 
 def quiet_orbax_logging() -> None:
-    """Drop orbax's INFO lines (a dozen per save) and read-only notes from the absl log, the
+    """Drop orbax's INFO lines (a dozen per save) from the absl log, the
     asyncio echo of a failed restore and TensorStore's echoes of a failed save on a closed loop;
     orbax's errors are held back (``_DropOrbaxInfo``), its other warnings stay."""
     py_logging.getLogger("absl").addFilter(ORBAX_ERRORS)  # adding it twice is a no-op

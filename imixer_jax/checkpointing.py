@@ -30,7 +30,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from imixer_jax.checkpoint_noise import ORBAX_ERRORS
+from imixer_jax.checkpoint_noise import ORBAX_ERRORS, without_read_only_note
 
 _STATE, _INTEGRITY = "default", "integrity"  # "default": the layout of single-item checkpoints
 DAMAGED_DIR = "damaged_checkpoints"
@@ -123,20 +123,21 @@ class Checkpointer:
             )
         self.every_steps, self.read_only = every_steps, read_only
         ORBAX_ERRORS.reset()
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=None if read_only else keep,
-                save_interval_steps=0 if read_only else 1,
-                enable_async_checkpointing=not read_only,
-                create=not read_only,
-                read_only=read_only,
-            ),
-            item_handlers={
-                _STATE: ocp.StandardCheckpointHandler(),
-                _INTEGRITY: ocp.JsonCheckpointHandler(),
-            },
-        )
+        with without_read_only_note():  # read-only on purpose: orbax's warning would mislead
+            self._manager = ocp.CheckpointManager(
+                self.directory,
+                options=ocp.CheckpointManagerOptions(
+                    max_to_keep=None if read_only else keep,
+                    save_interval_steps=0 if read_only else 1,
+                    enable_async_checkpointing=not read_only,
+                    create=not read_only,
+                    read_only=read_only,
+                ),
+                item_handlers={
+                    _STATE: ocp.StandardCheckpointHandler(),
+                    _INTEGRITY: ocp.JsonCheckpointHandler(),
+                },
+            )
 
     def latest_step(self) -> int | None:
         """Step of the newest complete checkpoint, or None."""

@@ -145,6 +145,20 @@ def test_orbax_errors_are_held_until_reported_or_released(caplog):
     assert errors.held == []
 
 
+def test_opening_read_only_logs_nothing(tmp_path, caplog):
+    # Evaluation and inspection (a notebook's analysis.load_run) open checkpoints read-only on
+    # purpose; orbax's "Given directory is read only" warning would make it look like a fault.
+    from imixer_jax import checkpoint_noise, checkpointing
+
+    (tmp_path / "checkpoints").mkdir()
+    with caplog.at_level(logging.WARNING):
+        checkpointing.Checkpointer(str(tmp_path), read_only=True).close()
+    assert not [r.getMessage() for r in caplog.records if "/orbax/" in r.pathname]
+    note = _orbax_record(logging.WARNING, "Given directory is read only=/x")
+    assert not checkpoint_noise._DropReadOnlyNote().filter(note)  # exactly that line
+    assert checkpoint_noise._DropReadOnlyNote().filter(_orbax_record(logging.WARNING, "other"))
+
+
 def test_only_closed_loop_callbacks_are_dropped_from_unraisable_exceptions(monkeypatch):
     from imixer_jax import checkpoint_noise
 
