@@ -40,9 +40,9 @@ def with_solver(model: Mixer, **solver) -> Mixer:
 
 
 def fresh_like(model: Mixer, seed: int) -> Mixer:
-    """A freshly initialised ``model`` (its class and config; the official initialisation drawn
-    from ``seed``) in evaluation mode, its arrays placed as ``model``'s are (a restored run's on
-    the run's mesh), so that a program compiled for one, e.g. ``forward``'s, serves the other."""
+    """A freshly initialised ``model`` (its class, config and mode; the official initialisation
+    drawn from ``seed``), its arrays placed as ``model``'s are (a restored run's on the run's
+    mesh), so that a program compiled for one, e.g. ``forward``'s, serves the other."""
     graphdef, state = nnx.split(model)
     fresh = _initial_state(type(model), model.config, jax.random.key(seed))
     return nnx.merge(graphdef, jax.device_put(fresh, jax.tree.map(lambda x: x.sharding, state)))

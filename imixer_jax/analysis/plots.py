@@ -155,8 +155,9 @@ def write_plots(
         written.append(path)
 
     save(plot_energy_descent(toy.toy_energy_curves(jax.random.key(0))), "energy_descent.png")
-    _, info = blocks.forward(model, images)
-    if c.token_mixer == "imlp" and c.n_iter > 0:
+    iterates = c.token_mixer == "imlp" and c.n_iter > 0
+    _, info = blocks.forward(model, images) if iterates or c.tied else (None, None)
+    if iterates:
         converged = blocks.with_solver(model, n_iter=max_iter, tol=tol, adjoint="implicit")
         curves = {
             f"trained solver (n_iter {c.n_iter}, {c.adjoint})": blocks.residuals(info),

@@ -17,6 +17,7 @@ from imixer_jax.hopfield import HierarchicalNetwork, Layer, Synapse, lagrangians
 
 Array = jax.Array
 F32_EPS = float(np.finfo(np.float32).eps)
+CHUNK = 500  # steps per compiled scan of ``energy_descent``
 
 
 def three_layer_network(
@@ -99,9 +100,10 @@ def energy_descent(
     """Explicit-Euler dynamics of the tied ``net`` from ``batch`` random initial states
     ``N(0, init_scale^2)``: energies and exact energy rates along the trajectories.
 
-    The steps run in scans of at most ``CHUNK`` steps, each starting where the last ended (the
-    same Euler steps as one long scan), and ``dt`` is traced: every ``dt`` and ``num_steps``
-    share one compiled scan per network structure.
+    The steps run in scans of ``min(CHUNK, num_steps)`` steps, each starting where the last
+    ended (the same Euler steps as one long scan, bit for bit), and ``dt`` is traced: every
+    ``dt``, and every ``num_steps`` from ``CHUNK`` on, share one compiled scan per network
+    structure.
     """
     shapes = tuple(layer.shape for layer in net.layers)
     xs = _initial_states(key, shapes, batch, init_scale)
@@ -115,9 +117,6 @@ def energy_descent(
     return Descent(
         np.concatenate(energies)[: num_steps + 1], np.concatenate(rates)[: num_steps + 1], dt
     )
-
-
-CHUNK = 500  # steps per compiled scan of ``energy_descent``
 
 
 @partial(jax.jit, static_argnums=(1, 2))
