@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging as py_logging
 import sys
+import traceback
 from collections.abc import Iterator
 
 from absl import logging
@@ -63,13 +64,20 @@ class _DropOrbaxInfo(py_logging.Filter):
             logging.warning("orbax: %s", message)
 
 
-class _DropOrphanedTasks(py_logging.Filter):
-    """orbax leaves the failed reads of a damaged checkpoint as asyncio tasks whose errors (the
-    whole TensorStore spec, ~60 lines each) asyncio logs when they are collected; the restore
-    itself has already raised them as one line."""
+class _DropOrphanedOrbaxFutures(py_logging.Filter):
+    """asyncio's 'Task exception was never retrieved' / '_GatheringFuture exception was never
+    retrieved' (the whole TensorStore spec, ~60 lines each) for orbax's own futures. orbax leaves
+    the failed reads of a damaged checkpoint, and the gathered writes of a failed save, as futures
+    whose errors asyncio logs when they are collected, at a time set by the garbage collector; the
+    restore or save has already raised the same error, reported as one line. Only futures whose
+    error was raised through orbax's code are dropped; any other orphaned future is still logged.
+    """
 
     def filter(self, record: py_logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Task exception was never retrieved")
+        if not record.getMessage().split("\n", 1)[0].endswith(" exception was never retrieved"):
+            return True
+        tb = record.exc_info[2] if record.exc_info else None
+        return not any("/orbax/" in f.f_code.co_filename for f, _ in traceback.walk_tb(tb))
 
 
 class _DropClosedLoopCallbacks:
@@ -112,14 +120,14 @@ def without_read_only_note() -> Iterator[None]:
         logger.removeFilter(note)
 
 
-ORBAX_ERRORS, _TASK_FILTER = _DropOrbaxInfo(), _DropOrphanedTasks()
+ORBAX_ERRORS, _FUTURE_FILTER = _DropOrbaxInfo(), _DropOrphanedOrbaxFutures()
 
 
 def quiet_orbax_logging() -> None:
-    """Drop orbax's INFO lines (a dozen per save) from the absl log, the
-    asyncio echo of a failed restore and TensorStore's echoes of a failed save on a closed loop;
+    """Drop orbax's INFO lines (a dozen per save) from the absl log, asyncio's echoes of a
+    failed restore or save and TensorStore's echoes of a failed save on a closed loop;
     orbax's errors are held back (``_DropOrbaxInfo``), its other warnings stay."""
     py_logging.getLogger("absl").addFilter(ORBAX_ERRORS)  # adding it twice is a no-op
-    py_logging.getLogger("asyncio").addFilter(_TASK_FILTER)
+    py_logging.getLogger("asyncio").addFilter(_FUTURE_FILTER)
     if not isinstance(sys.unraisablehook, _DropClosedLoopCallbacks):
         sys.unraisablehook = _DropClosedLoopCallbacks()
