@@ -175,9 +175,11 @@ def test_only_closed_loop_callbacks_are_dropped_from_unraisable_exceptions(monke
     assert seen == [other, owned]
 
 
-def _orphaned_gather_record(filename):
+def _orphaned_gather_record(filename, monkeypatch):
     """The record asyncio logs for a gathered future that failed and was collected unread (what a
-    failed orbax save leaves behind), its error raised in code compiled as ``filename``."""
+    failed orbax save leaves behind), its error raised in code compiled as ``filename``. The
+    logger's own filters are set aside: an entry point run earlier in this process installed the
+    filter under test there."""
     namespace = {}
     source = "async def write():\n    raise ValueError('OUT_OF_RANGE: File too large')\n"
     exec(compile(source, filename, "exec"), namespace)
@@ -185,6 +187,7 @@ def _orphaned_gather_record(filename):
     handler = logging.Handler()
     handler.emit = records.append
     logger = logging.getLogger("asyncio")
+    monkeypatch.setattr(logger, "filters", [])
     logger.addHandler(handler)
 
     async def gather_and_drop():
@@ -203,17 +206,18 @@ def _orphaned_gather_record(filename):
     return record
 
 
-def test_only_orbax_futures_are_dropped_when_collected_unread():
+def test_only_orbax_futures_are_dropped_when_collected_unread(monkeypatch):
     # CI once printed 12 lines of '_GatheringFuture exception was never retrieved' after the
     # one-line report of a full disk: orbax's gathered writes, collected whenever the garbage
     # collector runs. Tasks (a failed restore) and gathered futures alike, only orbax's own.
     from imixer_jax import checkpoint_noise
 
     drop = checkpoint_noise._DropOrphanedOrbaxFutures()
-    orbax = _orphaned_gather_record("/site-packages/orbax/checkpoint/_src/serialization/x.py")
+    orbax_file = "/site-packages/orbax/checkpoint/_src/serialization/x.py"
+    orbax = _orphaned_gather_record(orbax_file, monkeypatch)
     assert orbax.getMessage().startswith("_GatheringFuture exception was never retrieved")
     assert not drop.filter(orbax)
-    assert drop.filter(_orphaned_gather_record("/home/user/my_script.py"))
+    assert drop.filter(_orphaned_gather_record("/home/user/my_script.py", monkeypatch))
     assert drop.filter(_orbax_record(logging.ERROR, "an orbax error, not a collected future"))
 
 
