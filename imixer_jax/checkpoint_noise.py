@@ -20,6 +20,11 @@ from absl import logging
 __all__ = ["ORBAX_ERRORS", "quiet_orbax_logging", "without_read_only_note"]
 
 
+def _in_orbax(path: str) -> bool:
+    """Whether source file ``path`` is part of orbax (where a log record or a frame comes from)."""
+    return "/orbax/" in path
+
+
 class _DropOrbaxInfo(py_logging.Filter):
     """orbax's INFO lines dropped; its errors held back.
 
@@ -41,7 +46,7 @@ class _DropOrbaxInfo(py_logging.Filter):
         self.reported = False  # a save failure was reported: orbax's echoes of it are dropped
 
     def filter(self, record: py_logging.LogRecord) -> bool:
-        if "/orbax/" not in record.pathname:
+        if not _in_orbax(record.pathname):
             return True
         if record.levelno >= py_logging.ERROR:
             if not self.reported:
@@ -77,7 +82,7 @@ class _DropOrphanedOrbaxFutures(py_logging.Filter):
         if not record.getMessage().split("\n", 1)[0].endswith(" exception was never retrieved"):
             return True
         tb = record.exc_info[2] if record.exc_info else None
-        return not any("/orbax/" in f.f_code.co_filename for f, _ in traceback.walk_tb(tb))
+        return not any(_in_orbax(f.f_code.co_filename) for f, _ in traceback.walk_tb(tb))
 
 
 class _DropClosedLoopCallbacks:
@@ -103,7 +108,7 @@ class _DropReadOnlyNote(py_logging.Filter):
     """orbax's 'Given directory is read only=DIR' warning."""
 
     def filter(self, record: py_logging.LogRecord) -> bool:
-        return "/orbax/" not in record.pathname or "is read only" not in record.getMessage()
+        return not _in_orbax(record.pathname) or "is read only" not in record.getMessage()
 
 
 @contextlib.contextmanager

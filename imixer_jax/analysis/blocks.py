@@ -19,6 +19,7 @@ from flax import nnx
 
 from imixer_jax.models.mixer import Mixer, capture_intermediates
 from imixer_jax.models.spectral_norm import spectral_sigmas
+from imixer_jax.training.state import RUN_ONCE
 
 Array = jax.Array
 
@@ -49,10 +50,8 @@ def fresh_like(model: Mixer, seed: int) -> Mixer:
 
 
 # One program for all the draws (eagerly, every parameter shape compiles its own sampler); it runs
-# once per config, so XLA's backend (LLVM) optimisation would only add seconds of compile time.
-@functools.partial(
-    jax.jit, static_argnums=(0, 1), compiler_options={"xla_backend_optimization_level": 0}
-)
+# once per config.
+@functools.partial(jax.jit, static_argnums=(0, 1), compiler_options=RUN_ONCE)
 def _initial_state(cls: type, config, key: Array) -> nnx.State:
     return nnx.state(cls(config, rngs=nnx.Rngs(params=key)))
 

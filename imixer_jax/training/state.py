@@ -29,6 +29,10 @@ from imixer_jax.models import registry
 
 Array = jax.Array
 
+# ``jax.jit(..., compiler_options=RUN_ONCE)`` for a program that runs once (initialising a state):
+# XLA's backend (LLVM) optimisation would only add seconds of CPU compile time.
+RUN_ONCE = {"xla_backend_optimization_level": 0}
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -168,6 +172,9 @@ def _init(config: ml_collections.ConfigDict, tx: optax.GradientTransformation) -
 
 def init_state(setup: Setup) -> TrainState:
     """A fresh train state, created directly into its shardings."""
-    init = jax.jit(lambda: _init(setup.config, setup.tx), out_shardings=setup.state_shardings)
-    # It runs once: XLA's backend (LLVM) optimisation would only add seconds of CPU compile time.
-    return init.lower().compile({"xla_backend_optimization_level": 0})()
+    init = jax.jit(
+        lambda: _init(setup.config, setup.tx),
+        out_shardings=setup.state_shardings,
+        compiler_options=RUN_ONCE,
+    )
+    return init()
