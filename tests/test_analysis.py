@@ -50,7 +50,9 @@ def tied_workdir(tmp_path_factory):
 
 
 def test_toy_energy_descent_convex_never_rises_gelu_can():
-    # Reported flaky once (issue 9, item 13). It is deterministic: explicit keys, no global
+    # Reported flaky once (issue 9, item 13). Cause: JAX 0.10 treedefs of ReLU() and GELU() compared
+    # equal, so jit could run the ReLU network's program on a GELU one (see hopfield.pytree). Before
+    # that was found: it is deterministic: explicit keys, no global
     # state; its energies and rates are bit-identical (one SHA-256) with XLA's Eigen thread pool
     # off, on one core, with 8 host devices, with one OpenBLAS thread, after the tests that
     # switch float64 on (Lagrangians, solver) in the same process, and at a load of 9-14 on 2

@@ -2,6 +2,8 @@
 the adiabatic reduction onto any visible layers (a visible layer with two hidden neighbours: the
 parallelised Mixer block)."""
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 from flax import struct
 
+from imixer_jax import hopfield
 from imixer_jax.hopfield import (
     Dense,
     EnergySynapse,
@@ -331,3 +334,38 @@ def test_reduced_dynamics_equal_full_dynamics_in_the_adiabatic_limit_on_a_star()
         errors[ratio] = float(jnp.max(jnp.abs(full["v"] - reduced))) / moved
     assert errors[1e-3] < 1e-2, errors
     assert 7.0 < errors[1e-2] / errors[1e-3] < 13.0, errors
+
+
+# ---------------------------------------------------------------------------------------------
+# The core's pytree dataclass.
+
+
+def test_classes_with_equal_static_fields_have_unequal_tree_structures():
+    # Issue 9, item 13: under JAX 0.10 the structures of ReLU() and GELU() (registered with
+    # jax.tree_util.register_dataclass, as flax.struct.dataclass does) compared equal with unequal
+    # hashes, so jit's cache now and then ran the toy ReLU network's energy-rate program on the
+    # GELU network (the flaky toy test). Equal structures must mean the same classes.
+    from imixer_jax.analysis import toy
+
+    key = jax.random.key(0)
+    relu = toy.three_layer_network(key, hidden=("relu", "relu"))
+    gelu = toy.three_layer_network(key, hidden=("gelu", "gelu"))
+    assert jax.tree.structure(relu) != jax.tree.structure(gelu)
+    assert jax.tree.structure(lagrangians.ReLU()) != jax.tree.structure(lagrangians.GELU())
+    again = toy.three_layer_network(key, hidden=("relu", "relu"))
+    assert jax.tree.structure(relu) == jax.tree.structure(again)
+
+
+def test_core_dataclass_has_static_fields_keys_and_replace():
+    @hopfield.dataclass
+    class Pair:
+        w: jax.Array
+        name: str = struct.field(pytree_node=False, default="a")
+
+    pair = Pair(jnp.ones(2))
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(pair)
+    assert [jax.tree_util.keystr(path) for path, _ in leaves] == [".w"]
+    assert treedef != jax.tree.structure(pair.replace(name="b"))  # static: in the structure
+    assert jax.tree.unflatten(treedef, [jnp.zeros(2)]).name == "a"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        pair.w = jnp.zeros(2)

@@ -6,6 +6,7 @@ from imixer_jax.hopfield.conv import Conv
 from imixer_jax.hopfield.graph import Layer, Network
 from imixer_jax.hopfield.lagrangians import Lagrangian, from_fn
 from imixer_jax.hopfield.network import HierarchicalNetwork, Synapse
+from imixer_jax.hopfield.pytree import dataclass
 from imixer_jax.hopfield.solver import Solution, fixed_point
 from imixer_jax.hopfield.synapses import Dense, Directed, EnergySynapse
 
@@ -20,6 +21,7 @@ __all__ = [
     "Network",
     "Solution",
     "Synapse",
+    "dataclass",
     "fixed_point",
     "from_fn",
     "lagrangians",

@@ -19,12 +19,13 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from imixer_jax.hopfield import pytree
 from imixer_jax.hopfield.synapses import EnergySynapse, broadcasts_to
 
 Array = jax.Array
 
 
-@struct.dataclass
+@pytree.dataclass
 class Conv(EnergySynapse):
     """Tied convolution synapse between ``pre`` and ``post``; closed-form currents.
 

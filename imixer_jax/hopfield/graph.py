@@ -27,7 +27,7 @@ from flax import struct
 from jax.tree_util import GetAttrKey
 
 from imixer_jax.hopfield import lagrangians as lagrangians_lib
-from imixer_jax.hopfield import reduction
+from imixer_jax.hopfield import pytree, reduction
 from imixer_jax.hopfield.conv import Conv
 from imixer_jax.hopfield.lagrangians import Lagrangian
 from imixer_jax.hopfield.reduction import add
@@ -38,7 +38,7 @@ Array = jax.Array
 States = dict[str, Array]
 
 
-@struct.dataclass
+@pytree.dataclass
 class Layer:
     """A layer of neurons: Lagrangian, state shape (without batch axes), time constant, bias.
 

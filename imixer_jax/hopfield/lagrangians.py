@@ -8,7 +8,7 @@ into a Lagrangian (activation by ``jax.grad``); the built-in ones write the acti
 form so that the forward pass of a network never differentiates, and LayerNorm writes its neuron
 energy in closed form (the difference <x, g> - L cancels catastrophically in float32).
 
-Every class is a frozen pytree (``flax.struct.dataclass``): parameters such as the LayerNorm gain
+Every class is a frozen pytree (``hopfield.dataclass``): parameters such as the LayerNorm gain
 are leaves, so they can be learned and differentiated; configuration (axis, eps) is static.
 Normalising Lagrangians (``LayerNorm``, ``Softmax``, ``Spherical``) act along ``axis``: an int or a
 tuple of ints; ``None`` means every axis of the layer state, resolved to the trailing axes by the
@@ -25,6 +25,8 @@ from typing import Protocol, runtime_checkable
 import jax
 import jax.numpy as jnp
 from flax import struct
+
+from imixer_jax.hopfield import pytree
 
 Array = jax.Array
 Axis = int | tuple[int, ...] | None
@@ -53,7 +55,7 @@ class _Generic:
         return jnp.vdot(x, self.activation(x)) - self(x)
 
 
-@struct.dataclass
+@pytree.dataclass
 class FromFn(_Generic):
     """A Lagrangian given by a scalar function ``fn`` of one element; activation by ``jax.grad``.
 
@@ -77,7 +79,7 @@ def from_fn(fn: Callable[[Array], Array], *, convex: bool = False) -> FromFn:
     return FromFn(fn, convex)
 
 
-@struct.dataclass
+@pytree.dataclass
 class Identity(_Generic):
     """L = 0.5 sum x^2, g = x."""
 
@@ -90,7 +92,7 @@ class Identity(_Generic):
         return x
 
 
-@struct.dataclass
+@pytree.dataclass
 class ReLU(_Generic):
     """L = 0.5 sum relu(x)^2, g = relu(x)."""
 
@@ -104,7 +106,7 @@ class ReLU(_Generic):
         return jax.nn.relu(x)
 
 
-@struct.dataclass
+@pytree.dataclass
 class ReLUPower(_Generic):
     """L = sum relu(x)^n / n, g = relu(x)^(n-1) (n >= 2; n = 2 is ``ReLU``), the rectified
     polynomial of dense associative memories. Convex."""
@@ -119,7 +121,7 @@ class ReLUPower(_Generic):
         return jax.nn.relu(x) ** (self.power - 1.0)
 
 
-@struct.dataclass
+@pytree.dataclass
 class Softplus(_Generic):
     """L = sum log(1 + e^x), g = sigmoid(x)."""
 
@@ -135,7 +137,7 @@ class Softplus(_Generic):
 Sigmoid = Softplus  # named by its activation
 
 
-@struct.dataclass
+@pytree.dataclass
 class Tanh(_Generic):
     """L = sum log cosh(x), g = tanh(x). Convex (g' = 1 - tanh^2 > 0)."""
 
@@ -169,7 +171,7 @@ def _count(x: Array, axis: Axis) -> int:
     return math.prod(x.shape[a] for a in _axes(axis, x.ndim))
 
 
-@struct.dataclass
+@pytree.dataclass
 class Softmax(_Generic):
     """L = (1/beta) logsumexp(beta x) along ``axis`` (summed over the others), g = softmax."""
 
@@ -184,7 +186,7 @@ class Softmax(_Generic):
         return jax.nn.softmax(self.beta * x, axis=self.axis)
 
 
-@struct.dataclass
+@pytree.dataclass
 class Spherical(_Generic):
     """L = sqrt(sum x^2 + eps) along ``axis``, g = x / ||x|| (projection on the unit sphere).
     Convex (a norm); its neuron energy <x, g> - L = -eps / sqrt(||x||^2 + eps) in closed form."""
@@ -206,7 +208,7 @@ class Spherical(_Generic):
         return -self.eps * jnp.sum(1.0 / self._norm(x))
 
 
-@struct.dataclass
+@pytree.dataclass
 class LayerNorm:
     """L = n gamma sqrt(Var(x) + eps) + sum delta x along ``axis``, g = LayerNorm(x).
 
@@ -263,7 +265,7 @@ class LayerNorm:
         return -n * self.eps * jnp.sum(self.gamma * jax.lax.rsqrt(var + self.eps))
 
 
-@struct.dataclass
+@pytree.dataclass
 class GELU(_Generic):
     """L = sum Phi(x) with Phi' = GELU (exact erf form). Not convex: GELU' < 0 for x < -0.7518."""
 

@@ -12,8 +12,8 @@ n_{A+1}]``, feedback ``[n_{A+1}, n_A]`` or None for tied).
 from __future__ import annotations
 
 import jax
-from flax import struct
 
+from imixer_jax.hopfield import pytree
 from imixer_jax.hopfield import solver as solver_lib
 from imixer_jax.hopfield.graph import Layer, Network
 from imixer_jax.hopfield.synapses import Dense
@@ -27,7 +27,7 @@ def _names(n: int) -> tuple[str, ...]:
     return tuple(f"layer_{a}" for a in range(n))
 
 
-@struct.dataclass
+@pytree.dataclass
 class HierarchicalNetwork:
     """An ordered chain of layers coupled by neighbour synapses (``len(synapses) == N - 1``)."""
 

@@ -41,6 +41,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from imixer_jax.hopfield import pytree
+
 PyTree = Any
 _TINY = 1e-30
 UNROLL_MAX = 8  # the unrolled adjoint unrolls loops of at most this many steps by default
@@ -53,7 +55,7 @@ class NotConvergedError(RuntimeError):
     """Raised (through the runtime) by ``fixed_point(..., throw=True)``."""
 
 
-@struct.dataclass
+@pytree.dataclass
 class Solution:
     """Result of a fixed-point solve (``P`` = the problems' batch shape, ``()`` unless
     ``batch_ndim > 0``).
@@ -166,14 +168,14 @@ def fixed_point(
     return solution
 
 
-@struct.dataclass
+@pytree.dataclass
 class _Options:
     batch_ndim: int = struct.field(pytree_node=False)
     method: str = struct.field(pytree_node=False)
     memory: int = struct.field(pytree_node=False)
 
 
-@struct.dataclass
+@pytree.dataclass
 class _Backward:
     tol: float = struct.field(pytree_node=False)
     max_steps: int = struct.field(pytree_node=False)

@@ -6,7 +6,7 @@ the activations ``gs`` of its layers without batch axes) and the currents ``-dE/
 layers. ``EnergySynapse`` (the base class) takes the currents from ``jax.grad`` of the energy, so a
 user-defined synapse only writes its energy::
 
-    @struct.dataclass
+    @hopfield.dataclass
     class Attention(EnergySynapse):               # Energy Transformer style, one layer [N, D]
         wq: Array; wk: Array
         layers: tuple[str, ...] = struct.field(pytree_node=False, default=("tokens",))
@@ -31,11 +31,13 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from imixer_jax.hopfield import pytree
+
 Array = jax.Array
 
 
 class EnergySynapse:
-    """Base class of a synapse defined by its energy (subclass it as a ``struct.dataclass``).
+    """Base class of a synapse defined by its energy (subclass it as a ``hopfield.dataclass``).
 
     Subclasses set the static field ``layers`` and write ``energy``; ``currents`` follows by
     ``jax.grad``. ``tied`` is True when the currents are minus the gradient of ``energy`` (the
@@ -105,7 +107,7 @@ def contract(x: Array, x_axes: str, w: Array, w_axes: str, out_axes: str) -> Arr
     return y if perm == tuple(range(y.ndim)) else jnp.transpose(y, perm)
 
 
-@struct.dataclass
+@pytree.dataclass
 class Dense(EnergySynapse):
     """Linear synapse between ``pre`` and ``post``; closed-form currents.
 
@@ -216,7 +218,7 @@ class Dense(EnergySynapse):
         return out - jnp.sum(jnp.broadcast_to(self.feedback_bias, g_pre.shape) * g_pre)
 
 
-@struct.dataclass
+@pytree.dataclass
 class Directed(Dense):
     """One-way linear synapse: current ``einsum(spec, g_pre, weight) + forward_bias`` into post,
     none back into pre. Never tied (no energy): next to a tied ``Dense`` between the same layers
