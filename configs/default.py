@@ -22,7 +22,7 @@ train_and_evaluate, about 20 s of it XLA compilation); 53-71 s while other jobs 
 
 import ml_collections
 
-from imixer_jax import config as config_lib
+from imixer_jax.training import config as config_lib
 
 TOKEN_MIXERS = {"imixer": "imlp", "mixer": "mlp"}
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from imixer_jax import config as config_lib
+from imixer_jax.training import config as config_lib
 
 MODELS = ("mixer_b16", "mixer_b32", "mixer_l16")
 

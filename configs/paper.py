@@ -8,7 +8,8 @@ Those files take the model as their argument (``--config configs/cifar10.py:imix
 ``--config.model.dtype=float32``); ``docs/recipe.md`` lists where the recipe deviates from the
 official run.
 
-Everything not set here is the official recipe of ``imixer_jax.config.base_config``: AdamW (lr
+Everything not set here is the official recipe of
+``imixer_jax.training.config.base_config``: AdamW (lr
 5e-4, weight decay 0.05), global batch 2048 (512 x 4 GPUs), 300 epochs of cosine schedule after a
 20-epoch warm-up, 10 cool-down epochs, RandomResizedCrop 224 + flip + RandAugment
 ``rand-m9-mstd0.5-inc1`` + random erasing 0.25, mixup 0.8 / cutmix 1.0 / label smoothing 0.1,
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from imixer_jax import config as config_lib
+from imixer_jax.training import config as config_lib
 
 # TFDS facts: (number of classes, number of training examples).
 DATASETS = {

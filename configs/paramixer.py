@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from imixer_jax import config as config_lib
 from imixer_jax.models import registry
+from imixer_jax.training import config as config_lib
 
 NUM_TRAIN = 50_000  # CIFAR-10 training examples
 BATCH_PER_DEVICE, NUM_DEVICES = 96, 4

@@ -17,7 +17,7 @@ import statistics
 from typing import Any
 
 from experiments import sweep
-from experiments.sweeps import NOTES, SWEEPS
+from experiments.catalog import NOTES, SWEEPS
 from imixer_jax import cli
 
 
@@ -31,9 +31,9 @@ def collect(name: str, root: str) -> list[dict[str, Any]]:
         final = sweep.final_metrics(workdir)
         row: dict[str, Any] = {"run": run.name, "group": run.group, "finished": final is not None}
         if final is not None:
-            from imixer_jax import config as config_lib
             from imixer_jax.analysis.runs import load_config  # TensorFlow: only with a run
             from imixer_jax.models import registry
+            from imixer_jax.training import config as config_lib
 
             config = load_config(workdir)
             row.update(

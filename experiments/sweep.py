@@ -1,4 +1,4 @@
-"""Run a named sweep (``experiments/sweeps.py``), one ``imixer_jax.train`` command per run.
+"""Run a named sweep (``experiments/catalog.py``), one ``imixer_jax.train`` command per run.
 
     python -m experiments.sweep NAME --dry-run [--root runs]   # print one train command per run
     python -m experiments.sweep NAME --run [--root runs]       # run them in sequence
@@ -23,7 +23,7 @@ from typing import Any
 
 import ml_collections
 
-from experiments.sweeps import SWEEPS, Run
+from experiments.catalog import SWEEPS, Run
 from imixer_jax import cli
 
 SWEEP_LOG = "sweep_log.jsonl"
@@ -59,7 +59,8 @@ def workdir_of(root: str, sweep: str, run: Run) -> str:
 def total_steps(config: ml_collections.ConfigDict) -> int:
     """Steps of the whole schedule of ``config`` (needs the dataset's metadata)."""
     # TensorFlow comes with these: imported only here, so that --list and --dry-run stay fast.
-    from imixer_jax import data, optim
+    from imixer_jax import data
+    from imixer_jax.training import optim
 
     info = data.dataset_info(
         config.data.name,
@@ -77,7 +78,7 @@ def final_metrics(workdir: str) -> dict[str, Any] | None:
     if not (os.path.exists(path) and os.path.exists(os.path.join(workdir, "config.json"))):
         return None
     from imixer_jax.analysis.runs import load_config  # TensorFlow: see total_steps
-    from imixer_jax.metrics import read_jsonl
+    from imixer_jax.training.logging.reader import read_jsonl
 
     last = total_steps(load_config(workdir))
     final: dict[str, Any] = {}

@@ -13,10 +13,11 @@ import pytest
 from flax import nnx
 
 from configs import default
-from imixer_jax import analysis, checkpointing, training
+from imixer_jax import analysis, training
 from imixer_jax.analysis import toy
 from imixer_jax.models.configs import MixerConfig
 from imixer_jax.models.mixer import Mixer
+from imixer_jax.training import checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -191,7 +192,7 @@ def _untrained_workdir(workdir: str) -> None:
     writes them. Training would add ~25 s of CPU time (the train step compiles) and nothing
     the fit check reads: it compares the saved shapes with the config's before any value."""
     setup = training.prepare(_tiny_config(tied=True, steps=20))
-    ckpt = checkpointing.Checkpointer(workdir, every_steps=1)
+    ckpt = checkpoint.Checkpointer(workdir, every_steps=1)
     ckpt.save(0, training.init_state(setup))
     ckpt.wait()
     ckpt.close()

@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from imixer_jax import config as config_lib
-from imixer_jax.benchmark import benchmark, forward_flops_per_image
+from benchmarks.step import benchmark, forward_flops_per_image
 from imixer_jax.models.registry import create_model
+from imixer_jax.training import config as config_lib
 
 POSITIVE = (
     "params",
@@ -102,7 +102,7 @@ def test_benchmark_rejects_bad_arguments():
 )
 def test_cli_errors_are_one_line(args, names):
     out = subprocess.run(
-        [sys.executable, "-m", "imixer_jax.benchmark", *args],
+        [sys.executable, "-m", "benchmarks.step", *args],
         capture_output=True,
         text=True,
     )
@@ -114,7 +114,7 @@ def test_cli_errors_are_one_line(args, names):
 @pytest.mark.slow
 def test_cli_json(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "imixer_jax.benchmark", "--model", "mixer_s32", "--batch", "2"]
+        [sys.executable, "-m", "benchmarks.step", "--model", "mixer_s32", "--batch", "2"]
         + ["--img-size", "32", "--num-classes", "10", "--data", "digits", "--steps", "1"]
         + ["--warmup", "0", "--matmul-size", "64", "--json", "--data-dir", str(tmp_path)]
         + ["--scan-blocks"],  # one compiled block instead of 8 (the S/32's 19M parameters stay)

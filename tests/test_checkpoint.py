@@ -26,7 +26,7 @@ TOTAL, EVERY = 60, 20
 
 CONFIG = f"""
 from configs import default
-from imixer_jax import config as config_lib
+from imixer_jax.training import config as config_lib
 
 
 def get_config():
@@ -115,7 +115,7 @@ def test_sigkill_and_restart_ends_like_an_uninterrupted_run(tmp_path, jax_cache)
     assert tensorboard_points(killed)["train/loss"] == want
 
 
-# What orbax and TensorStore print around a failed save (imixer_jax.checkpoint_noise).
+# What orbax and TensorStore print around a failed save (imixer_jax.training.checkpoint.log_filter).
 
 
 def _orbax_record(level, message):
@@ -123,9 +123,9 @@ def _orbax_record(level, message):
 
 
 def test_orbax_errors_are_held_until_reported_or_released(caplog):
-    from imixer_jax import checkpoint_noise
+    from imixer_jax.training.checkpoint import log_filter
 
-    errors = checkpoint_noise._DropOrbaxInfo()
+    errors = log_filter._DropOrbaxInfo()
     assert not errors.filter(_orbax_record(logging.INFO, "saving"))  # orbax's INFO chatter
     assert errors.filter(_orbax_record(logging.WARNING, "a warning"))  # kept as it comes
     ours = logging.LogRecord("absl", logging.ERROR, "/x/imixer_jax/a.py", 1, "ours", None, None)
@@ -150,23 +150,24 @@ def test_orbax_errors_are_held_until_reported_or_released(caplog):
 def test_opening_read_only_logs_nothing(tmp_path, caplog):
     # Evaluation and inspection (a notebook's analysis.load_run) open checkpoints read-only on
     # purpose; orbax's "Given directory is read only" warning would make it look like a fault.
-    from imixer_jax import checkpoint_noise, checkpointing
+    from imixer_jax.training import checkpoint
+    from imixer_jax.training.checkpoint import log_filter
 
     (tmp_path / "checkpoints").mkdir()
     with caplog.at_level(logging.WARNING):
-        checkpointing.Checkpointer(str(tmp_path), read_only=True).close()
+        checkpoint.Checkpointer(str(tmp_path), read_only=True).close()
     assert not [r.getMessage() for r in caplog.records if "/orbax/" in r.pathname]
     note = _orbax_record(logging.WARNING, "Given directory is read only=/x")
-    assert not checkpoint_noise._DropReadOnlyNote().filter(note)  # exactly that line
-    assert checkpoint_noise._DropReadOnlyNote().filter(_orbax_record(logging.WARNING, "other"))
+    assert not log_filter._DropReadOnlyNote().filter(note)  # exactly that line
+    assert log_filter._DropReadOnlyNote().filter(_orbax_record(logging.WARNING, "other"))
 
 
 def test_only_closed_loop_callbacks_are_dropped_from_unraisable_exceptions(monkeypatch):
-    from imixer_jax import checkpoint_noise
+    from imixer_jax.training.checkpoint import log_filter
 
     seen = []
     monkeypatch.setattr(sys, "unraisablehook", seen.append)
-    hook = checkpoint_noise._DropClosedLoopCallbacks()
+    hook = log_filter._DropClosedLoopCallbacks()
     closed = types.SimpleNamespace(exc_value=RuntimeError("Event loop is closed"), object=None)
     other = types.SimpleNamespace(exc_value=RuntimeError("something else"), object=None)
     owned = types.SimpleNamespace(exc_value=RuntimeError("Event loop is closed"), object=hook)
@@ -210,9 +211,9 @@ def test_only_orbax_futures_are_dropped_when_collected_unread(monkeypatch):
     # CI once printed 12 lines of '_GatheringFuture exception was never retrieved' after the
     # one-line report of a full disk: orbax's gathered writes, collected whenever the garbage
     # collector runs. Tasks (a failed restore) and gathered futures alike, only orbax's own.
-    from imixer_jax import checkpoint_noise
+    from imixer_jax.training.checkpoint import log_filter
 
-    drop = checkpoint_noise._DropOrphanedOrbaxFutures()
+    drop = log_filter._DropOrphanedOrbaxFutures()
     orbax_file = "/site-packages/orbax/checkpoint/_src/serialization/x.py"
     orbax = _orphaned_gather_record(orbax_file, monkeypatch)
     assert orbax.getMessage().startswith("_GatheringFuture exception was never retrieved")
@@ -222,7 +223,7 @@ def test_only_orbax_futures_are_dropped_when_collected_unread(monkeypatch):
 
 
 def test_failed_save_names_the_operating_system_cause():
-    from imixer_jax.checkpointing import _save_cause
+    from imixer_jax.training.checkpoint.manager import _save_cause
 
     tensorstore = ValueError(
         'OUT_OF_RANGE: Error writing local file "' + "/long/path" * 30 + '": File too large'

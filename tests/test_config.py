@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from configs import default
-from imixer_jax import config as config_lib
+from imixer_jax.training import config as config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,4 +1,4 @@
-"""Official iMixer PyTorch ``state_dict`` <-> our state (``imixer_jax.convert.torch_imixer``).
+"""Official iMixer PyTorch ``state_dict`` <-> our state (``imixer_jax.weights.torch_imixer``).
 
 The official layout and forward are written here from github.com/Toshihiro-Ota/imixer
 (``models/mlp_imixer.py``: ``PatchEmbed`` stem, ``MixerBlock`` with ``norm1``/``mlp_tokens``/
@@ -16,9 +16,9 @@ import pytest
 from flax import nnx
 from scipy.special import erf
 
-from imixer_jax.convert import torch_imixer
 from imixer_jax.models import build
-from imixer_jax.models.pretrained import PretrainedError
+from imixer_jax.weights import torch_imixer
+from imixer_jax.weights.vit_jax import PretrainedError
 
 TINY = dict(classes=5, patch=4, img=16, dim=8, tokens=6, channels=20, hidden=12, blocks=2)
 COEFF = 0.9

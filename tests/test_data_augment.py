@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageEnhance, ImageOps
 
-from imixer_jax.data import augment
+from imixer_jax.data.augment import host as augment
 
 RNG = np.random.default_rng(0)
 _yy, _xx = np.mgrid[0:20, 0:24]

@@ -19,8 +19,9 @@ import tensorflow as tf
 from scipy import stats
 
 from imixer_jax import data
-from imixer_jax.data import augment, device_augment
-from imixer_jax.data.randaugment_policy import RandAugmentPolicy
+from imixer_jax.data.augment import device as device_augment
+from imixer_jax.data.augment import host as augment
+from imixer_jax.data.augment.policy import RandAugmentPolicy
 from tests.multidevice import run_on_eight_devices
 
 ALPHA = 1e-3
@@ -247,7 +248,7 @@ SHARDED_SCRIPT = """
 import jax, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from imixer_jax import data
-from imixer_jax.data import device_augment
+from imixer_jax.data.augment import device as device_augment
 config = {**data.AUGMENT_DEFAULTS, "on_device": True}
 images = np.random.default_rng(0).integers(0, 256, (16, 12, 12, 3), dtype=np.uint8)
 run = jax.jit(lambda k, x: device_augment.augment_batch(k, x, config))
@@ -271,8 +272,8 @@ def test_full_recipe_same_on_one_device_and_sharded_over_eight():
 @pytest.mark.slow
 def test_trainer_runs_with_on_device_augmentation_on_synthetic_data(tmp_path):
     from configs import default
-    from imixer_jax import config as config_lib
     from imixer_jax import training
+    from imixer_jax.training import config as config_lib
 
     c = default.get_config()
     tiny = dict(img_size=16, patch_size=4, num_blocks=1, hidden_dim=16, tokens_mlp_dim=8)

@@ -8,8 +8,7 @@ import tensorflow_datasets as tfds
 from sklearn.datasets import load_digits
 
 import imixer_jax.data as data
-from imixer_jax import tf_import
-from imixer_jax.data import digits
+from imixer_jax.data import digits, tf_import
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ def _loaded_after(statements: str) -> list[str]:
 @pytest.mark.parametrize(
     "statements",
     [
-        "import configs.default, configs.cifar10, imixer_jax.config",
+        "import configs.default, configs.cifar10, imixer_jax.training.config",
         "from imixer_jax import data; data.AUGMENT_DEFAULTS, data.mix_batch",
     ],
 )
@@ -51,11 +51,11 @@ def test_importing_the_trainer_leaves_the_jax_backend_alone():
     # (e.g. a module-level jnp constant).
     script = textwrap.dedent(
         """
-        import configs.default, imixer_jax.config, imixer_jax.train, imixer_jax.training
+        import configs.default, imixer_jax.training.config, imixer_jax.train, imixer_jax.training
         from imixer_jax import data
-        from imixer_jax.data import device_augment
+        from imixer_jax.data.augment import device as device_augment
         from jax._src import xla_bridge
-        imixer_jax.config.validate(configs.default.get_config())
+        imixer_jax.training.config.validate(configs.default.get_config())
         print(xla_bridge.backends_are_initialized())
         """
     )

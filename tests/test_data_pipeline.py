@@ -10,7 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import imixer_jax.data as data
-from imixer_jax import tf_import
+from imixer_jax.data import tf_import
 
 NO_AUGMENT = {
     "random_resized_crop": False,

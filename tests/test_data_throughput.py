@@ -1,4 +1,4 @@
-"""`python -m imixer_jax.data.throughput`: runs on mock data, times the pipeline transform."""
+"""`python -m benchmarks.throughput`: runs on mock data, times the pipeline transform."""
 
 import itertools
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-from imixer_jax.data import throughput
+from benchmarks import throughput
 
 pytestmark = pytest.mark.slow  # builds the 224 px RandAugment graph
 

@@ -11,10 +11,10 @@ from ml_collections import config_flags
 
 from configs import default, paper
 from experiments import report, sweep
-from experiments.sweeps import SWEEPS, Run
-from imixer_jax import config as config_lib
+from experiments.catalog import SWEEPS, Run
 from imixer_jax import data
 from imixer_jax.models import registry
+from imixer_jax.training import config as config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPECTED_RUNS = {

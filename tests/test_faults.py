@@ -29,9 +29,11 @@ import numpy as np
 import pytest
 
 from configs import default
-from imixer_jax import checkpointing, metrics, training
-from imixer_jax import config as config_lib
-from imixer_jax.training.lock import WorkdirBusyError, WorkdirLock
+from imixer_jax import training
+from imixer_jax.training import checkpoint
+from imixer_jax.training import config as config_lib
+from imixer_jax.training.checkpoint.lock import WorkdirBusyError, WorkdirLock
+from imixer_jax.training.logging import reader as metrics
 
 # orbax leaves the tensorstore reads of a damaged checkpoint to the garbage collector.
 pytestmark = [
@@ -46,7 +48,7 @@ STEPS, EVERY = 4, 2
 
 CONFIG = """
 from configs import default
-from imixer_jax import config as config_lib
+from imixer_jax.training import config as config_lib
 
 
 def get_config():
@@ -153,7 +155,7 @@ def test_damaged_newest_checkpoint_is_skipped_by_a_read(data_dir, trained, tmp_p
     else:
         os.remove(os.path.join(newest, "_METADATA"))
     before = _files(workdir)
-    with pytest.raises(checkpointing.DamagedCheckpointError, match="is damaged") as info:
+    with pytest.raises(checkpoint.DamagedCheckpointError, match="is damaged") as info:
         training.restore_state(training.prepare(config), workdir, STEPS)
     assert "\n" not in str(info.value)
     # Without a step, a read falls back to the newest intact checkpoint and moves nothing.
@@ -183,7 +185,7 @@ def test_rejected_resume_keeps_config_json(data_dir, trained, tmp_path):
     before = _files(workdir)
     wider = tiny_config(data_dir)
     wider.model.hidden_dim = 24
-    with pytest.raises(checkpointing.CheckpointError, match="does not fit") as info:
+    with pytest.raises(checkpoint.CheckpointError, match="does not fit") as info:
         training.train_and_evaluate(wider, workdir)
     assert "\n" not in str(info.value) and "config.json" in str(info.value)
     assert _files(workdir) == before

@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from imixer_jax import data, metrics
+from imixer_jax import data
+from imixer_jax.training.logging import reader as metrics
 
 pytestmark = pytest.mark.slow  # two 2-process runs
 
@@ -24,7 +25,7 @@ STEPS = 60
 
 CONFIG = """
 from configs import default
-from imixer_jax import config as config_lib
+from imixer_jax.training import config as config_lib
 
 
 def get_config():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from configs import finetune
-from imixer_jax import config as config_lib
-from imixer_jax import optim
+from imixer_jax.training import config as config_lib
+from imixer_jax.training import optim
 
 
 def test_recipe_is_vit_jax_and_validates():
@@ -65,8 +65,8 @@ def test_trainer_starts_from_the_checkpoint_with_a_zero_head(tmp_path):
     import jax
 
     from imixer_jax import training
-    from imixer_jax.models import pretrained
     from imixer_jax.training import loop
+    from imixer_jax.weights import vit_jax as pretrained
     from tests.test_pretrained import _fabricated
 
     flat, _ = _fabricated(num_classes=21)  # another head: replaced by zeros

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from imixer_jax import config as config_lib
 from imixer_jax.models import configs, registry
 from imixer_jax.models.configs import MixerConfig, ModelConfigError, ParaMixerConfig
+from imixer_jax.training import config as config_lib
 
 # 16 tokens (32 px, patch 8), D 16, T 8, C 32, 2 blocks.
 TINY = dict(

@@ -454,7 +454,8 @@ def test_layout_arguments_are_checked(bad):
 _SHARDED_SCANNED_RUN = """
 import json, sys
 from configs import default
-from imixer_jax import config as config_lib, training
+from imixer_jax.training import config as config_lib
+from imixer_jax import training
 
 c = default.get_config()
 c.model = config_lib.model_config(

@@ -444,7 +444,7 @@ def test_config_is_the_official_recipe():
 
 
 def test_sweeps_name_registered_variants():
-    from experiments.sweeps import PARAMIXER_SWEEPS
+    from experiments.catalog import PARAMIXER_SWEEPS
 
     counts = {name: len(runs) for name, runs in PARAMIXER_SWEEPS.items()}
     assert counts == {"paramixer": 4, "paramixer_n_iter": 12, "symmetry_breaking": 9}

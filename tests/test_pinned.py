@@ -103,7 +103,8 @@ def compute_case(name: str) -> dict[str, np.ndarray]:
 def default_run(workdir: str, data_dir: str) -> dict:
     """The default config shortened to 24 steps; returns losses, test metrics, params hash."""
     from configs import default
-    from imixer_jax import metrics, training
+    from imixer_jax import training
+    from imixer_jax.training.logging import reader as metrics
 
     config = default.get_config()
     config.data.data_dir = data_dir

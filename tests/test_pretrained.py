@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from flax import nnx, traverse_util
 
-from imixer_jax.models import create_model, pretrained
+from imixer_jax.models import create_model
+from imixer_jax.weights import vit_jax as pretrained
 
 TINY = dict(img_size=16, patch_size=4, num_blocks=2, hidden_dim=8, tokens_mlp_dim=6)
 TINY_MLP = 20

@@ -15,7 +15,8 @@ import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from imixer_jax import data, sharding
+from imixer_jax import data
+from imixer_jax.training import sharding
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,7 +25,8 @@ _SETUP = """
 import json, sys
 import numpy as np
 from configs import default
-from imixer_jax import config as config_lib, data, sharding, training
+from imixer_jax.training import config as config_lib, sharding
+from imixer_jax import data, training
 
 args = json.loads(sys.argv[1])
 c = default.get_config()
@@ -158,8 +160,8 @@ def test_mesh_shape_resolves_the_free_axis():
 
 def test_device_checks_name_the_config_key():
     from configs import default
-    from imixer_jax import config as config_lib
     from imixer_jax import training
+    from imixer_jax.training import config as config_lib
 
     config = default.get_config()
     config.batch_size, config.eval_batch_size = 64, 120

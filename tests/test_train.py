@@ -20,8 +20,10 @@ from flax import nnx
 from tensorboard_events import tensorboard_points
 
 from configs import default
-from imixer_jax import config as config_lib
-from imixer_jax import metrics, optim, training
+from imixer_jax import training
+from imixer_jax.training import config as config_lib
+from imixer_jax.training import optim
+from imixer_jax.training.logging import reader as metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(img_size=16, patch_size=4, num_blocks=1, hidden_dim=16, tokens_mlp_dim=8)
@@ -331,7 +333,7 @@ def _checkpoint_files(workdir):
 def test_mismatched_or_damaged_checkpoint_fails_with_one_line_and_deletes_nothing(
     data_dir, trained_run, tmp_path
 ):
-    from imixer_jax.checkpointing import CheckpointError
+    from imixer_jax.training.checkpoint.manager import CheckpointError
 
     config = tiny_config(data_dir)
     _, workdir = _copy_run(trained_run, tmp_path)
@@ -395,7 +397,7 @@ def test_progress_leaves_out_what_it_did_not_time(monkeypatch):
 
 
 def test_resumed_writer_replaces_the_replayed_steps_in_metrics_and_tensorboard(tmp_path):
-    from imixer_jax.training.writers import MetricWriter
+    from imixer_jax.training.logging.writer import MetricWriter
 
     workdir = str(tmp_path)
     first = MetricWriter(workdir)

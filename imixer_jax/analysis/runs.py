@@ -12,8 +12,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from imixer_jax import checkpointing, data, training
+from imixer_jax import data, training
 from imixer_jax.models.backbone import Backbone
+from imixer_jax.training import checkpoint
 
 
 @dataclasses.dataclass
@@ -58,7 +59,7 @@ def has_checkpoint(workdir: str) -> bool:
     if not os.path.exists(os.path.join(workdir, "config.json")):
         return False
     try:
-        ckpt = checkpointing.Checkpointer(workdir, read_only=True)  # creates nothing
+        ckpt = checkpoint.Checkpointer(workdir, read_only=True)  # creates nothing
     except FileNotFoundError:
         return False
     try:

@@ -12,9 +12,9 @@ from typing import Any, NoReturn
 
 from absl import app, logging
 
-from imixer_jax import tf_import
 from imixer_jax.cli import errors
 from imixer_jax.cli.flags import VERBOSE, parse_flags
+from imixer_jax.data import tf_import
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
@@ -36,14 +36,16 @@ def setup_process(verbose: bool) -> None:
     Unless ``verbose``: only this package's INFO lines reach the absl log (libraries keep their
     warnings and errors), TensorFlow's C++ INFO and WARNING lines are off
     (``TF_CPP_MIN_LOG_LEVEL=2`` unless set) and TensorFlow's import banner is dropped when it is
-    first imported (``imixer_jax.tf_import``).
+    first imported (``imixer_jax.data.tf_import``).
     """
     if verbose:
         return
     logging.get_absl_handler().addFilter(_FILTER)  # adding it twice is a no-op
-    from imixer_jax import checkpoint_noise  # orbax's and TensorStore's echoes of our errors
+    from imixer_jax.training.checkpoint import (
+        log_filter,  # orbax's and TensorStore's echoes of our errors
+    )
 
-    checkpoint_noise.quiet_orbax_logging()
+    log_filter.quiet_orbax_logging()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     tf_import.drop_banner()
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from imixer_jax import tf_import
+from imixer_jax.data import tf_import
+from imixer_jax.data.augment.device import augment_on_device
 from imixer_jax.data.defaults import AUGMENT_DEFAULTS, MIX_KEYS, DatasetInfo
-from imixer_jax.data.device_augment import augment_on_device
 from imixer_jax.data.mixing import mix_batch
 from imixer_jax.data.sources import dataset_info, eval_batches, train_batches
 

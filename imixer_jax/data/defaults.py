@@ -27,7 +27,7 @@ AUGMENT_DEFAULTS: Mapping[str, Any] = MappingProxyType(
         "random_erasing": 0.25,  # probability of erasing one box with N(0, 1) pixel noise
         # True: the host stops after the crop and resize and ships uint8 images; flip,
         # RandAugment, normalisation and erasing run in the train step on the accelerator
-        # (imixer_jax.data.device_augment; equal in distribution, not draw by draw).
+        # (imixer_jax.data.augment.device; equal in distribution, not draw by draw).
         "on_device": False,
         # Used on device by mix_batch (not by train_batches):
         "mixup_alpha": 0.8,

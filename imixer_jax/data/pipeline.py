@@ -17,7 +17,7 @@ range, as in timm). Grey datasets are repeated to 3 channels. Mixup/CutMix and l
 not done here but on device by ``imixer_jax.data.mix_batch`` with the ``MIX_KEYS`` of the same
 ``augment`` mapping. With ``augment['on_device']`` training images leave as uint8
 ``[b, S, S, 3]`` after the crop and resize, and the train step flips, applies RandAugment,
-normalises and erases them (``imixer_jax.data.device_augment``).
+normalises and erases them (``imixer_jax.data.augment.device``).
 
 The pipeline never downloads: a dataset that is not prepared raises a one-line
 ``FileNotFoundError`` that says how to prepare it, before anything is built. The embedded
@@ -49,7 +49,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from imixer_jax.data import transforms
-from imixer_jax.data.augment.seeds import split_seed
+from imixer_jax.data.augment.host.seeds import split_seed
 from imixer_jax.data.defaults import DatasetInfo, augment_config, local_batch_size
 from imixer_jax.data.digits import Digits
 

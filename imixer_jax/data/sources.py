@@ -14,8 +14,7 @@ from collections.abc import Iterator, Mapping
 from types import ModuleType
 from typing import Any
 
-from imixer_jax import tf_import
-from imixer_jax.data import synthetic
+from imixer_jax.data import synthetic, tf_import
 from imixer_jax.data.defaults import DatasetInfo
 
 

@@ -1,6 +1,6 @@
 """Per-example transforms of the TFDS pipeline: encoded record -> augmented, normalised image.
 
-``train_transform`` composes the augmentation of ``imixer_jax.data.augment`` in the official
+``train_transform`` composes the augmentation of ``imixer_jax.data.augment.host`` in the official
 order (RandomResizedCrop decoding only the crop, resize, flip, RandAugment on uint8, normalise,
 random erasing on the normalised image); ``eval_transform`` is timm's resize + centre crop. Both
 return float32 ``[S, S, 3]`` with mean = std = 0.5 (pixels in [-1, 1]); grey images become RGB.
@@ -15,7 +15,7 @@ from typing import Any
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from imixer_jax.data import augment as augment_lib
+from imixer_jax.data.augment import host as augment_lib
 
 EVAL_INTERPOLATION = "bicubic"  # official eval resize
 

@@ -7,7 +7,8 @@ import ml_collections
 from absl import logging
 from flax import nnx
 
-from imixer_jax import checkpointing, data, sharding
+from imixer_jax import data
+from imixer_jax.training import checkpoint, sharding
 from imixer_jax.training.state import Setup, TrainState, prepare
 from imixer_jax.training.steps import make_eval_step
 
@@ -50,9 +51,9 @@ def restore_state(setup: Setup, workdir: str, step: int | None = None) -> TrainS
 
     Raises:
       FileNotFoundError: no such checkpoint.
-      checkpointing.CheckpointError: it does not fit ``setup``'s train state, or is damaged.
+      checkpoint.CheckpointError: it does not fit ``setup``'s train state, or is damaged.
     """
-    ckpt = checkpointing.Checkpointer(workdir, read_only=True)
+    ckpt = checkpoint.Checkpointer(workdir, read_only=True)
     try:
         if step is not None:
             return ckpt.restore(setup.abstract_state, step)

@@ -20,18 +20,19 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from imixer_jax import checkpointing, data, sharding
-from imixer_jax import config as config_lib
-from imixer_jax.models import pretrained
+from imixer_jax import data
+from imixer_jax.training import checkpoint, sharding
+from imixer_jax.training import config as config_lib
+from imixer_jax.training.checkpoint.lock import WorkdirLock
+from imixer_jax.training.checkpoint.preemption import StopRequest
 from imixer_jax.training.errors import TrainingError
 from imixer_jax.training.evaluation import evaluate_state
-from imixer_jax.training.lock import WorkdirLock
-from imixer_jax.training.preemption import StopRequest
+from imixer_jax.training.logging.writer import MetricWriter
 from imixer_jax.training.progress import Progress
 from imixer_jax.training.state import Setup, TrainState, init_state, prepare
 from imixer_jax.training.steps import make_eval_step, make_sigma_fn, make_train_step
 from imixer_jax.training.summary import parameter_overview
-from imixer_jax.training.writers import MetricWriter
+from imixer_jax.weights import vit_jax as pretrained
 
 
 def _train_batches(setup: Setup, start_step: int) -> Iterator[dict]:
@@ -58,7 +59,7 @@ def _train_batches(setup: Setup, start_step: int) -> Iterator[dict]:
 _GUARDED = (("loss", "loss"), ("grad_norm", "gradient norm"))
 
 
-def _check_finite(rows: list[tuple[int, dict]], ckpt: checkpointing.Checkpointer) -> None:
+def _check_finite(rows: list[tuple[int, dict]], ckpt: checkpoint.Checkpointer) -> None:
     """Raise TrainingError at the first step whose loss, gradient norm or updated parameters are
     not finite, after pending saves are complete (so that the message names the kept one)."""
     for step, row in rows:
@@ -112,7 +113,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     Raises (each with a one-line message):
       config_lib.ConfigError: before anything compiles (config, dataset, augmentation).
       lock.WorkdirBusyError: another trainer uses ``workdir``.
-      checkpointing.CheckpointError: the newest checkpoint does not fit ``config``, every
+      checkpoint.CheckpointError: the newest checkpoint does not fit ``config``, every
         checkpoint is damaged, or a save failed (the previous checkpoint is kept).
       TrainingError: non-finite values (the last good checkpoint is kept); a file cannot be
         written.
@@ -124,7 +125,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with contextlib.ExitStack() as stack:
         if is_main:
             stack.enter_context(WorkdirLock(workdir))
-        ckpt = checkpointing.Checkpointer(
+        ckpt = checkpoint.Checkpointer(
             workdir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep
         )
         stack.callback(ckpt.close)
@@ -182,7 +183,7 @@ class _Loop:
     """The steps of one run with their compiled functions, checkpointer and metric writer."""
 
     def __init__(
-        self, setup: Setup, ckpt: checkpointing.Checkpointer, writer: MetricWriter, workdir: str
+        self, setup: Setup, ckpt: checkpoint.Checkpointer, writer: MetricWriter, workdir: str
     ) -> None:
         self.setup, self.ckpt, self.writer = setup, ckpt, writer
         self.train_step, self.eval_step = make_train_step(setup), make_eval_step(setup)

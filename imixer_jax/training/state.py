@@ -23,9 +23,10 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from imixer_jax import config as config_lib
-from imixer_jax import data, optim, sharding
+from imixer_jax import data
 from imixer_jax.models import registry
+from imixer_jax.training import config as config_lib
+from imixer_jax.training import optim, sharding
 
 Array = jax.Array
 

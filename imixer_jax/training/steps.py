@@ -15,8 +15,9 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from imixer_jax import data, sharding
+from imixer_jax import data
 from imixer_jax.models.spectral_norm import spectral_sigmas
+from imixer_jax.training import sharding
 from imixer_jax.training.state import Setup, TrainState
 
 Array = jax.Array

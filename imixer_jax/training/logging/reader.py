@@ -1,6 +1,6 @@
 """The metrics file of a run, ``DIR/metrics.jsonl``: one JSON object per line,
 ``{"step": int, "train/loss": float, ...}`` (non-finite values as the strings "nan", "inf").
-The trainer writes it (``imixer_jax.training.writers``); sweeps and reports read it."""
+The trainer writes it (``imixer_jax.training.logging.writer``); sweeps and reports read it."""
 
 from __future__ import annotations
 

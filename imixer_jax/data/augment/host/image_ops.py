@@ -12,7 +12,7 @@ import math
 
 import tensorflow as tf
 
-from imixer_jax.data.randaugment_policy import FILL
+from imixer_jax.data.augment.policy import FILL
 
 
 def to_uint8(x: tf.Tensor) -> tf.Tensor:

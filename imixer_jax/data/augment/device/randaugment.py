@@ -28,8 +28,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from imixer_jax.data.device_augment import image_ops as ops
-from imixer_jax.data.randaugment_policy import LEVEL_DENOM, TRANSLATE_PCT, RandAugmentPolicy
+from imixer_jax.data.augment.device import image_ops as ops
+from imixer_jax.data.augment.policy import LEVEL_DENOM, TRANSLATE_PCT, RandAugmentPolicy
 
 Array = jax.Array
 _NONE, _LUT, _BLEND, _WARP = 0, 1, 2, 3  # op groups; _NONE = not applied
@@ -155,7 +155,7 @@ def apply_layer(
 
 def apply_op(name: str, image: Array, magnitude: Array, negate: Array) -> Array:
     """One RandAugment op ``name`` at ``magnitude`` with sign ``negate`` (the JAX twin of
-    ``imixer_jax.data.augment.apply_op``), uint8 ``[H, W, 3]`` -> uint8 ``[H, W, 3]``."""
+    ``imixer_jax.data.augment.host.apply_op``), uint8 ``[H, W, 3]`` -> uint8 ``[H, W, 3]``."""
     one = jnp.asarray(True)
     return apply_layer(image, jnp.zeros((), jnp.int32), one, magnitude, negate, (name,))
 

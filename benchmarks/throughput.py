@@ -1,6 +1,6 @@
 r"""Throughput of the training input pipeline's per-example work, in images/s per CPU core.
 
-    python -m imixer_jax.data.throughput --threads 1,2 --image_size 224
+    python -m benchmarks.throughput --threads 1,2 --image_size 224
 
 Measures what ``train_batches`` does to every example for the full paper recipe
 (``AUGMENT_DEFAULTS``): decode, RandomResizedCrop, bicubic resize to S x S, flip, RandAugment
@@ -18,7 +18,7 @@ accelerator's step rate (``--step_rate``, images/s) by the per-core rate.
 
 ``--on_device`` measures the route of ``augment['on_device']``: the host does only decode,
 RandomResizedCrop and resize (uint8), and flip, RandAugment, normalisation and erasing run in
-JAX on the accelerator (``imixer_jax.data.device_augment``). The host rates above then refer to
+JAX on the accelerator (``imixer_jax.data.augment.device``). The host rates above then refer to
 that lighter transform, and one jitted call of the device augmentation on a batch is timed on
 this process's default JAX device (compile excluded), reported in ms per image.
 """
@@ -37,7 +37,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import app, flags, logging
 
-from imixer_jax.data import device_augment, pipeline, transforms
+from imixer_jax.data import pipeline, transforms
+from imixer_jax.data.augment import device as device_augment
 from imixer_jax.data.defaults import augment_config
 
 _THREADS = flags.DEFINE_list("threads", ["1", "2"], "tf.data thread counts to measure")

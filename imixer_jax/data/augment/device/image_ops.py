@@ -1,9 +1,9 @@
 """The RandAugment image operations in JAX, on one uint8 ``[H, W, 3]`` image (vmap for a batch).
 
-Each function equals its TensorFlow twin in ``imixer_jax.data.augment.image_ops`` (itself Pillow's
-semantics): the pixel ops exactly, the affine warp within one grey level (both sample bilinearly
-in float32; a value at exactly .5 may round either way). The pixel ops that map every channel
-value independently (autocontrast, equalize, invert, posterize, solarize, solarize_add,
+Each function equals its TensorFlow twin in ``imixer_jax.data.augment.host.image_ops`` (itself
+Pillow's semantics): the pixel ops exactly, the affine warp within one grey level (both sample
+bilinearly in float32; a value at exactly .5 may round either way). The pixel ops that map every
+channel value independently (autocontrast, equalize, invert, posterize, solarize, solarize_add,
 contrast, brightness) are written as per-channel lookup tables ``[3, 256]``, so that RandAugment
 can pick one table per image and apply it with a single gather whichever op was drawn.
 """
@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from imixer_jax.data.randaugment_policy import FILL
+from imixer_jax.data.augment.policy import FILL
 
 Array = jax.Array
 # The 256 grey levels, input of every table (numpy: importing must not start the JAX backend,

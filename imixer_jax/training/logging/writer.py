@@ -26,8 +26,9 @@ import os
 import time
 from collections.abc import Mapping
 
-from imixer_jax import metrics, tf_import
+from imixer_jax.data import tf_import
 from imixer_jax.training.errors import TrainingError
+from imixer_jax.training.logging import reader as metrics
 
 METRICS_FILE = "metrics.jsonl"
 

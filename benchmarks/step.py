@@ -1,6 +1,6 @@
 """Benchmark of the trainer's own train step on synthetic batches.
 
-    python -m imixer_jax.benchmark --model imixer_s16 --batch 16 [--img-size 224]
+    python -m benchmarks.step --model imixer_s16 --batch 16 [--img-size 224]
         [--num-classes 1000] [--dtype float32|bfloat16] [--scan-blocks] [--remat none|block|...]
         [--data synthetic] [--steps 10] [--warmup 2] [--matmul-size 2048] [--compare-torch]
         [--json]
@@ -107,7 +107,7 @@ def benchmark_config(
     """``config.base_config`` of ``model`` for a benchmark: global batch ``batch``, dataset
     ``data`` (its class count must be ``num_classes``), a long constant schedule, no
     checkpoints or evaluation."""
-    from imixer_jax import config as config_lib  # imports the data pipeline
+    from imixer_jax.training import config as config_lib  # imports the data pipeline
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
@@ -131,7 +131,8 @@ def benchmark(
     """Time the trainer's train step of ``model`` in the config ``benchmark_config(model,
     **config_args)`` (``batch``, ``img_size``, ..., and Mixer arguments such as
     ``scan_blocks=True``); returns the report dict (keys as printed by the CLI)."""
-    from imixer_jax import sharding, training
+    from imixer_jax import training
+    from imixer_jax.training import sharding
 
     config = benchmark_config(model, **config_args)
     batch, img_size = config.batch_size, config.model.img_size
@@ -201,7 +202,7 @@ def _check_counts(batch: int, steps: int, warmup: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = cli.ArgumentParser(
-        prog="python -m imixer_jax.benchmark",
+        prog="python -m benchmarks.step",
         description="Time the trainer's train step on synthetic batches (see the module doc).",
     )
     parser.add_argument("--model", required=True, choices=(*VARIANT_NAMES, *PARAMIXER_NAMES))
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
         layout = {}
     if args.compare_torch:
         try:
-            from imixer_jax import torch_reference
+            from benchmarks import torch_reference
         except ImportError as e:
             parser.error(f"--compare-torch needs PyTorch: pip install 'imixer-jax[torch]' ({e})")
     try:

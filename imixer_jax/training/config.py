@@ -47,7 +47,8 @@ import ml_collections
 from ml_collections import config_dict
 
 from imixer_jax.data import defaults as data
-from imixer_jax.models import configs, pretrained, registry
+from imixer_jax.models import configs, registry
+from imixer_jax.weights import vit_jax as pretrained
 
 INITIALIZE = ("auto", "always", "never")
 UNITS = ("epochs", "steps")

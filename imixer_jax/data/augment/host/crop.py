@@ -6,8 +6,8 @@ import math
 
 import tensorflow as tf
 
-from imixer_jax.data.augment.image_ops import to_uint8
-from imixer_jax.data.augment.seeds import split_seed
+from imixer_jax.data.augment.host.image_ops import to_uint8
+from imixer_jax.data.augment.host.seeds import split_seed
 
 
 def sample_crop_box(

@@ -1,7 +1,7 @@
 r"""Official iMixer PyTorch checkpoints (timm `state_dict`) <-> our `imixer_*` / `mixer_*` state.
 
-    python -m imixer_jax.convert.torch_imixer --in checkpoint.pth.tar --out weights.npz
-    python -m imixer_jax.convert.torch_imixer --in weights.npz --out checkpoint.pth
+    python -m imixer_jax.weights.torch_imixer --in checkpoint.pth.tar --out weights.npz
+    python -m imixer_jax.weights.torch_imixer --in weights.npz --out checkpoint.pth
 
 The first reads a checkpoint of github.com/Toshihiro-Ota/imixer (a bare ``state_dict``, or timm's
 training checkpoint holding one under ``'state_dict'``; ``--ema`` takes ``'state_dict_ema'``;
@@ -48,7 +48,7 @@ from flax import nnx, traverse_util
 from imixer_jax.models import registry
 from imixer_jax.models.configs import MixerConfig
 from imixer_jax.models.mixer import Mixer
-from imixer_jax.models.pretrained import PretrainedError, assign
+from imixer_jax.weights.vit_jax import PretrainedError, assign
 
 Path = tuple
 
@@ -255,7 +255,7 @@ def convert(in_path: str, out_path: str, *, ema: bool = False) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m imixer_jax.convert.torch_imixer", description=__doc__.split("\n")[0]
+        prog="python -m imixer_jax.weights.torch_imixer", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--in", dest="in_path", required=True, help=".pth/.pt/.tar or our .npz")
     parser.add_argument("--out", dest="out_path", required=True, help=".npz or .pth")

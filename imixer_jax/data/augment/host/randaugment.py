@@ -7,7 +7,7 @@ import math
 
 import tensorflow as tf
 
-from imixer_jax.data.augment.image_ops import (
+from imixer_jax.data.augment.host.image_ops import (
     auto_contrast,
     brightness,
     color,
@@ -24,12 +24,8 @@ from imixer_jax.data.augment.image_ops import (
     translate_x_rel,
     translate_y_rel,
 )
-from imixer_jax.data.augment.seeds import split_seed
-from imixer_jax.data.randaugment_policy import (
-    LEVEL_DENOM,
-    TRANSLATE_PCT,
-    RandAugmentPolicy,
-)
+from imixer_jax.data.augment.host.seeds import split_seed
+from imixer_jax.data.augment.policy import LEVEL_DENOM, TRANSLATE_PCT, RandAugmentPolicy
 
 
 def _signed(value: tf.Tensor, negate: tf.Tensor) -> tf.Tensor:

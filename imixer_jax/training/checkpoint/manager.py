@@ -30,7 +30,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from imixer_jax.checkpoint_noise import ORBAX_ERRORS, without_read_only_note
+from imixer_jax.training.checkpoint.log_filter import ORBAX_ERRORS, without_read_only_note
 
 _STATE, _INTEGRITY = "default", "integrity"  # "default": the layout of single-item checkpoints
 DAMAGED_DIR = "damaged_checkpoints"

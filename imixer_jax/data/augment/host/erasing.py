@@ -6,7 +6,7 @@ import math
 
 import tensorflow as tf
 
-from imixer_jax.data.augment.seeds import split_seed
+from imixer_jax.data.augment.host.seeds import split_seed
 
 
 def random_erasing(

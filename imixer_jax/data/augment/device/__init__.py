@@ -4,7 +4,7 @@ With ``augment['on_device'] = True`` the host pipeline stops after RandomResized
 resize (decode, crop box, resize to S x S, uint8) and ships uint8 images, 4x less host-to-device
 traffic than float32; ``augment_batch`` then runs inside the jitted train step, before mixup:
 horizontal flip, RandAugment, normalisation (``x / 127.5 - 1``) and random erasing, vmapped over
-the batch. Every op equals its TensorFlow twin in ``imixer_jax.data.augment`` (exactly, the
+the batch. Every op equals its TensorFlow twin in ``imixer_jax.data.augment.host`` (exactly, the
 affine warps within one grey level) and every sampler draws from the same distribution (tested),
 so the device route is equal in distribution to the host route, not equal draw by draw: the host
 draws with TF stateless seeds, the device with ``jax.random``.
@@ -23,14 +23,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from imixer_jax.data.device_augment.erasing import erasing_box, random_erasing
-from imixer_jax.data.device_augment.randaugment import (
+from imixer_jax.data.augment.device.erasing import erasing_box, random_erasing
+from imixer_jax.data.augment.device.randaugment import (
     apply_layer,
     apply_op,
     randaugment,
     sample_layer,
 )
-from imixer_jax.data.randaugment_policy import RandAugmentPolicy
+from imixer_jax.data.augment.policy import RandAugmentPolicy
 
 Array = jax.Array
 STREAM = 0x41554701  # folded into the step key: the augmentation's own random stream

@@ -1,7 +1,8 @@
 """What orbax and TensorStore print besides the trainer's own lines, cut to what a user needs
 (installed by the entry points unless ``--verbose``; see ``quiet_orbax_logging``).
 
-A checkpoint that fails to save or restore is reported by ``imixer_jax.checkpointing`` as one
+A checkpoint that fails to save or restore is reported by
+``imixer_jax.training.checkpoint.manager`` as one
 line; orbax and TensorStore report the same failure from their own threads (a dozen lines with
 the whole TensorStore spec, some printed after the trainer's line). Those echoes are dropped here;
 errors that the trainer does not report are delayed to its next save or wait, never hidden.

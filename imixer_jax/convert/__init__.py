@@ -1,1 +1,0 @@
-"""Checkpoint converters between this code base and others (see ``torch_imixer``)."""
