@@ -1,5 +1,6 @@
 """The command-line layer shared by every entry point (``python -m imixer_jax.train``,
-``evaluate``, ``analyze``, ``benchmark``, ``models`` and ``python -m experiments.sweep|report``).
+``evaluate``, ``analyze``, ``aot``, ``models``, ``python -m benchmarks.step|pod_scale`` and
+``python -m experiments.sweep|report``).
 
 One contract for all of them: a bad input ends the command with one line
 ``error: <cause>; <fix>`` on stderr and exit status 1, before anything is compiled; ``--verbose``

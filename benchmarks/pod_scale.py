@@ -1,0 +1,152 @@
+"""The paper's configs at pod scale: per-chip memory and FLOPs of the trainer's train and eval
+steps at the official global batch (``configs/cifar10.py``: 2048, bfloat16), compiled ahead of
+time for TPU topologies on this machine.
+
+    python -m benchmarks.pod_scale [--results benchmarks/results/pod_scale.jsonl]
+        [--table docs/pod_scale.md] [--jobs 1] [--only MODEL ...]
+
+Each row is one ``python -m imixer_jax.aot --config configs/cifar10.py:MODEL --topology T
+--config.mesh.shape='(d, m)' --json`` process (its memory is returned when it ends); its report is
+appended to the results file, and rows already there are not compiled again (delete a line to
+redo it). The markdown table between the markers of ``--table`` is then rewritten from the
+results. Every figure comes from XLA's compiler; none is a measured TPU time. Needs libtpu
+(``pip install -e ".[tpu]"``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+import threading
+
+from imixer_jax import cli
+
+MODELS = (
+    "mixer_s16",
+    "imixer_s16",
+    "mixer_b16",
+    "imixer_b16",
+    "mixer_l16",
+    "imixer_l16",
+    "paramixer_s16_224",
+)
+TOPOLOGIES = ("v5e:4x4", "v5p:2x2x4")
+# (model, topology, (data, model) mesh): every model data-parallel on both topologies, and on
+# v5e (16 GiB) the largest models and the parallelized one with a model axis.
+ROWS = (
+    *((m, "v5e:4x4", (16, 1)) for m in MODELS),
+    *((m, "v5e:4x4", mesh) for m in ("imixer_l16", "mixer_l16") for mesh in ((8, 2), (4, 4))),
+    ("paramixer_s16_224", "v5e:4x4", (4, 4)),
+    *((m, "v5p:2x2x4", (16, 1)) for m in MODELS),
+)
+BEGIN, END = "<!-- pod_scale table: begin -->", "<!-- pod_scale table: end -->"
+GiB = 2**30
+
+
+def key(model: str, topology: str, mesh: tuple[int, int]) -> str:
+    return f"{model} {topology} {mesh[0]}x{mesh[1]}"
+
+
+def compile_row(model: str, topology: str, mesh: tuple[int, int]) -> dict:
+    """The ``--json`` report of one row, or ``{'error': <its one line>}``."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "imixer_jax.aot",
+            f"--config=configs/cifar10.py:{model}",
+            f"--topology={topology}",
+            f"--config.mesh.shape=({mesh[0]}, {mesh[1]})",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        return {"error": (out.stderr.strip().splitlines() or ["no output"])[-1]}
+    return json.loads(out.stdout)
+
+
+def load(path: str) -> dict[str, dict]:
+    """Results by row key."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return {row["key"]: row for row in rows}
+
+
+def table(results: dict[str, dict]) -> str:
+    """The markdown table of the rows in ``ROWS`` order (rows not compiled yet left out)."""
+    lines = [
+        "| model | topology | mesh (data, model) | train state | temporaries | peak "
+        "| HBM | fits | TFLOP per chip: XLA / analytic | compile s (train + eval) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for model, topology, mesh in ROWS:
+        r = results.get(key(model, topology, mesh))
+        if r is None:
+            continue
+        head = f"| {model} | {topology} | ({mesh[0]}, {mesh[1]}) |"
+        if "error" in r:
+            lines.append(f"{head} {r['error']} ||||||")
+            continue
+        train, evaluation = r["train"], r["eval"]
+        lines.append(
+            f"{head} {r['state_bytes'] / GiB:.2f} GiB | {train['temp_bytes'] / GiB:.2f} GiB "
+            f"| **{r['peak_bytes'] / GiB:.2f} GiB** | {r['hbm_label']} "
+            f"| {'yes' if r['fits'] else '**no**'} "
+            f"| {train['xla_flops'] / 1e12:.2f} / {train['analytic_flops'] / 1e12:.2f} "
+            f"| {train['compile_s']:.0f} + {evaluation['compile_s']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def write_table(path: str, results: dict[str, dict]) -> None:
+    """Replace the text between ``BEGIN`` and ``END`` in ``path`` by the table."""
+    with open(path) as f:
+        text = f.read()
+    if BEGIN not in text or END not in text:
+        raise cli.UsageError(
+            f"{path} has no {BEGIN} ... {END} markers; add them where the table goes"
+        )
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    with open(path, "w") as f:
+        f.write(f"{head}{BEGIN}\n{table(results)}\n{END}{tail}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = cli.ArgumentParser(
+        prog="python -m benchmarks.pod_scale", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--results", default="benchmarks/results/pod_scale.jsonl")
+    parser.add_argument("--table", default="docs/pod_scale.md")
+    parser.add_argument("--jobs", type=int, default=1, help="rows compiled at once")
+    parser.add_argument("--only", nargs="+", choices=MODELS, help="compile only these models")
+    args = parser.parse_args(argv)
+    results = load(args.results)
+    todo = [
+        row
+        for row in ROWS
+        if key(*row) not in results and (args.only is None or row[0] in args.only)
+    ]
+    os.makedirs(os.path.dirname(args.results) or ".", exist_ok=True)
+    lock = threading.Lock()
+
+    def run(row):
+        report = {"key": key(*row), **compile_row(*row)}
+        with lock, open(args.results, "a") as f:
+            f.write(json.dumps(report) + "\n")
+        print(report["key"], report.get("error") or f"peak {report['peak_bytes'] / GiB:.2f} GiB")
+
+    with concurrent.futures.ThreadPoolExecutor(max(args.jobs, 1)) as pool:
+        list(pool.map(run, todo))
+    write_table(args.table, load(args.results))
+
+
+if __name__ == "__main__":
+    cli.run_argparse(main)
