@@ -155,9 +155,9 @@ def abstract_batches(setup: Setup) -> tuple[dict, dict]:
 class Program:
     """One compiled step: XLA's per-chip bytes and FLOPs and the seconds it took to compile.
 
-    ``peak_bytes``: what the step needs on a chip while it runs; for the train step XLA's
-    arguments + outputs - aliased (the donated state is updated in place) + temporaries +
-    code; for the eval step the whole train state stays resident beside it.
+    ``peak_bytes``: what a chip holds while the step runs: XLA's arguments + outputs - aliased
+    (donated arguments updated in place) + temporaries + code, and the other buffers resident
+    beside the step (for the eval step, the rest of the train state).
     """
 
     argument_bytes: int
@@ -166,33 +166,30 @@ class Program:
     temp_bytes: int
     code_bytes: int
     peak_bytes: int
-    xla_flops: float  # per chip; a while loop's body (fixed-point iterations) counted once
+    xla_flops: float  # per chip; XLA counts a while loop's body once
     analytic_flops: float  # per chip: the matmul FLOPs of the step divided by the chips
     compile_s: float
 
 
-def _compile(step, args, analytic_flops: float, resident_bytes: int | None) -> Program:
+def _compile(step, args: tuple, analytic_flops: float, resident_bytes: int = 0) -> Program:
+    """Lower ``step`` for the abstract ``args`` and compile it (see ``Program``)."""
     start = time.perf_counter()
     compiled = step.lower(*args).compile()
     seconds = time.perf_counter() - start
     memory = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    own = (
-        memory.argument_size_in_bytes
-        + memory.output_size_in_bytes
-        - memory.alias_size_in_bytes
-        + memory.temp_size_in_bytes
-    )
-    if resident_bytes is not None:  # eval: its arguments are part of the resident train state
-        own += resident_bytes - _shard_bytes(args[0]) - _shard_bytes(args[1])
     return Program(
         argument_bytes=memory.argument_size_in_bytes,
         output_bytes=memory.output_size_in_bytes,
         alias_bytes=memory.alias_size_in_bytes,
         temp_bytes=memory.temp_size_in_bytes,
         code_bytes=memory.generated_code_size_in_bytes,
-        peak_bytes=own + memory.generated_code_size_in_bytes,
-        xla_flops=float(cost.get("flops", 0.0)),
+        peak_bytes=memory.argument_size_in_bytes
+        + memory.output_size_in_bytes
+        - memory.alias_size_in_bytes
+        + memory.temp_size_in_bytes
+        + memory.generated_code_size_in_bytes
+        + resident_bytes,
+        xla_flops=float(compiled.cost_analysis()["flops"]),
         analytic_flops=analytic_flops,
         compile_s=seconds,
     )
@@ -207,6 +204,14 @@ def _shard_bytes(tree) -> int:
     )
 
 
+def _name(path: tuple) -> str:
+    """Key path of a parameter -> 'blocks/0/channel_mlp/fc_c1/kernel' (the ``.value`` of an
+    ``nnx.Variable`` dropped)."""
+    if path and path[-1] == jax.tree_util.GetAttrKey("value"):
+        path = path[:-1]
+    return jax.tree_util.keystr(path, simple=True, separator="/")
+
+
 def parameter_layout(setup: Setup) -> dict[str, list[dict]]:
     """The parameters grouped by the mesh axes that split them ('replicated' for none): per
     group, one row per parameter name with block indices as '*', its dimensions' axes, how many
@@ -217,7 +222,7 @@ def parameter_layout(setup: Setup) -> dict[str, list[dict]]:
         spec = tuple(x.sharding.spec) + (None,) * (len(x.shape) - len(x.sharding.spec))
         axes = sorted({a for entry in spec if entry for a in np.atleast_1d(entry)})
         group = "+".join(axes) or "replicated"
-        name = re.sub(r"/\d+/", "/*/", sharding.path_str(path))
+        name = re.sub(r"/\d+/", "/*/", _name(path))
         row = groups.setdefault(group, {}).setdefault(
             name, {"name": name, "spec": [e if e else None for e in spec], "arrays": 0, "size": 0}
         )
@@ -284,16 +289,13 @@ def compile_for_topology(config: ml_collections.ConfigDict, topology: str) -> Re
     forward = flops.forward_flops_per_image(config_lib.typed_model_config(config))
     state_bytes = _shard_bytes(state)
     train = _compile(
-        make_train_step(setup),
-        (state, train_batch),
-        3.0 * forward * config.batch_size / chips,
-        None,
+        make_train_step(setup), (state, train_batch), 3.0 * forward * config.batch_size / chips
     )
     evaluation = _compile(
         make_eval_step(setup),
         (state.params, state.rest, eval_batch),
         forward * config.eval_batch_size / chips,
-        state_bytes,
+        resident_bytes=state_bytes - _shard_bytes((state.params, state.rest)),
     )
     return Report(
         topology=topology,
