@@ -2,9 +2,11 @@
 'data' and a ('data', 'model') mesh, and a 2-process jax.distributed run (gloo) that ends with the
 parameters of a 1-process run on the same global batches."""
 
+import functools
 import json
 import os
 import pathlib
+import re
 import socket
 import subprocess
 import sys
@@ -13,9 +15,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from flax import nnx
+from jax.sharding import AbstractMesh, AxisType
 from jax.sharding import PartitionSpec as P
 
 from imixer_jax import data
+from imixer_jax.models import registry
 from imixer_jax.training import sharding
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -194,35 +199,67 @@ def test_wants_distributed(monkeypatch):
     assert sharding.wants_distributed(dist)
 
 
-def test_path_str_drops_the_variable_value():
-    from flax import nnx
-
-    params = nnx.state(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), nnx.Param)
-    paths = [sharding.path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path({"p": params})]
-    assert paths == ["p/bias", "p/kernel"]
-
-
-def test_partition_rules():
-    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
-    # A 1-device mesh never splits; the rule table still decides which specs apply.
-    assert sharding.partition_spec("params/blocks/0/channel_mlp/fc_c1/kernel", (16, 64), mesh) == P(
-        None, None
-    )
-    assert sharding.partition_spec("params/head/kernel", (16, 10), mesh) == P()
-
-    class FakeMesh:
-        shape = {"data": 4, "model": 2}
-
-    fake = FakeMesh()
+def test_partition_spec_drops_what_the_mesh_cannot_split():
+    mesh = {"data": 4, "model": 2}
     spec = sharding.partition_spec
-    assert spec("opt_state/0/mu/blocks/3/channel_mlp/fc_c1/kernel", (16, 64), fake) == P(
-        None, "model"
-    )
-    assert spec("params/blocks/0/channel_mlp/fc_c2/kernel", (64, 16), fake) == P("model", None)
-    assert spec("params/blocks/0/token_mixer/fc_sn1/bias", (16,), fake) == P("model")
-    assert spec("params/blocks/0/token_mixer/fc1/kernel", (16, 3), fake) == P(None, None)  # 3 % 2
-    assert spec("params/blocks/0/norm/scale", (16,), fake) == P()
-    assert spec("rest/blocks/0/token_mixer/fc_sn1/u", (16,), fake) == P()
+    assert spec(P(None, "model"), (16, 64), mesh) == P(None, "model")
+    assert spec(P(None, "model"), (16, 3), mesh) == P(None, None)  # 3 % 2
+    assert spec(P(None, "model"), (16, 64), {"data": 8, "model": 1}) == P(None, None)
+    assert spec(P(), (16, 64), mesh) == P(None, None)
+    assert spec(P("expert"), (16,), mesh) == P(None)  # an axis the mesh lacks
+
+
+def test_fsdp_splits_the_largest_free_divisible_dimension_of_large_arrays(monkeypatch):
+    mesh = {"data": 4, "model": 2}
+    spec = functools.partial(sharding.partition_spec, fsdp=True)
+    big = sharding.FSDP_MIN_BYTES // 4  # float32 elements
+    assert spec(P(None, "model"), (big // 512, 512), mesh) == P("data", "model")
+    assert spec(P(None, "model"), (6, big), mesh) == P(None, "model")  # 6 % 4: no free dim
+    assert spec(P(), (big // 512 + 2, 512), mesh) == P(None, "data")  # 2 mod 4 on the first
+    assert spec(P(), (3, big // 4 + 1), mesh) == P(None, None)  # nothing divisible
+    assert spec(P(), (16, 64), mesh) == P(None, None)  # small: left whole
+    assert spec(P(), (big,), {"data": 1, "model": 2}) == P(None)
+    monkeypatch.setattr(sharding, "FSDP_MIN_BYTES", 0)
+    assert spec(P(), (16, 64), mesh) == P(None, "data")
+
+
+# Kernels of the Megatron pairs of every family: Mixer/iMixer token mixer (fc1, fc2, fc_sn1,
+# fc_sn2) and channel MLP (fc_c1, fc_c2), parallelized family mlp_tokens / mlp_channels (fc1, fc2).
+_MLP_KERNEL = re.compile(r"/(token_mixer|channel_mlp|mlp_tokens|mlp_channels)/fc\w*/kernel/value$")
+_MILLION = 1_000_000
+
+
+def _layouts(name):
+    # Per-block arrays have the same shapes for any num_blocks, so one block stands for the
+    # per-block layout (a 24-block iMixer takes ~20 s to trace); the scanned layout stacks all.
+    if name in registry.VARIANT_NAMES:
+        return (dict(num_blocks=1), dict(scan_blocks=True))
+    return (dict(num_blocks=1),)
+
+
+@pytest.mark.parametrize("name", registry.VARIANT_NAMES + registry.PARAMIXER_NAMES)
+def test_every_variant_splits_its_mlps_on_model(name):
+    """Every MLP kernel of every registered variant is split on 'model' (model axis 2 and 4, both
+    block layouts), and no parameter above a million elements is replicated unless the model
+    declares it so."""
+    for overrides in _layouts(name):
+        build = functools.partial(registry.create_model, name, **overrides)
+        model = nnx.eval_shape(lambda build=build: build(rngs=nnx.Rngs(0)))
+        params = nnx.state(model, nnx.Param)
+        declared = jax.tree.leaves(nnx.get_partition_spec(params))
+        leaves = jax.tree_util.tree_leaves_with_path(params)
+        for m in (2, 4):
+            mesh = AbstractMesh((8 // m, m), ("data", "model"), (AxisType.Auto,) * 2)
+            specs = [s.spec for s in jax.tree.leaves(sharding.tree_shardings(mesh, params))]
+            mlp_kernels = 0
+            for (path, x), spec, said in zip(leaves, specs, declared):
+                where = f"{name} {overrides} model={m}: {jax.tree_util.keystr(path)} {x.shape}"
+                if _MLP_KERNEL.search(jax.tree_util.keystr(path, simple=True, separator="/")):
+                    mlp_kernels += 1
+                    assert "model" in spec, f"{where} is {spec}"
+                if x.size > _MILLION and "model" not in spec:
+                    assert said == P(*(None,) * x.ndim), f"{where} is replicated"
+            assert mlp_kernels >= 2, name  # two MLPs per block, at least one kernel each
 
 
 @pytest.mark.slow

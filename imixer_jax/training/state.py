@@ -146,7 +146,7 @@ def prepare(
     model.eval()
     eval_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
     abstract = jax.eval_shape(lambda: _init(config, tx))
-    shardings = sharding.tree_shardings(mesh, abstract)
+    shardings = sharding.tree_shardings(mesh, abstract, fsdp=config.mesh.fsdp)
     abstract = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings
     )
