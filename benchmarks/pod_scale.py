@@ -7,10 +7,10 @@ time for TPU topologies on this machine.
 
 Each row is one ``python -m imixer_jax.aot --config configs/cifar10.py:MODEL --topology T
 --config.mesh.shape='(d, m)' --json`` process (its memory is returned when it ends); its report is
-appended to the results file, and rows already there are not compiled again (delete a line to
-redo it). The markdown table between the markers of ``--table`` is then rewritten from the
-results. Every figure comes from XLA's compiler; none is a measured TPU time. Needs libtpu
-(``pip install -e ".[tpu]"``).
+appended to the results file with the commit it was compiled at, and rows already there are not
+compiled again (delete a line to redo it). The markdown table between the markers of ``--table``
+is then rewritten from the results. Every figure comes from XLA's compiler; none is a measured
+TPU time. Needs libtpu (``pip install -e ".[tpu]"``).
 """
 
 from __future__ import annotations
@@ -33,14 +33,19 @@ MODELS = (
     "imixer_l16",
     "paramixer_s16_224",
 )
-TOPOLOGIES = ("v5e:4x4", "v5p:2x2x4")
-# (model, topology, (data, model) mesh): every model data-parallel on both topologies, and on
-# v5e (16 GiB) the largest models and the parallelized one with a model axis.
+# (model, topology, (data, model) mesh), most telling first (the compiles are long): iMixer S and
+# L data-parallel on v5e (16 GiB), then the rest of the paper's models and the parallelized one,
+# the L models with a model axis, and v5p (95 GB).
 ROWS = (
-    *((m, "v5e:4x4", (16, 1)) for m in MODELS),
-    *((m, "v5e:4x4", mesh) for m in ("imixer_l16", "mixer_l16") for mesh in ((8, 2), (4, 4))),
+    *((m, "v5e:4x4", (16, 1)) for m in ("imixer_s16", "imixer_l16", "mixer_s16", "imixer_b16")),
+    ("paramixer_s16_224", "v5e:4x4", (16, 1)),
+    ("imixer_l16", "v5p:2x2x4", (16, 1)),
+    ("imixer_l16", "v5e:4x4", (4, 4)),
     ("paramixer_s16_224", "v5e:4x4", (4, 4)),
-    *((m, "v5p:2x2x4", (16, 1)) for m in MODELS),
+    *((m, "v5e:4x4", (16, 1)) for m in ("mixer_b16", "mixer_l16")),
+    ("imixer_l16", "v5e:4x4", (8, 2)),
+    *((m, "v5e:4x4", mesh) for m in ("mixer_l16",) for mesh in ((8, 2), (4, 4))),
+    *((m, "v5p:2x2x4", (16, 1)) for m in MODELS if m != "imixer_l16"),
 )
 BEGIN, END = "<!-- pod_scale table: begin -->", "<!-- pod_scale table: end -->"
 GiB = 2**30
@@ -137,8 +142,12 @@ def main(argv: list[str] | None = None) -> None:
     os.makedirs(os.path.dirname(args.results) or ".", exist_ok=True)
     lock = threading.Lock()
 
+    commit = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], capture_output=True, text=True
+    ).stdout.strip()
+
     def run(row):
-        report = {"key": key(*row), **compile_row(*row)}
+        report = {"key": key(*row), "commit": commit, **compile_row(*row)}
         with lock, open(args.results, "a") as f:
             f.write(json.dumps(report) + "\n")
         print(report["key"], report.get("error") or f"peak {report['peak_bytes'] / GiB:.2f} GiB")
