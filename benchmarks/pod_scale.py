@@ -3,7 +3,7 @@ steps at the official global batch (``configs/cifar10.py``: 2048, bfloat16), com
 time for TPU topologies on this machine.
 
     python -m benchmarks.pod_scale [--results benchmarks/results/pod_scale.jsonl]
-        [--table docs/pod_scale.md] [--jobs 1] [--only MODEL ...]
+        [--table docs/pod_scale.md] [--jobs 1] [--only MODEL ...] [--no-compile]
 
 Each row is one ``python -m imixer_jax.aot --config configs/cifar10.py:MODEL --topology T
 --config.mesh.shape='(d, m)' --json`` process (its memory is returned when it ends); its report is
@@ -91,9 +91,11 @@ def table(results: dict[str, dict]) -> str:
         "| HBM | fits | TFLOP per chip: XLA / analytic | compile s (train + eval) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    missing = []
     for model, topology, mesh in ROWS:
         r = results.get(key(model, topology, mesh))
         if r is None:
+            missing.append(f"{model} on {topology} ({mesh[0]}, {mesh[1]})")
             continue
         head = f"| {model} | {topology} | ({mesh[0]}, {mesh[1]}) |"
         if "error" in r:
@@ -107,6 +109,8 @@ def table(results: dict[str, dict]) -> str:
             f"| {train['xla_flops'] / 1e12:.2f} / {train['analytic_flops'] / 1e12:.2f} "
             f"| {train['compile_s']:.0f} + {evaluation['compile_s']:.0f} |"
         )
+    if missing:
+        lines += ["", f"Not compiled yet (`python -m benchmarks.pod_scale`): {'; '.join(missing)}."]
     return "\n".join(lines)
 
 
@@ -132,12 +136,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--table", default="docs/pod_scale.md")
     parser.add_argument("--jobs", type=int, default=1, help="rows compiled at once")
     parser.add_argument("--only", nargs="+", choices=MODELS, help="compile only these models")
+    parser.add_argument(
+        "--no-compile", action="store_true", help="only rewrite the table from the results"
+    )
     args = parser.parse_args(argv)
     results = load(args.results)
     todo = [
         row
         for row in ROWS
-        if key(*row) not in results and (args.only is None or row[0] in args.only)
+        if key(*row) not in results
+        and (args.only is None or row[0] in args.only)
+        and not args.no_compile
     ]
     os.makedirs(os.path.dirname(args.results) or ".", exist_ok=True)
     lock = threading.Lock()
