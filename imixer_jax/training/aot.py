@@ -8,7 +8,7 @@ per chip, the bytes each program needs (``memory_analysis``) and its FLOPs (``co
 nothing runs and no figure is a measured TPU time.
 
 Needs libtpu (``pip install -e ".[tpu]"``); libtpu is loaded only here, with the environment of
-a single host that compiles (see ``_quiet_libtpu``).
+a single host that compiles (``_LIBTPU_ENV``).
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ GB = 10**9
 
 
 class TopologyError(ValueError):
-    """A topology that cannot be compiled for (unknown name, libtpu missing); one line."""
+    """A topology that cannot be compiled for (unknown name or shape, no libtpu) or a mesh that
+    does not fit its chips; the message is one line."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,9 +71,10 @@ _TOPOLOGY = re.compile(r"^(v\d+[a-z]?):(\d+(?:x\d+){1,2})$")
 EXAMPLES = "e.g. v5e:4x4, v5p:2x2x4, v4:2x2x2 or v6e:2x2"
 
 # libtpu reads these once, when it is loaded. This process is one host that compiles: without
-# them libtpu looks for a Cloud TPU VM's metadata and prints warnings about
-# TPU_ACCELERATOR_TYPE and TPU_WORKER_HOSTNAMES; ALLOW_MULTIPLE_LIBTPU_LOAD lets several
-# processes compile at once (no chip is opened, so they share nothing).
+# them libtpu, finding no Cloud TPU VM (JAX sets TPU_SKIP_MDS_QUERY when it sees no chip), prints
+# warnings about TPU_ACCELERATOR_TYPE and TPU_WORKER_HOSTNAMES on stderr.
+# ALLOW_MULTIPLE_LIBTPU_LOAD: without it a second process that loads libtpu at the same time
+# fails on libtpu's lockfile; compiling opens no chip, so the processes share nothing.
 _LIBTPU_ENV = {
     "TPU_WORKER_HOSTNAMES": "localhost",
     "TPU_HOST_BOUNDS": "1,1,1",
