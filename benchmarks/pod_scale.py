@@ -3,7 +3,8 @@ steps at the official global batch (``configs/cifar10.py``: 2048, bfloat16), com
 time for TPU topologies on this machine.
 
     python -m benchmarks.pod_scale [--results benchmarks/results/pod_scale.jsonl]
-        [--table docs/pod_scale.md] [--jobs 1] [--only MODEL ...] [--no-compile]
+        [--table docs/pod_scale.md] [--jobs 1] [--only MODEL ...]
+        [--topologies T ...] [--no-compile]
 
 Each row is one ``python -m imixer_jax.aot --config configs/cifar10.py:MODEL --topology T
 --config.mesh.shape='(d, m)' --json`` process (its memory is returned when it ends); its report is
@@ -18,6 +19,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -85,6 +87,18 @@ def load(path: str) -> dict[str, dict]:
     return {row["key"]: row for row in rows}
 
 
+def _refusal(program: dict) -> str | None:
+    """'XLA: 27.66G needed, 15.75G free' from XLA's out-of-memory line (the line itself where its
+    wording differs); None for a program that fits."""
+    line = program.get("out_of_memory")
+    if line is None:
+        return None
+    match = re.search(r"for (.+?) \(([\d.]+\w)\) exceeds available HBM \(([\d.]+\w)\)", line)
+    if match is None:
+        return f"XLA: {line}"
+    return f"XLA: {match.group(1)} {match.group(2)} > {match.group(3)} free"
+
+
 def table(results: dict[str, dict]) -> str:
     """The markdown table of the rows in ``ROWS`` order (rows not compiled yet left out)."""
     lines = [
@@ -103,12 +117,20 @@ def table(results: dict[str, dict]) -> str:
             lines.append(f"{head} {r['error']} ||||||")
             continue
         train, evaluation = r["train"], r["eval"]
+        compile_s = f"{train['compile_s']:.0f} + {evaluation['compile_s']:.0f}"
+        state = f"{r['state_bytes'] / GiB:.2f} GiB"
+        if r["peak_bytes"] is None:  # XLA refused a step as larger than the chip's HBM
+            lines.append(
+                f"{head} {state} | {_refusal(train) or _refusal(evaluation)} | - "
+                f"| {r['hbm_label']} | **no** | - | {compile_s} |"
+            )
+            continue
         lines.append(
-            f"{head} {r['state_bytes'] / GiB:.2f} GiB | {train['temp_bytes'] / GiB:.2f} GiB "
+            f"{head} {state} | {train['temp_bytes'] / GiB:.2f} GiB "
             f"| **{r['peak_bytes'] / GiB:.2f} GiB** | {r['hbm_label']} "
             f"| {'yes' if r['fits'] else '**no**'} "
             f"| {train['xla_flops'] / 1e12:.2f} / {train['analytic_flops'] / 1e12:.2f} "
-            f"| {train['compile_s']:.0f} + {evaluation['compile_s']:.0f} |"
+            f"| {compile_s} |"
         )
     if missing:
         lines += ["", f"Not compiled yet (`python -m benchmarks.pod_scale`): {'; '.join(missing)}."]
@@ -137,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--table", default="docs/pod_scale.md")
     parser.add_argument("--jobs", type=int, default=1, help="rows compiled at once")
     parser.add_argument("--only", nargs="+", choices=MODELS, help="compile only these models")
+    parser.add_argument("--topologies", nargs="+", help="compile only the rows of these topologies")
     parser.add_argument(
         "--no-compile", action="store_true", help="only rewrite the table from the results"
     )
@@ -147,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         for row in ROWS
         if key(*row) not in results
         and (args.only is None or row[0] in args.only)
+        and (args.topologies is None or row[1] in args.topologies)
         and not args.no_compile
     ]
     os.makedirs(os.path.dirname(args.results) or ".", exist_ok=True)
@@ -160,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         report = {"key": key(*row), "commit": commit, **compile_row(*row)}
         with lock, open(args.results, "a") as f:
             f.write(json.dumps(report) + "\n")
-        print(report["key"], report.get("error") or f"peak {report['peak_bytes'] / GiB:.2f} GiB")
+        print(report["key"], report.get("error") or f"fits: {report['fits']}", flush=True)
 
     with concurrent.futures.ThreadPoolExecutor(max(args.jobs, 1)) as pool:
         list(pool.map(run, todo))

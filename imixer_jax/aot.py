@@ -43,7 +43,7 @@ def _text(report, label: str) -> str:
         f"{label} on {r.topology}: {r.chips} x {r.device_kind}, {r.hbm_label} HBM per chip "
         f"({r.hbm_source})",
         f"mesh {' x '.join(f'{k}={v}' for k, v in r.mesh.items())}, global batch {r.batch_size} "
-        f"(eval {r.eval_batch_size}), {r.dtype}, {r.params / 1e6:.1f}M parameters; "
+        f"(eval {r.eval_batch_size}), {r.dtype}, {r.params:,} parameters; "
         f"train state {_bytes(r.state_bytes)} per chip",
         "",
         f"{'per chip (XLA, ahead of time)':<32}{'train step':>12}{'eval step':>12}",
@@ -60,19 +60,23 @@ def _text(report, label: str) -> str:
         ("compile s (this machine)", "compile_s", lambda v: f"{v:.1f}"),
     ]
     for name, key, fmt in rows:
-        lines.append(f"{name:<32}{fmt(getattr(train, key)):>12}{fmt(getattr(evaluation, key)):>12}")
-    verdict = "fits" if r.fits else "does NOT fit"
-    lines += [
-        "",
-        f"peak {_bytes(r.peak_bytes)} of {r.hbm_label}: {verdict} "
-        f"({100 * r.peak_bytes / r.hbm_bytes:.0f}%)",
-        "",
-        "parameter layout (dimensions' mesh axes; blocks as *):",
-    ]
-    for group, rows_ in r.layout.items():
-        size = sum(row["size"] for row in rows_)
+        cells = [getattr(program, key) for program in (train, evaluation)]
+        cells = ["-" if v is None else fmt(v) for v in cells]
+        lines.append(f"{name:<32}{cells[0]:>12}{cells[1]:>12}")
+    lines.append("")
+    if r.peak_bytes is None:
+        for step, program in (("train", train), ("eval", evaluation)):
+            if program.out_of_memory:
+                lines.append(f"does NOT fit: the {step} step, XLA: {program.out_of_memory}")
+    else:
+        verdict = "fits" if r.fits else "does NOT fit"
+        percent = 100 * r.peak_bytes / r.hbm_bytes
+        lines.append(f"peak {_bytes(r.peak_bytes)} of {r.hbm_label}: {verdict} ({percent:.0f}%)")
+    lines += ["", "parameter layout (dimensions' mesh axes; blocks as *):"]
+    for group, group_rows in r.layout.items():
+        size = sum(row["size"] for row in group_rows)
         lines.append(f"  {group}: {size:,} elements")
-        for row in rows_:
+        for row in group_rows:
             spec = ", ".join(str(a) for a in row["spec"])
             lines.append(f"    {row['name']:<44} ({spec})  x{row['arrays']}")
     return "\n".join(lines)

@@ -159,27 +159,39 @@ class Program:
 
     ``peak_bytes``: what a chip holds while the step runs: XLA's arguments + outputs - aliased
     (donated arguments updated in place) + temporaries + code, and the other buffers resident
-    beside the step (for the eval step, the rest of the train state).
+    beside the step (for the eval step, the rest of the train state). ``out_of_memory``: XLA's
+    line when it refused the program because it does not fit a chip's HBM; the byte and FLOP
+    fields are None then.
     """
 
-    argument_bytes: int
-    output_bytes: int
-    alias_bytes: int
-    temp_bytes: int
-    code_bytes: int
-    peak_bytes: int
-    xla_flops: float  # per chip; XLA counts a while loop's body once
-    analytic_flops: float  # per chip: the matmul FLOPs of the step divided by the chips
     compile_s: float
+    analytic_flops: float  # per chip: the matmul FLOPs of the step divided by the chips
+    xla_flops: float | None = None  # per chip; XLA counts a while loop's body once
+    argument_bytes: int | None = None
+    output_bytes: int | None = None
+    alias_bytes: int | None = None
+    temp_bytes: int | None = None
+    code_bytes: int | None = None
+    peak_bytes: int | None = None
+    out_of_memory: str | None = None
 
 
 def _compile(step, args: tuple, analytic_flops: float, resident_bytes: int = 0) -> Program:
     """Lower ``step`` for the abstract ``args`` and compile it (see ``Program``)."""
     start = time.perf_counter()
-    compiled = step.lower(*args).compile()
+    try:
+        compiled = step.lower(*args).compile()
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        line = " ".join(str(e).split()).removeprefix("RESOURCE_EXHAUSTED: ")
+        return Program(time.perf_counter() - start, analytic_flops, out_of_memory=line)
     seconds = time.perf_counter() - start
     memory = compiled.memory_analysis()
     return Program(
+        compile_s=seconds,
+        analytic_flops=analytic_flops,
+        xla_flops=float(compiled.cost_analysis()["flops"]),
         argument_bytes=memory.argument_size_in_bytes,
         output_bytes=memory.output_size_in_bytes,
         alias_bytes=memory.alias_size_in_bytes,
@@ -191,9 +203,6 @@ def _compile(step, args: tuple, analytic_flops: float, resident_bytes: int = 0) 
         + memory.temp_size_in_bytes
         + memory.generated_code_size_in_bytes
         + resident_bytes,
-        xla_flops=float(compiled.cost_analysis()["flops"]),
-        analytic_flops=analytic_flops,
-        compile_s=seconds,
     )
 
 
@@ -254,12 +263,14 @@ class Report:
     layout: dict[str, list[dict]]
 
     @property
-    def peak_bytes(self) -> int:
-        return max(self.train.peak_bytes, self.eval.peak_bytes)
+    def peak_bytes(self) -> int | None:
+        """The larger step's peak; None when XLA refused a step as too large."""
+        peaks = (self.train.peak_bytes, self.eval.peak_bytes)
+        return None if None in peaks else max(peaks)
 
     @property
     def fits(self) -> bool:
-        return self.peak_bytes <= self.hbm_bytes
+        return self.peak_bytes is not None and self.peak_bytes <= self.hbm_bytes
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "peak_bytes": self.peak_bytes, "fits": self.fits}
