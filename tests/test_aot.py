@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from configs import default
@@ -67,6 +68,29 @@ def test_errors_are_one_line_before_anything_compiles(args, expected):
     lines = [line for line in out.stderr.strip().splitlines() if "Finished tracing" not in line]
     assert len(lines) == 1, out.stderr[-3000:]
     assert lines[0].startswith("error: ") and "; " in lines[0] and expected in lines[0], lines[0]
+
+
+class _RefusedStep:
+    """Stands in for a jitted step whose compile XLA refuses, with the line libtpu gave for
+    imixer_l16 on v5e:4x4 at batch 2048 (benchmarks/results/pod_scale.jsonl)."""
+
+    LINE = (
+        "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+        "temporaries (27.66G) exceeds available HBM (15.75G)."
+    )
+
+    def lower(self, *args):
+        return self
+
+    def compile(self):
+        raise jax.errors.JaxRuntimeError(self.LINE)
+
+
+def test_a_step_larger_than_the_chip_is_a_result_not_an_error():
+    program = aot.compile_program(_RefusedStep(), (), analytic_flops=1.0)
+    assert program.out_of_memory == _RefusedStep.LINE.removeprefix("RESOURCE_EXHAUSTED: ")
+    assert program.peak_bytes is None and program.xla_flops is None
+    assert program.analytic_flops == 1.0
 
 
 @pytest.mark.slow

@@ -176,8 +176,10 @@ class Program:
     out_of_memory: str | None = None
 
 
-def _compile(step, args: tuple, analytic_flops: float, resident_bytes: int = 0) -> Program:
-    """Lower ``step`` for the abstract ``args`` and compile it (see ``Program``)."""
+def compile_program(step, args: tuple, analytic_flops: float, resident_bytes: int = 0) -> Program:
+    """Lower the jitted ``step`` for the abstract ``args`` (``ShapeDtypeStruct``s with shardings
+    on a topology's devices) and compile it; ``analytic_flops`` is carried into the result (see
+    ``Program``)."""
     start = time.perf_counter()
     try:
         compiled = step.lower(*args).compile()
@@ -301,10 +303,10 @@ def compile_for_topology(config: ml_collections.ConfigDict, topology: str) -> Re
     state = setup.abstract_state
     forward = flops.forward_flops_per_image(config_lib.typed_model_config(config))
     state_bytes = _shard_bytes(state)
-    train = _compile(
+    train = compile_program(
         make_train_step(setup), (state, train_batch), 3.0 * forward * config.batch_size / chips
     )
-    evaluation = _compile(
+    evaluation = compile_program(
         make_eval_step(setup),
         (state.params, state.rest, eval_batch),
         forward * config.eval_batch_size / chips,
