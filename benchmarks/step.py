@@ -11,14 +11,15 @@ its shardings and donated state, built through ``training.prepare`` / ``init_sta
 training builds it; only the batches are synthetic (uniform images in [-1, 1], random labels).
 
 Reported: ``compile_s`` (lower + compile of that step), ``step_s`` and ``images_per_s`` over
-``--steps`` timed steps after ``--warmup`` untimed ones, the analytic FLOPs, the achieved
+``--steps`` timed steps after ``--warmup`` untimed ones, the analytic FLOPs (below), the achieved
 TFLOP/s, ``mfu`` = achieved / ``matmul_tflops_per_s`` (a jitted square matmul in the same dtype,
 timed in the same process: the device's practical matmul peak), ``peak_memory_bytes`` from
 ``device.memory_stats()`` (None where the backend has none, e.g. CPU) and XLA's compile-time
 estimate ``temp_bytes`` (activations and other temporaries of the step).
 
-The analytic FLOPs are ``imixer_jax.models.flops`` (matmuls only, 3 forwards per image for a
-train step).
+Analytic FLOPs: ``imixer_jax.models.flops.forward_flops`` (matmuls only), times 3 for a train
+step (the backward pass has one matmul for the input gradient and one for the weight gradient per
+forward matmul).
 
 ``--remat`` recomputes part of the forward in the backward pass: those extra FLOPs are not
 counted (the MFU is that of useful work). ``--compare-torch`` also times a plain PyTorch
@@ -37,11 +38,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from imixer_jax import cli
+from imixer_jax.models import flops
 from imixer_jax.models.configs import REMATS
-from imixer_jax.models.flops import forward_flops_per_image
 from imixer_jax.models.registry import PARAMIXER_NAMES, VARIANT_NAMES, model_config
 
 DTYPES = ("float32", "bfloat16")
+
+
+def forward_flops_per_image(model: str, **overrides) -> float:
+    """Analytic matmul FLOPs of one image's forward pass (``models.flops.forward_flops``)."""
+    return float(flops.forward_flops(model_config(model, **overrides)))
 
 
 def _time(run: Callable[[], object], warmup: int, steps: int) -> float:
@@ -131,8 +137,8 @@ def benchmark(
 
     seconds = _time(step, warmup, steps)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
-    flops = 3.0 * forward_flops_per_image(model_config(model, **config.model.to_dict()))
-    achieved = flops * batch * steps / seconds / 1e12
+    train_flops = 3.0 * forward_flops_per_image(model, **config.model.to_dict())
+    achieved = train_flops * batch * steps / seconds / 1e12
     dtype = config.model.dtype or "float32"
     peak = matmul_tflops(matmul_size, dtype)
     device = jax.devices()[0]
@@ -149,7 +155,7 @@ def benchmark(
         "compile_s": compile_s,
         "step_s": seconds / steps,
         "images_per_s": batch * steps / seconds,
-        "train_gflops_per_image": flops / 1e9,
+        "train_gflops_per_image": train_flops / 1e9,
         "tflops_per_s": achieved,
         "matmul_size": matmul_size,
         "matmul_tflops_per_s": peak,

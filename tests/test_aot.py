@@ -131,7 +131,7 @@ def test_small_model_compiles_for_v5e_2x2():
 
     config = default.get_config()
     config.model.update(overrides)
-    forward = flops.forward_flops_per_image(config_lib.typed_model_config(config))
+    forward = flops.forward_flops(config_lib.typed_model_config(config))
     assert train["analytic_flops"] == 3 * forward * config.batch_size / 4
     assert evaluation["analytic_flops"] == forward * config.eval_batch_size / 4
     # XLA's count is per chip and adds what the formula leaves out (LayerNorm, GELU, AdamW,

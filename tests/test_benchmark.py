@@ -12,9 +12,8 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from benchmarks.step import benchmark
-from imixer_jax.models import flops
-from imixer_jax.models.registry import create_model, model_config
+from benchmarks.step import benchmark, forward_flops_per_image
+from imixer_jax.models.registry import create_model
 from imixer_jax.training import config as config_lib
 
 POSITIVE = (
@@ -80,7 +79,7 @@ def test_analytic_flops_match_xla_count(name, kwargs):
     images = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
     forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
     xla = forward.lower(state, images).cost_analysis()["flops"]
-    analytic = flops.forward_flops_per_image(model_config(name, **kwargs))
+    analytic = forward_flops_per_image(name, **kwargs)
     assert 0.85 * xla < analytic <= xla
 
 

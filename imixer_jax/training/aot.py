@@ -301,7 +301,7 @@ def compile_for_topology(config: ml_collections.ConfigDict, topology: str) -> Re
     config = setup.config
     train_batch, eval_batch = abstract_batches(setup)
     state = setup.abstract_state
-    forward = flops.forward_flops_per_image(config_lib.typed_model_config(config))
+    forward = flops.forward_flops(config_lib.typed_model_config(config))
     state_bytes = _shard_bytes(state)
     train = compile_program(
         make_train_step(setup), (state, train_batch), 3.0 * forward * config.batch_size / chips
