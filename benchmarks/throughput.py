@@ -28,38 +28,57 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
-from absl import app, flags, logging
+from absl import flags, logging
 
-from imixer_jax.data import pipeline, transforms
+from imixer_jax import cli
+from imixer_jax.data import tf_import
 from imixer_jax.data.augment import device as device_augment
 from imixer_jax.data.defaults import augment_config
 
-_THREADS = flags.DEFINE_list("threads", ["1", "2"], "tf.data thread counts to measure")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "training image size S")
-_BATCH = flags.DEFINE_integer("batch_size", 64, "images per batch")
-_BATCHES = flags.DEFINE_integer("num_batches", 8, "timed batches per thread count")
-_EXAMPLES = flags.DEFINE_integer("num_examples", 256, "distinct mock examples held in memory")
+if TYPE_CHECKING:  # imported in the functions: the tool's --help and flag errors need no TF
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+FLAGS = cli.flag_values()
+_THREADS = flags.DEFINE_list(
+    "threads", ["1", "2"], "tf.data thread counts to measure", flag_values=FLAGS
+)
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "training image size S", flag_values=FLAGS)
+_BATCH = flags.DEFINE_integer("batch_size", 64, "images per batch", flag_values=FLAGS)
+_BATCHES = flags.DEFINE_integer(
+    "num_batches", 8, "timed batches per thread count", flag_values=FLAGS
+)
+_EXAMPLES = flags.DEFINE_integer(
+    "num_examples", 256, "distinct mock examples held in memory", flag_values=FLAGS
+)
 _AUGMENT = flags.DEFINE_string(
-    "augment", "{}", "JSON overrides of AUGMENT_DEFAULTS, e.g. '{\"randaugment\": null}'"
+    "augment",
+    "{}",
+    "JSON overrides of AUGMENT_DEFAULTS, e.g. '{\"randaugment\": null}'",
+    flag_values=FLAGS,
 )
 _ON_DEVICE = flags.DEFINE_bool(
-    "on_device", False, "host does crop + resize only; also time the JAX device augmentation"
+    "on_device",
+    False,
+    "host does crop + resize only; also time the JAX device augmentation",
+    flag_values=FLAGS,
 )
 _STEP_RATES = flags.DEFINE_list(
-    "step_rate", ["3800", "6600"], "accelerator train-step rates (img/s) to feed"
+    "step_rate", ["3800", "6600"], "accelerator train-step rates (img/s) to feed", flag_values=FLAGS
 )
 
 
 def mock_cifar10(num_examples: int) -> tuple[tfds.features.Image, tf.data.Dataset]:
     """cifar10's image feature and ``num_examples`` mock records ``{'image': PNG bytes,
     'label'}`` made by ``tfds.testing.mock_data``, cached in memory."""
+    tf = tf_import.import_tensorflow()
+    import tensorflow_datasets as tfds
+
     with tfds.testing.mock_data(num_examples=num_examples):
         builder = tfds.builder("cifar10")
         raw = builder.as_dataset(
@@ -84,6 +103,9 @@ def augmented_batches(
     """The pipeline's training transform (``augment`` overriding ``AUGMENT_DEFAULTS``) over
     ``records`` repeated, on ``threads`` tf.data threads: batches ``{'image': float32
     [B, S, S, 3], 'label'}``."""
+    tf = tf_import.import_tensorflow()
+    from imixer_jax.data import pipeline, transforms
+
     transform = transforms.train_transform(feature, image_size, augment_config(augment))
     seed = tf.constant([0, 0], tf.int64)
     ds = records.repeat().enumerate()
@@ -130,12 +152,14 @@ def device_augment_cost(
     return 1e3 * wall / count, 1e3 * cpu / count, str(batch.devices().pop())
 
 
-def main(argv: Sequence[str]) -> None:
-    del argv
-    tf.config.set_visible_devices([], "GPU")
-    feature, records = mock_cifar10(_EXAMPLES.value)
+def main() -> None:
+    try:
+        augment = json.loads(_AUGMENT.value)
+    except json.JSONDecodeError as e:
+        raise cli.UsageError(f"--augment is not JSON ({e}); see --help") from e
     rates = [float(r) for r in _STEP_RATES.value]
-    augment = json.loads(_AUGMENT.value)
+    tf_import.import_tensorflow().config.set_visible_devices([], "GPU")
+    feature, records = mock_cifar10(_EXAMPLES.value)
     if _ON_DEVICE.value:
         augment["on_device"] = True
     route = "host crop + resize only (on_device)" if _ON_DEVICE.value else "all on the host"
@@ -170,4 +194,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, FLAGS)

@@ -13,10 +13,12 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from commands import call
 from flax import nnx
 from scipy.special import erf
 
 from imixer_jax.models import build
+from imixer_jax.weights import __main__ as weights_command
 from imixer_jax.weights import torch_imixer
 from imixer_jax.weights.vit_jax import PretrainedError
 
@@ -233,8 +235,8 @@ def test_pytorch_files_round_trip(tmp_path):
     pth = str(tmp_path / "official.pth")
     torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in sd.items()}}, pth)
     npz, back = str(tmp_path / "ours.npz"), str(tmp_path / "back.pth")
-    torch_imixer.main(["--in", pth, "--out", npz])
-    torch_imixer.main(["--in", npz, "--out", back])
+    call(weights_command, f"--in={pth}", f"--out={npz}")
+    call(weights_command, f"--in={npz}", f"--out={back}")
     reloaded = torch.load(back, weights_only=True)
     assert set(reloaded) == set(sd)
     for key, value in sd.items():
@@ -251,13 +253,13 @@ def test_cli_from_torch_file(tmp_path, monkeypatch):
     monkeypatch.setattr(torch_imixer, "_read_torch", lambda path, ema: sd)
     pth, npz = tmp_path / "official.pth.tar", str(tmp_path / "ours.npz")
     pth.write_bytes(b"")
-    torch_imixer.main(["--in", str(pth), "--out", npz])
+    call(weights_command, f"--in={pth}", f"--out={npz}")
     loaded = torch_imixer.load_state_npz(npz)
     np.testing.assert_array_equal(
         loaded["blocks"][0]["token_mixer"]["fc_sn2"]["v"], sd["blocks.0.mlp_tokens.fc_sn2.weight_v"]
     )
     with pytest.raises(SystemExit, match="--out must end in .npz"):
-        torch_imixer.main(["--in", str(pth), "--out", str(tmp_path / "x.pth")])
+        call(weights_command, f"--in={pth}", f"--out={str(tmp_path / 'x.pth')}")
 
 
 def test_without_torch_the_cli_says_what_to_install(tmp_path):
@@ -270,4 +272,4 @@ def test_without_torch_the_cli_says_what_to_install(tmp_path):
     path = str(tmp_path / "weights.npz")
     torch_imixer.save_state_npz(path, _loaded_state())
     with pytest.raises(SystemExit, match=r"needs torch: pip install 'imixer_jax\[torch\]'"):
-        torch_imixer.main(["--in", path, "--out", str(tmp_path / "x.pth")])
+        call(weights_command, f"--in={path}", f"--out={str(tmp_path / 'x.pth')}")

@@ -4,7 +4,7 @@ import itertools
 
 import numpy as np
 import pytest
-from absl import flags
+from commands import call
 
 from benchmarks import throughput
 
@@ -28,14 +28,11 @@ def test_batches_are_the_training_layout_with_the_full_recipe(mock_records):
 
 
 def test_main_reports_rates_and_cores_per_accelerator(capsys):
-    flags.FLAGS(
-        ["throughput", "--threads=1", "--image_size=16", "--batch_size=4", "--num_batches=1"]
-        + ["--num_examples=4", "--step_rate=1000", '--augment={"randaugment": null}']
+    call(
+        throughput,
+        *("--threads=1", "--image_size=16", "--batch_size=4", "--num_batches=1"),
+        *("--num_examples=4", "--step_rate=1000", '--augment={"randaugment": null}'),
     )
-    try:
-        throughput.main([])
-    finally:
-        flags.FLAGS.unparse_flags()
     out = capsys.readouterr().out
     assert "'randaugment': None" in out and "16 px" in out
     (line,) = [row for row in out.splitlines() if row.startswith("threads 1:")]
@@ -43,14 +40,11 @@ def test_main_reports_rates_and_cores_per_accelerator(capsys):
 
 
 def test_on_device_times_the_host_crop_and_the_device_augmentation(capsys):
-    flags.FLAGS(
-        ["throughput", "--threads=1", "--image_size=16", "--batch_size=4", "--num_batches=1"]
-        + ["--num_examples=4", "--step_rate=1000", "--on_device"]
+    call(
+        throughput,
+        *("--threads=1", "--image_size=16", "--batch_size=4", "--num_batches=1"),
+        *("--num_examples=4", "--step_rate=1000", "--on_device"),
     )
-    try:
-        throughput.main([])
-    finally:
-        flags.FLAGS.unparse_flags()
     out = capsys.readouterr().out
     assert "'on_device': True" in out and "host crop + resize only" in out
     (line,) = [row for row in out.splitlines() if row.startswith("device augmentation")]

@@ -107,7 +107,7 @@ def test_param_count_cifar10(name):
 @pytest.mark.slow
 def test_cli_prints_every_variant():
     out = subprocess.run(
-        [sys.executable, "-m", "imixer_jax.models", "--num-classes", "7", "--img-size", "64"],
+        [sys.executable, "-m", "imixer_jax.models", "--num_classes", "7", "--img_size", "64"],
         capture_output=True,
         text=True,
         check=True,

@@ -28,6 +28,7 @@ from imixer_jax.analysis.plots import (
     plot_energy_descent,
     plot_residuals,
     plot_sigmas,
+    plot_training_curves,
     write_plots,
 )
 from imixer_jax.analysis.runs import (
@@ -72,6 +73,7 @@ __all__ = [
     "plot_energy_descent",
     "plot_residuals",
     "plot_sigmas",
+    "plot_training_curves",
     "residuals",
     "settle_spectral_norm",
     "three_layer_network",

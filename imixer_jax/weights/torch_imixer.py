@@ -1,7 +1,7 @@
 r"""Official iMixer PyTorch checkpoints (timm `state_dict`) <-> our `imixer_*` / `mixer_*` state.
 
-    python -m imixer_jax.weights.torch_imixer --in checkpoint.pth.tar --out weights.npz
-    python -m imixer_jax.weights.torch_imixer --in weights.npz --out checkpoint.pth
+    python -m imixer_jax.weights --in checkpoint.pth.tar --out weights.npz
+    python -m imixer_jax.weights --in weights.npz --out checkpoint.pth
 
 The first reads a checkpoint of github.com/Toshihiro-Ota/imixer (a bare ``state_dict``, or timm's
 training checkpoint holding one under ``'state_dict'``; ``--ema`` takes ``'state_dict_ema'``;
@@ -38,7 +38,6 @@ import argparse
 import math
 import os
 import re
-import sys
 from collections.abc import Mapping
 
 import jax
@@ -251,22 +250,3 @@ def convert(in_path: str, out_path: str, *, ema: bool = False) -> None:
     sd = _read_torch(in_path, ema)
     state = from_torch(sd, abstract_state(model_config(sd)))
     save_state_npz(out_path, state)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m imixer_jax.weights.torch_imixer", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--in", dest="in_path", required=True, help=".pth/.pt/.tar or our .npz")
-    parser.add_argument("--out", dest="out_path", required=True, help=".npz or .pth")
-    parser.add_argument("--ema", action="store_true", help="take timm's 'state_dict_ema'")
-    args = parser.parse_args(argv)
-    try:
-        convert(args.in_path, args.out_path, ema=args.ema)
-    except PretrainedError as e:
-        raise SystemExit(f"error: {e}") from None
-    print(f"wrote {args.out_path}", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    main()
