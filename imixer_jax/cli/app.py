@@ -45,8 +45,7 @@ def setup_process(verbose: bool) -> None:
     )
 
     log_filter.quiet_orbax_logging()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    tf_import.drop_banner()
+    tf_import.quiet()
 
 
 def _fail(error: BaseException) -> NoReturn:
