@@ -122,7 +122,7 @@ def flag_error_line(error: BaseException, argv: Sequence[str]) -> str:
         unknown = re.match(r"Unknown command line flag '(config\.\S+)'", text)
         if unknown and not any(re.match(r"--?config(=|$)", a) for a in argv):
             return f"--{unknown.group(1)} overrides a key of the config file; pass --config FILE"
-        return f"{errors.squash(text)}; see --help"
+        return f"{errors.squash(text).rstrip('.')}; see --help"
     # A config file raised something else (NameError, ImportError, ...).
     return (
         f"config file failed at {_config_file_frame(error)}: {type(error).__name__}: "
