@@ -13,7 +13,6 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from commands import call
 from flax import nnx
 from scipy.special import erf
 
@@ -21,6 +20,7 @@ from imixer_jax.models import build
 from imixer_jax.weights import __main__ as weights_command
 from imixer_jax.weights import torch_imixer
 from imixer_jax.weights.vit_jax import PretrainedError
+from tests.commands import call
 
 TINY = dict(classes=5, patch=4, img=16, dim=8, tokens=6, channels=20, hidden=12, blocks=2)
 COEFF = 0.9

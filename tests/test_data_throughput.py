@@ -4,9 +4,9 @@ import itertools
 
 import numpy as np
 import pytest
-from commands import call
 
 from benchmarks import throughput
+from tests.commands import call
 
 pytestmark = pytest.mark.slow  # builds the 224 px RandAugment graph
 

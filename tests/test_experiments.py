@@ -7,7 +7,6 @@ import statistics
 
 import pytest
 from absl import flags
-from commands import call
 from ml_collections import config_flags
 
 from configs import default, paper
@@ -16,6 +15,7 @@ from experiments.catalog import SWEEPS, Run
 from imixer_jax import cli, data
 from imixer_jax.models import registry
 from imixer_jax.training import config as config_lib
+from tests.commands import call
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPECTED_RUNS = {

@@ -29,18 +29,10 @@ from imixer_jax.models.mixer import capture_intermediates, copy_variables
 from imixer_jax.models.registry import VARIANT_NAMES
 from imixer_jax.models.spectral_norm import spectral_sigmas
 from imixer_jax.models.token_mixers import IMLP
-from tests import random_draws
+from tests import random_draws, tiny
 
 # A small iMixer: 16 tokens (32 px, patch 8), D 16, T 8, H 16, C 32, 2 blocks.
-TINY = dict(
-    num_classes=10,
-    img_size=32,
-    patch_size=8,
-    num_blocks=2,
-    hidden_dim=16,
-    tokens_mlp_dim=8,
-    channels_mlp_dim=32,
-)
+TINY = dict(tiny.MODEL)
 
 # Exact counts, num_classes = 1000 (all variants) and 10 (iMixer, the official CIFAR-10 head).
 PARAMS_1000 = {

@@ -18,20 +18,18 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import tensorflow as tf
-from commands import call
 from flax import nnx
 from tensorboard_events import tensorboard_points
 
 from configs import default
 from imixer_jax import evaluate as evaluate_command
 from imixer_jax import training
-from imixer_jax.training import config as config_lib
 from imixer_jax.training import optim
 from imixer_jax.training.logging import reader as metrics
+from tests import tiny
+from tests.commands import call
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(img_size=16, patch_size=4, num_blocks=1, hidden_dim=16, tokens_mlp_dim=8)
-TINY.update(channels_mlp_dim=32, n_power=2, drop_path_rate=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +40,7 @@ def data_dir(tmp_path_factory):
 
 def tiny_config(data_dir, model="imixer_s16", **model_overrides):
     """The default config shrunk to 8 steps of a 1-block, D=16 model."""
-    c = default.get_config()
-    c.model = config_lib.model_config(model, num_classes=10, **{**TINY, **model_overrides})
-    c.data.data_dir = data_dir
-    c.batch_size, c.eval_batch_size = 16, 120
-    c.schedule.unit, c.schedule.length, c.schedule.warmup = "steps", 8.0, 2.0
-    c.log_every_steps, c.eval_every_steps = 2, 4
-    c.checkpoint.every_steps, c.checkpoint.keep = 2, 2
-    return c
+    return tiny.trainer_config(data_dir, model, **model_overrides)
 
 
 @pytest.fixture(scope="module")
@@ -318,7 +309,7 @@ def test_bfloat16_compute_keeps_float32_parameters(data_dir):
 
 def _tiny_flags(data_dir):
     flags = [f"--config.data.data_dir={data_dir}", "--config.batch_size=16"]
-    flags += [f"--config.model.{k}={v}" for k, v in TINY.items()]
+    flags += [f"--config.model.{k}={v}" for k, v in tiny.TRAINER.items()]
     flags += ["--config.schedule.unit=steps", "--config.schedule.length=6"]
     flags += ["--config.schedule.warmup=1", "--config.log_every_steps=2"]
     return flags
