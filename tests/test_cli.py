@@ -275,6 +275,14 @@ def test_help_lists_the_flags_and_exits_0(entry_point, name):
     assert f"\n{ENTRY_POINTS[name]}:" in f"\n{flag_list}" and "--[no]verbose:" in flag_list
 
 
+def test_help_of_a_fresh_process_prints_no_library_lines():
+    # The throughput tool imports TensorFlow only when it measures: its --help is clean.
+    process = _start("benchmarks.throughput", "--help")
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0 and stderr == "", stderr[-2000:]
+    assert "--image_size" in stdout
+
+
 def test_report_without_finished_runs_says_so_and_writes_nothing(entry_point, tmp_path):
     code, _, err = entry_point("experiments.report", "--sweep=cpu_study", f"--root={tmp_path}")
     assert code == 1 and err == [
