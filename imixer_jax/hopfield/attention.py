@@ -24,6 +24,7 @@ is in ``docs/theory.md#attention-energies``.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -56,7 +57,7 @@ class MultiHeadAttention(EnergySynapse):
     beta: float | Array | None = None
     self_mask: bool = struct.field(pytree_node=False, default=False)
     layer: str = struct.field(pytree_node=False, default=TOKENS)
-    batched = True
+    batched: ClassVar[bool] = True
 
     @property
     def layers(self) -> tuple[str, ...]:
