@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from imixer_jax.hopfield import Network, attention, lagrangians
+from imixer_jax.hopfield import Network, attention
 from imixer_jax.models import layers
 from imixer_jax.models.backbone import Backbone
 from imixer_jax.models.configs import EnergyTransformerConfig
@@ -59,7 +59,7 @@ class EnergyBlock(nnx.Module):
         self.step_size = c.step_size
         self.update = c.update
         self.self_mask = c.self_mask
-        self.activation = c.activation
+        self.memory_lagrangian = layers.hidden_lagrangian(c.activation, c.approximate_gelu)
 
     def network(self) -> Network:
         """The block's network (``hopfield.attention.block``) on unbatched tokens ``[S, D]``."""
@@ -72,7 +72,7 @@ class EnergyBlock(nnx.Module):
             delta=self.bias[...],
             eps=LAYER_NORM_EPS,
             self_mask=self.self_mask,
-            memory_lagrangian=lagrangians.get(self.activation),
+            memory_lagrangian=self.memory_lagrangian,
         )
 
     def __call__(self, x: Array, *, rngs: nnx.Rngs | None = None) -> Array:
