@@ -189,9 +189,11 @@ def main(argv: Sequence[str]) -> None:
         runs = [measure(batches, _BATCHES.value, _BATCH.value) for _ in range(_REPEATS.value)]
         wall_rate, cpu_rate = (float(np.median(r)) for r in zip(*runs, strict=True))
         cores = ", ".join(f"{math.ceil(r / cpu_rate)} at {r:,.0f} img/s" for r in rates)
+        low, high = min(r[1] for r in runs), max(r[1] for r in runs)
         print(
             f"threads {threads}: {wall_rate:,.1f} img/s wall ({wall_rate / threads:,.1f} per "
-            f"thread), {cpu_rate:,.1f} img/s per CPU-second; cores per accelerator: {cores}"
+            f"thread), {cpu_rate:,.1f} img/s per CPU-second (runs {low:,.0f}-{high:,.0f}); "
+            f"cores per accelerator: {cores}"
         )
     if _ON_DEVICE.value:
         batch = next(batches.as_numpy_iterator())
