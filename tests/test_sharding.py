@@ -263,19 +263,21 @@ def _residual_constraints(model, mesh):
 
 
 @pytest.mark.parametrize("name", ["imixer_s16", "vanillamixer_s16_224", "paramixer_s16_224"])
-def test_residual_stream_is_split_over_tokens_between_the_mlps(name):
+def test_residual_stream_alternates_channel_and_token_splits(name):
     """Sequence parallelism: under a model axis the [B, S, D] stream is constrained to
-    ('data', 'model', None) after the stem, between the token and channel halves of a serial
-    block and after every block; channels where 'model' does not divide S; nothing without a
-    model axis (1-device and data-parallel programs unchanged)."""
+    ('data', None, 'model') where a token mixer reads it (after the stem and after every block)
+    and to ('data', 'model', None) between the token and channel halves of a serial block; the
+    other axis where 'model' does not divide the named one; nothing without a model axis
+    (1-device and data-parallel programs unchanged)."""
     build = functools.partial(registry.create_model, name, num_blocks=2, img_size=32)  # S = 4
     model = nnx.eval_shape(lambda: build(rngs=nnx.Rngs(0)))
     model.eval()
-    serial = name != "paramixer_s16_224"
+    channels, tokens = P("data", None, "model"), P("data", "model", None)
+    block = [tokens, channels] if name != "paramixer_s16_224" else [channels]
     mesh = AbstractMesh((2, 2), ("data", "model"), (AxisType.Auto,) * 2)
-    assert _residual_constraints(model, mesh) == [P("data", "model", None)] * (1 + 2 * (1 + serial))
+    assert _residual_constraints(model, mesh) == [channels, *block, *block]
     mesh = AbstractMesh((2, 8), ("data", "model"), (AxisType.Auto,) * 2)  # 8 does not divide 4
-    assert set(_residual_constraints(model, mesh)) == {P("data", None, "model")}
+    assert set(_residual_constraints(model, mesh)) == {channels}
     mesh = AbstractMesh((8, 1), ("data", "model"), (AxisType.Auto,) * 2)
     assert _residual_constraints(model, mesh) == []
 
