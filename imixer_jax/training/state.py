@@ -139,7 +139,7 @@ def prepare(config: ml_collections.ConfigDict) -> Setup:
     model.eval()
     eval_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
     abstract = jax.eval_shape(lambda: _init(config, tx))
-    shardings = sharding.tree_shardings(mesh, abstract)
+    shardings = sharding.tree_shardings(mesh, abstract, fsdp=config.mesh.fsdp)
     abstract = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings
     )
