@@ -283,8 +283,12 @@ def test_residual_stream_alternates_channel_and_token_splits(name):
 
 
 # Kernels of the Megatron pairs of every family: Mixer/iMixer token mixer (fc1, fc2, fc_sn1,
-# fc_sn2) and channel MLP (fc_c1, fc_c2), parallelized family mlp_tokens / mlp_channels (fc1, fc2).
-_MLP_KERNEL = re.compile(r"/(token_mixer|channel_mlp|mlp_tokens|mlp_channels)/fc\w*/kernel/value$")
+# fc_sn2) and channel MLP (fc_c1, fc_c2), parallelized family mlp_tokens / mlp_channels (fc1, fc2);
+# the Energy Transformer's attention heads (query, key) and memories.
+_MLP_KERNEL = re.compile(
+    r"/(token_mixer|channel_mlp|mlp_tokens|mlp_channels)/fc\w*/kernel/value$"
+    r"|/(query|key|memory)/value$"
+)
 _MILLION = 1_000_000
 
 
@@ -296,7 +300,9 @@ def _layouts(name):
     return (dict(num_blocks=1),)
 
 
-@pytest.mark.parametrize("name", registry.VARIANT_NAMES + registry.PARAMIXER_NAMES)
+@pytest.mark.parametrize(
+    "name", registry.VARIANT_NAMES + registry.PARAMIXER_NAMES + registry.ENERGY_TRANSFORMER_NAMES
+)
 def test_every_variant_splits_its_mlps_on_model(name):
     """Every MLP kernel of every registered variant is split on 'model' (model axis 2 and 4, both
     block layouts), and no parameter above a million elements is replicated unless the model
