@@ -2,9 +2,9 @@
 steps at the official global batch (``configs/cifar10.py``: 2048, bfloat16), compiled ahead of
 time for TPU topologies on this machine.
 
-    python -m benchmarks.pod_scale [--results benchmarks/results/pod_scale.jsonl]
-        [--table docs/pod_scale.md] [--jobs 1] [--only MODEL ...]
-        [--topologies T ...] [--no-compile]
+    python -m benchmarks.pod_scale [--results=benchmarks/results/pod_scale.jsonl]
+        [--table=docs/pod_scale.md] [--jobs=1] [--only=MODEL ...] [--topologies=T ...]
+        [--no_compile]
 
 Each row is one ``python -m imixer_jax.aot --config configs/cifar10.py:MODEL --topology T
 --config.mesh.shape='(d, m)' --json`` process (its memory is returned when it ends); its report is
@@ -23,6 +23,8 @@ import re
 import subprocess
 import sys
 import threading
+
+from absl import flags
 
 from imixer_jax import cli
 
@@ -151,45 +153,51 @@ def write_table(path: str, results: dict[str, dict]) -> None:
         f.write(f"{head}{BEGIN}\n{table(results)}\n{END}{tail}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = cli.ArgumentParser(
-        prog="python -m benchmarks.pod_scale", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--results", default="benchmarks/results/pod_scale.jsonl")
-    parser.add_argument("--table", default="docs/pod_scale.md")
-    parser.add_argument("--jobs", type=int, default=1, help="rows compiled at once")
-    parser.add_argument("--only", nargs="+", choices=MODELS, help="compile only these models")
-    parser.add_argument("--topologies", nargs="+", help="compile only the rows of these topologies")
-    parser.add_argument(
-        "--no-compile", action="store_true", help="only rewrite the table from the results"
-    )
-    args = parser.parse_args(argv)
-    results = load(args.results)
+FLAGS = cli.flag_values()
+_RESULTS = flags.DEFINE_string(
+    "results", "benchmarks/results/pod_scale.jsonl", "Results file (JSON lines).", flag_values=FLAGS
+)
+_TABLE = flags.DEFINE_string(
+    "table", "docs/pod_scale.md", "Markdown file whose table is rewritten.", flag_values=FLAGS
+)
+_JOBS = flags.DEFINE_integer("jobs", 1, "Rows compiled at once.", lower_bound=1, flag_values=FLAGS)
+_ONLY = flags.DEFINE_multi_enum(
+    "only", None, MODELS, "Compile only these models.", flag_values=FLAGS
+)
+_TOPOLOGIES = flags.DEFINE_multi_string(
+    "topologies", None, "Compile only the rows of these topologies.", flag_values=FLAGS
+)
+_NO_COMPILE = flags.DEFINE_bool(
+    "no_compile", False, "Only rewrite the table from the results.", flag_values=FLAGS
+)
+
+
+def main() -> None:
+    results = load(_RESULTS.value)
     todo = [
         row
         for row in ROWS
         if key(*row) not in results
-        and (args.only is None or row[0] in args.only)
-        and (args.topologies is None or row[1] in args.topologies)
-        and not args.no_compile
+        and (not _ONLY.value or row[0] in _ONLY.value)
+        and (not _TOPOLOGIES.value or row[1] in _TOPOLOGIES.value)
+        and not _NO_COMPILE.value
     ]
-    os.makedirs(os.path.dirname(args.results) or ".", exist_ok=True)
+    os.makedirs(os.path.dirname(_RESULTS.value) or ".", exist_ok=True)
     lock = threading.Lock()
-
     commit = subprocess.run(
         ["git", "describe", "--always", "--dirty"], capture_output=True, text=True
     ).stdout.strip()
 
     def run(row):
         report = {"key": key(*row), "commit": commit, **compile_row(*row)}
-        with lock, open(args.results, "a") as f:
+        with lock, open(_RESULTS.value, "a") as f:
             f.write(json.dumps(report) + "\n")
         print(report["key"], report.get("error") or f"fits: {report['fits']}", flush=True)
 
-    with concurrent.futures.ThreadPoolExecutor(max(args.jobs, 1)) as pool:
+    with concurrent.futures.ThreadPoolExecutor(_JOBS.value) as pool:
         list(pool.map(run, todo))
-    write_table(args.table, load(args.results))
+    write_table(_TABLE.value, load(_RESULTS.value))
 
 
 if __name__ == "__main__":
-    cli.run_argparse(main)
+    cli.run(main, FLAGS)

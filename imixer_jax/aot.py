@@ -21,11 +21,16 @@ from ml_collections import config_flags
 
 from imixer_jax import cli
 
-_CONFIG = cli.define_config("Training config file (configs/*.py), optionally with :ARG.")
+FLAGS = cli.flag_values()
+_CONFIG = cli.define_config("Training config file (configs/*.py), optionally with :ARG.", FLAGS)
 _TOPOLOGY = flags.DEFINE_string(
-    "topology", None, "TPU topology: <generation>:<chips per axis>, e.g. v5e:4x4.", required=True
+    "topology",
+    None,
+    "TPU topology: <generation>:<chips per axis>, e.g. v5e:4x4.",
+    required=True,
+    flag_values=FLAGS,
 )
-_JSON = flags.DEFINE_bool("json", False, "Print one JSON object.")
+_JSON = flags.DEFINE_bool("json", False, "Print one JSON object.", flag_values=FLAGS)
 
 
 def _bytes(n: float) -> str:
@@ -82,8 +87,7 @@ def _text(report, label: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> None:
-    del argv  # parse_flags rejects positional arguments
+def main() -> None:
     import jax
 
     from imixer_jax.training import aot  # after cli.setup_process (TensorFlow's log level)
@@ -94,7 +98,7 @@ def main(argv: list[str]) -> None:
     jax.config.update("jax_enable_compilation_cache", False)
 
     report = aot.compile_for_topology(_CONFIG.value, _TOPOLOGY.value)
-    label = config_flags.get_config_filename(flags.FLAGS[_CONFIG.name])
+    label = config_flags.get_config_filename(FLAGS[_CONFIG.name])
     if _JSON.value:
         print(json.dumps({"config": label, **report.to_dict()}))
     else:
@@ -102,4 +106,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    cli.run_absl(main)
+    cli.run(main, FLAGS)

@@ -8,6 +8,8 @@ energies and spectral sigmas. The library behind ``python -m imixer_jax.analyze`
   the one place that reads what the models record.
 * ``plots``: matplotlib figures of all of the above (matplotlib imported on first use) and
   ``write_plots``.
+* ``metaformer`` (imported on its own): the Energy MetaFormer on the digits, trained through
+  the core's descent (``experiments/energy_metaformer.ipynb``).
 """
 
 from imixer_jax.analysis.blocks import (
@@ -28,6 +30,7 @@ from imixer_jax.analysis.plots import (
     plot_energy_descent,
     plot_residuals,
     plot_sigmas,
+    plot_training_curves,
     write_plots,
 )
 from imixer_jax.analysis.runs import (
@@ -72,6 +75,7 @@ __all__ = [
     "plot_energy_descent",
     "plot_residuals",
     "plot_sigmas",
+    "plot_training_curves",
     "residuals",
     "settle_spectral_norm",
     "three_layer_network",

@@ -13,9 +13,10 @@ Layouts: by default ``blocks`` is an ``nnx.List`` of the blocks, applied in a Py
 compiles N copies). With ``scan_blocks`` every block variable is stacked along a leading axis of
 size N and the blocks run under ``nnx.scan``, so compile time does not grow with depth; each block
 still draws its own drop-path mask (the stacked axis of every variable is unsplit on a mesh).
-Under a mesh with a 'model' axis the residual stream between blocks is split over tokens
-(``partitioning.shard_residual``). Remat of the blocks recomputes each whole block in the backward
-pass (``jax.checkpoint``; only the block inputs are saved).
+Under a mesh with a 'model' axis the residual stream between blocks is split over channels
+(``partitioning.shard_residual``; the blocks split it over tokens between their halves). Remat of
+the blocks recomputes each whole block in the backward pass (``jax.checkpoint``; only the block
+inputs are saved).
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ class Backbone(nnx.Module):
             x = self._scan(apply, x, rngs)
         else:
             for block in self.blocks:
-                x = partitioning.shard_residual(apply(block, x, rngs))
+                x = partitioning.shard_residual(apply(block, x, rngs), "channels")
         x = self.norm(x).mean(axis=1)  # [B, D]
         return self.head(x).astype(jnp.float32)
 
@@ -115,7 +116,7 @@ class Backbone(nnx.Module):
         @nnx.scan(in_axes=(nnx.Carry, 0, 0), out_axes=nnx.Carry)
         def body(x, block, key):
             x = apply(block, x, None if key is None else nnx.Rngs(dropout=key))
-            return partitioning.shard_residual(x)
+            return partitioning.shard_residual(x, "channels")
 
         return body(x, self.blocks, keys)
 
@@ -129,7 +130,8 @@ class Backbone(nnx.Module):
                 f"got {list(images.shape)}"
             )
         x = self.stem(images)  # [B, H/P, W/P, D]
-        return partitioning.shard_residual(x.reshape(x.shape[0], self.num_tokens, x.shape[-1]))
+        x = x.reshape(x.shape[0], self.num_tokens, x.shape[-1])
+        return partitioning.shard_residual(x, "channels")
 
     def penalty(self) -> Array:
         """A regulariser the trainer adds to the loss, a float32 scalar; 0 here."""

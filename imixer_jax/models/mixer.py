@@ -75,7 +75,7 @@ class MixerBlock(nnx.Module):
             y = nnx.remat(_mix_tokens, policy=SAVE_NOTHING)(self.token_mixer, x)
         else:
             y = self.token_mixer(x)
-        x = shard_residual(x + self.drop_path(y, rngs=rngs))
+        x = shard_residual(x + self.drop_path(y, rngs=rngs), "tokens")
         return x + self.drop_path(self.channel_mlp(self.norm(x)), rngs=rngs)
 
 

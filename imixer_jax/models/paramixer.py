@@ -279,7 +279,7 @@ class SerialBlock(_Block):
         token_net, channel_net = self.networks(self.dtype)
         (token,) = drives(token_net, x)
         x = self._step(x, token, rngs)
-        x = shard_residual(x)
+        x = shard_residual(x, "tokens")
         (channel,) = drives(channel_net, x)
         return self._step(x, channel, rngs)
 

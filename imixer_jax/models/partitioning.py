@@ -17,7 +17,8 @@ ordinary model; the trainer resolves the declared specs against its mesh (an axi
 divide a dimension is dropped) and may add a 'data' split on top (FSDP). With ``scan_blocks`` the
 stacked axis is inserted unsplit (``Backbone``'s ``nnx.vmap``, ``STACKED``).
 
-``shard_residual`` constrains the residual stream between the MLPs (sequence parallelism).
+``shard_residual`` constrains the residual stream between the MLPs (sequence parallelism):
+channels split where a token mixer reads it, tokens split where a channel MLP does.
 """
 
 from __future__ import annotations
@@ -51,29 +52,36 @@ def linear_metadata(parallel: str) -> dict:
     return {"kernel_metadata": halves["kernel"], "bias_metadata": halves["bias"]}
 
 
-def residual_spec(shape: tuple[int, ...], mesh_shape: dict[str, int]) -> PartitionSpec | None:
+def residual_spec(
+    shape: tuple[int, ...], mesh_shape: dict[str, int], split: str
+) -> PartitionSpec | None:
     """Spec of the residual stream ``[B, S, D]`` on a mesh with axis sizes ``mesh_shape``, or
     None where there is no model axis (> 1) to split it over.
 
-    Batch on 'data'; tokens S on 'model' (sequence parallelism): the Mixer's LayerNorms
-    normalise each token over D, so a token shard normalises locally and only the MLPs gather,
-    and the stream between the MLPs costs 1/m of its size per chip. Channels D on 'model' where
-    'model' does not divide S (e.g. the 7 x 7 tokens of the /32 variants). An axis that divides
-    neither is left whole.
+    Batch on 'data'; on 'model' the axis ``split`` names, 'channels' (D) where the token mixer
+    reads the stream, 'tokens' (S) where the channel MLP does: the token mixer mixes each channel
+    on its own and the channel MLP each token (and the Mixer's LayerNorms normalise each token),
+    so each half runs on its shard with its weights gathered, and the stream between them changes
+    hands in one all-to-all. The other axis where 'model' does not divide the named one (the 7 x 7
+    tokens of the /32 variants); neither: left whole.
     """
     m = mesh_shape.get(MODEL, 1)
     if m == 1:
         return None
     batch, tokens, channels = shape
     data = DATA if batch % mesh_shape.get(DATA, 1) == 0 else None
-    if tokens % m == 0:
-        return PartitionSpec(data, MODEL, None)
-    return PartitionSpec(data, None, MODEL if channels % m == 0 else None)
+    on_tokens, on_channels = PartitionSpec(data, MODEL, None), PartitionSpec(data, None, MODEL)
+    order = {"tokens": (on_tokens, on_channels), "channels": (on_channels, on_tokens)}[split]
+    for spec, size in zip(order, (tokens, channels) if split == "tokens" else (channels, tokens)):
+        if size % m == 0:
+            return spec
+    return PartitionSpec(data, None, None)
 
 
-def shard_residual(x: Array) -> Array:
-    """``x [B, S, D]`` constrained to ``residual_spec`` of the ambient mesh (``jax.set_mesh``,
-    which the trainer's steps set); unchanged without one or without a model axis."""
+def shard_residual(x: Array, split: str) -> Array:
+    """``x [B, S, D]`` constrained to ``residual_spec(..., split)`` of the ambient mesh
+    (``jax.sharding.use_abstract_mesh``, which the trainer's steps set); unchanged without one
+    or without a model axis."""
     mesh = jax.sharding.get_abstract_mesh()
-    spec = None if mesh.empty else residual_spec(x.shape, dict(mesh.shape))
+    spec = None if mesh.empty else residual_spec(x.shape, dict(mesh.shape), split)
     return x if spec is None else jax.lax.with_sharding_constraint(x, spec)
