@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import jax
 import ml_collections
@@ -77,9 +77,14 @@ def mesh_shape(shape: tuple[int, ...], device_count: int) -> tuple[int, ...]:
     return shape
 
 
-def create_mesh(shape: tuple[int, ...], axes: tuple[str, ...]) -> Mesh:
-    """Mesh over all devices of every process; ``shape`` has no -1 (see ``mesh_shape``)."""
-    return jax.make_mesh(tuple(shape), tuple(axes), axis_types=(AxisType.Auto,) * len(axes))
+def create_mesh(
+    shape: tuple[int, ...], axes: tuple[str, ...], devices: Sequence[jax.Device] | None = None
+) -> Mesh:
+    """Mesh over ``devices`` (default: all devices of every process); ``shape`` has no -1 (see
+    ``mesh_shape``)."""
+    return jax.make_mesh(
+        tuple(shape), tuple(axes), axis_types=(AxisType.Auto,) * len(axes), devices=devices
+    )
 
 
 def partition_spec(
