@@ -521,8 +521,9 @@ def test_scanned_model_trains_on_8_devices_and_checkpoints(tmp_path):
     assert got["spec"] == "P(None, None, 'model')"  # C split over 'model'
 
 
-# One representative per family (each of the 54 variants is one of these block kinds with other
-# sizes); the iMLP with its default two unrolled fixed-point steps, paramixer with two repeats.
+# One representative per family (every registered variant is one of these block kinds at other
+# sizes); the iMLP with its default two unrolled fixed-point steps, paramixer with two repeats,
+# the Energy Transformer with two descent steps.
 FLOPS_FAMILIES = [
     ("mixer_s16", {}),
     ("imixer_s16", {}),
@@ -531,6 +532,7 @@ FLOPS_FAMILIES = [
     ("paramixer_s16_224_ni2", {}),
     ("symmixer_s16_224", {}),
     ("asymmixer_s16_224", {}),
+    ("energy_transformer_s16", dict(n_iter=2)),
 ]
 
 
