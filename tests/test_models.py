@@ -512,3 +512,38 @@ def test_scanned_model_trains_on_8_devices_and_checkpoints(tmp_path):
     assert np.isfinite(got["loss"]) and got["step"] == 3
     assert got["devices"] == 8 and got["shape"] == [2, 16, 32] and got["u_shape"] == [2, 16]
     assert got["spec"] == "P(None, None, 'model')"  # C split over 'model'
+
+
+# One representative per family (every registered variant is one of these block kinds at other
+# sizes); the iMLP with its default two unrolled fixed-point steps, paramixer with two repeats,
+# the Energy Transformer with two descent steps.
+FLOPS_FAMILIES = [
+    ("mixer_s16", {}),
+    ("imixer_s16", {}),
+    ("imixer_s16", dict(tied=True)),
+    ("vanillamixer_s16_224", {}),
+    ("paramixer_s16_224_ni2", {}),
+    ("symmixer_s16_224", {}),
+    ("asymmixer_s16_224", {}),
+    ("energy_transformer_s16", dict(n_iter=2)),
+]
+
+
+@pytest.mark.parametrize("name, kwargs", FLOPS_FAMILIES)
+def test_analytic_flops_match_xla_count(name, kwargs):
+    """``flops.forward_flops`` against XLA's ``cost_analysis()`` of the forward pass, one S/16
+    block at 64 px (16 tokens). XLA counts a while-loop body once, so the program must have no
+    loop: evaluation mode (no power iteration) and the solver's unrolled fixed-point steps. XLA
+    also counts what the formula leaves out (LayerNorm, GELU, biases, residual adds: tens of
+    FLOPs per activation against 2 D = 1,024 per matmul output), so it must be higher by a few
+    percent to ~15%, never lower."""
+    kwargs = dict(num_blocks=1, img_size=64, **kwargs)
+    model = nnx.eval_shape(lambda: create_model(name, rngs=nnx.Rngs(0), **kwargs))
+    model.eval()
+    graphdef, state = nnx.split(model)
+    images = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+    lowered = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, images)
+    assert "while" not in lowered.as_text()
+    xla = lowered.cost_analysis()["flops"]
+    analytic = flops.forward_flops(model_config(name, **kwargs))
+    assert 0.85 * xla < analytic <= xla
