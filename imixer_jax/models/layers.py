@@ -7,7 +7,7 @@
   truncated normal at +-2 std with the std corrected by 0.8796...), which is exactly
   ``jax.nn.initializers.lecun_normal()``; fan_in = P*P*3), bias zero -> ``patch_stem``.
 * LayerNorm: eps 1e-6, scale 1, bias 0           -> ``layer_norm``.
-* Channel MLP D -> C -> D with exact (erf) GELU  -> ``ChannelMLP``.
+* Channel MLP D -> C -> D with exact (erf) GELU, built from the Hopfield core -> ``ChannelMLP``.
 * Drop path (stochastic depth): whole samples dropped, survivors scaled by 1/(1 - rate)
                                                  -> ``drop_path``.
 
@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import jax
 from flax import nnx
+
+from imixer_jax.hopfield import HierarchicalNetwork, Layer, Synapse, lagrangians
 
 Array = jax.Array
 
@@ -82,7 +84,11 @@ def gelu(x: Array) -> Array:
 
 
 class ChannelMLP(nnx.Module):
-    """Channel MLP ``[..., D] -> [..., D]``: fc_c2(GELU(fc_c1(x))).
+    """Channel MLP ``[B, S, D] -> [B, S, D]``: fc_c2(GELU(fc_c1(LN x))), the reduced update of a
+    two-layer Hopfield network (``network``) as the token MLP is: a visible ``[S, D]`` layer whose
+    Lagrangian is the block's LayerNorm over D, a hidden GELU layer ``[S, C]``, one untied
+    synapse (feedforward ``fc_c1``, feedback ``fc_c2``). The LayerNorm's parameters belong to
+    the block (``norm``), as in the official code.
 
     Params: ``fc_c1`` (kernel ``[D, C]``, bias ``[C]``),
     ``fc_c2`` (kernel ``[C, D]``, bias ``[D]``).
@@ -91,10 +97,39 @@ class ChannelMLP(nnx.Module):
     def __init__(self, dim: int, mlp_dim: int, *, dtype=None, rngs: nnx.Rngs):
         self.fc_c1 = mlp_linear(dim, mlp_dim, dtype=dtype, rngs=rngs)
         self.fc_c2 = mlp_linear(mlp_dim, dim, dtype=dtype, rngs=rngs)
+        self.dtype = dtype
 
-    def __call__(self, x: Array) -> Array:
-        """``x: [..., D] -> [..., D]``."""
-        return self.fc_c2(gelu(self.fc_c1(x)))
+    def network(self, norm: nnx.LayerNorm, visible_shape: tuple[int, int]) -> HierarchicalNetwork:
+        """The two-layer network on visible states ``[S, D]``, computing as ``norm`` and the
+        ``nnx.Linear`` layers would (``flax_arithmetic``, parameters cast to ``dtype``)."""
+        cast = (lambda a: a) if self.dtype is None else (lambda a: a.astype(self.dtype))
+        visible = lagrangians.LayerNorm(
+            gamma=cast(norm.scale[...]),
+            delta=cast(norm.bias[...]),
+            eps=norm.epsilon,
+            axis=-1,
+            flax_arithmetic=True,
+        )
+        num_tokens, _ = visible_shape
+        synapse = Synapse(
+            weight=self.fc_c1.kernel[...],
+            feedback=self.fc_c2.kernel[...],
+            forward_bias=self.fc_c1.bias[...],
+            feedback_bias=self.fc_c2.bias[...],
+            dtype=self.dtype,
+        )
+        hidden = Layer(lagrangians.GELU(), (num_tokens, self.fc_c1.kernel.shape[1]))
+        return HierarchicalNetwork(
+            (Layer(visible, visible_shape, dtype=self.dtype), hidden), (synapse,)
+        )
+
+    def __call__(self, x: Array, norm: nnx.LayerNorm) -> Array:
+        """``x: [B, S, D] -> [B, S, D]``, the visible layer's LayerNorm from ``norm``."""
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
+        net = self.network(norm, x.shape[1:])
+        fast, _ = net.solve_fast_layers(x)
+        return net.reduced_current(x, fast)
 
 
 def drop_path(rate: float) -> nnx.Dropout:
