@@ -7,7 +7,9 @@
   truncated normal at +-2 std with the std corrected by 0.8796...), which is exactly
   ``jax.nn.initializers.lecun_normal()``; fan_in = P*P*3), bias zero -> ``patch_stem``.
 * LayerNorm: eps 1e-6, scale 1, bias 0           -> ``layer_norm``.
-* Channel MLP D -> C -> D with exact (erf) GELU, built from the Hopfield core -> ``ChannelMLP``.
+* Channel MLP D -> C -> D with exact (erf) GELU (tanh on request), built from the Hopfield core
+                                                 -> ``ChannelMLP``.
+* Hidden-neuron Lagrangian of an activation name -> ``hidden_lagrangian``.
 * Drop path (stochastic depth): whole samples dropped, survivors scaled by 1/(1 - rate)
                                                  -> ``drop_path``.
 
@@ -78,9 +80,18 @@ def patch_stem(patch_size: int, dim: int, *, rngs: nnx.Rngs, dtype=None) -> nnx.
     )
 
 
-def gelu(x: Array) -> Array:
-    """Exact (erf) GELU, as torch.nn.GELU() in the official code."""
-    return jax.nn.gelu(x, approximate=False)
+def gelu(x: Array, approximate: bool = False) -> Array:
+    """Exact (erf) GELU, as torch.nn.GELU() in the official code; ``approximate``: the tanh form
+    (flax's ``nn.gelu`` default, vit_jax's Mixer)."""
+    return jax.nn.gelu(x, approximate=approximate)
+
+
+def hidden_lagrangian(activation: str, approximate_gelu: bool = False) -> lagrangians.Lagrangian:
+    """The Lagrangian whose gradient is ``activation`` (a name of ``lagrangians.get``); GELU in
+    its tanh form with ``approximate_gelu``."""
+    if activation == "gelu":
+        return lagrangians.GELU(approximate=approximate_gelu)
+    return lagrangians.get(activation)
 
 
 class ChannelMLP(nnx.Module):
@@ -91,12 +102,15 @@ class ChannelMLP(nnx.Module):
     the block (``norm``), as in the official code.
 
     Params: ``fc_c1`` (kernel ``[D, C]``, bias ``[C]``),
-    ``fc_c2`` (kernel ``[C, D]``, bias ``[D]``).
+    ``fc_c2`` (kernel ``[C, D]``, bias ``[D]``). ``approximate_gelu``: the tanh GELU.
     """
 
-    def __init__(self, dim: int, mlp_dim: int, *, dtype=None, rngs: nnx.Rngs):
+    def __init__(
+        self, dim: int, mlp_dim: int, *, approximate_gelu: bool = False, dtype=None, rngs: nnx.Rngs
+    ):
         self.fc_c1 = mlp_linear(dim, mlp_dim, dtype=dtype, rngs=rngs)
         self.fc_c2 = mlp_linear(mlp_dim, dim, dtype=dtype, rngs=rngs)
+        self.approximate_gelu = approximate_gelu
         self.dtype = dtype
 
     def network(self, norm: nnx.LayerNorm, visible_shape: tuple[int, int]) -> HierarchicalNetwork:
@@ -118,7 +132,10 @@ class ChannelMLP(nnx.Module):
             feedback_bias=self.fc_c2.bias[...],
             dtype=self.dtype,
         )
-        hidden = Layer(lagrangians.GELU(), (num_tokens, self.fc_c1.kernel.shape[1]))
+        hidden = Layer(
+            hidden_lagrangian("gelu", self.approximate_gelu),
+            (num_tokens, self.fc_c1.kernel.shape[1]),
+        )
         return HierarchicalNetwork(
             (Layer(visible, visible_shape, dtype=self.dtype), hidden), (synapse,)
         )
