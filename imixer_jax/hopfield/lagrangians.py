@@ -251,17 +251,12 @@ class LayerNorm:
 
     Neuron energy in closed form: <x, g> - L = -n gamma eps / sqrt(Var + eps) per normalised
     group (the delta terms cancel exactly), instead of the difference of two large numbers.
-
-    ``flax_arithmetic`` computes the activation with the operations of ``nnx.LayerNorm`` (Var =
-    E[x^2] - E[x]^2 clipped at 0, statistics in at least float32, (x - mean) * (rsqrt(Var +
-    eps) * gamma) + delta), so that a layer built on it reproduces that module bit for bit.
     """
 
     gamma: float | Array = 1.0
     delta: float | Array = 0.0
     eps: float = struct.field(pytree_node=False, default=1e-6)
     axis: Axis = struct.field(pytree_node=False, default=-1)
-    flax_arithmetic: bool = struct.field(pytree_node=False, default=False)
     convex = True
 
     def _centred(self, x: Array) -> tuple[Array, Array]:
@@ -283,8 +278,6 @@ class LayerNorm:
         return n * jnp.sum(self.gamma * jnp.sqrt(var + self.eps)) + jnp.sum(self.delta * x)
 
     def activation(self, x: Array) -> Array:
-        if self.flax_arithmetic:
-            return self._flax_activation(x)
         axes = sorted(a % x.ndim for a in _axes(self.axis, x.ndim))
         if len(axes) > 1 and axes == list(range(axes[0], axes[-1] + 1)):
             # A run of axes is normalised as one merged axis: one reduction, in the order (and
@@ -295,14 +288,6 @@ class LayerNorm:
             return merged.activation(_merge(x, x.shape, lo, hi)).reshape(x.shape)
         xc, var = self._centred(x)
         return self.gamma * xc * jax.lax.rsqrt(var + self.eps) + self.delta
-
-    def _flax_activation(self, x: Array) -> Array:
-        axes = tuple(a % x.ndim for a in _axes(self.axis, x.ndim))
-        stats = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-        mean = stats.mean(axes)
-        var = jnp.maximum(0.0, jax.lax.square(stats).mean(axes) - jax.lax.square(mean))
-        mean, var = jnp.expand_dims(mean, axes), jnp.expand_dims(var, axes)
-        return (x - mean) * (jax.lax.rsqrt(var + self.eps) * self.gamma) + self.delta
 
     def neuron_energy(self, x: Array) -> Array:
         self._check_scalar_gain()

@@ -7,8 +7,7 @@
   truncated normal at +-2 std with the std corrected by 0.8796...), which is exactly
   ``jax.nn.initializers.lecun_normal()``; fan_in = P*P*3), bias zero -> ``patch_stem``.
 * LayerNorm: eps 1e-6, scale 1, bias 0           -> ``layer_norm``.
-* Channel MLP D -> C -> D with exact (erf) GELU (tanh on request), built from the Hopfield core
-                                                 -> ``ChannelMLP``.
+* Channel MLP D -> C -> D with exact (erf) GELU  -> ``ChannelMLP`` (tanh GELU on request).
 * Hidden-neuron Lagrangian of an activation name -> ``hidden_lagrangian``.
 * Drop path (stochastic depth): whole samples dropped, survivors scaled by 1/(1 - rate)
                                                  -> ``drop_path``.
@@ -21,7 +20,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from imixer_jax.hopfield import HierarchicalNetwork, Layer, Synapse, lagrangians
+from imixer_jax.hopfield import lagrangians
 
 Array = jax.Array
 
@@ -95,11 +94,7 @@ def hidden_lagrangian(activation: str, approximate_gelu: bool = False) -> lagran
 
 
 class ChannelMLP(nnx.Module):
-    """Channel MLP ``[B, S, D] -> [B, S, D]``: fc_c2(GELU(fc_c1(LN x))), the reduced update of a
-    two-layer Hopfield network (``network``) as the token MLP is: a visible ``[S, D]`` layer whose
-    Lagrangian is the block's LayerNorm over D, a hidden GELU layer ``[S, C]``, one untied
-    synapse (feedforward ``fc_c1``, feedback ``fc_c2``). The LayerNorm's parameters belong to
-    the block (``norm``), as in the official code.
+    """Channel MLP ``[..., D] -> [..., D]``: fc_c2(GELU(fc_c1(x))).
 
     Params: ``fc_c1`` (kernel ``[D, C]``, bias ``[C]``),
     ``fc_c2`` (kernel ``[C, D]``, bias ``[D]``). ``approximate_gelu``: the tanh GELU.
@@ -111,42 +106,10 @@ class ChannelMLP(nnx.Module):
         self.fc_c1 = mlp_linear(dim, mlp_dim, dtype=dtype, rngs=rngs)
         self.fc_c2 = mlp_linear(mlp_dim, dim, dtype=dtype, rngs=rngs)
         self.approximate_gelu = approximate_gelu
-        self.dtype = dtype
 
-    def network(self, norm: nnx.LayerNorm, visible_shape: tuple[int, int]) -> HierarchicalNetwork:
-        """The two-layer network on visible states ``[S, D]``, computing as ``norm`` and the
-        ``nnx.Linear`` layers would (``flax_arithmetic``, parameters cast to ``dtype``)."""
-        cast = (lambda a: a) if self.dtype is None else (lambda a: a.astype(self.dtype))
-        visible = lagrangians.LayerNorm(
-            gamma=cast(norm.scale[...]),
-            delta=cast(norm.bias[...]),
-            eps=norm.epsilon,
-            axis=-1,
-            flax_arithmetic=True,
-        )
-        num_tokens, _ = visible_shape
-        synapse = Synapse(
-            weight=self.fc_c1.kernel[...],
-            feedback=self.fc_c2.kernel[...],
-            forward_bias=self.fc_c1.bias[...],
-            feedback_bias=self.fc_c2.bias[...],
-            dtype=self.dtype,
-        )
-        hidden = Layer(
-            hidden_lagrangian("gelu", self.approximate_gelu),
-            (num_tokens, self.fc_c1.kernel.shape[1]),
-        )
-        return HierarchicalNetwork(
-            (Layer(visible, visible_shape, dtype=self.dtype), hidden), (synapse,)
-        )
-
-    def __call__(self, x: Array, norm: nnx.LayerNorm) -> Array:
-        """``x: [B, S, D] -> [B, S, D]``, the visible layer's LayerNorm from ``norm``."""
-        if self.dtype is not None:
-            x = x.astype(self.dtype)
-        net = self.network(norm, x.shape[1:])
-        fast, _ = net.solve_fast_layers(x)
-        return net.reduced_current(x, fast)
+    def __call__(self, x: Array) -> Array:
+        """``x: [..., D] -> [..., D]``."""
+        return self.fc_c2(gelu(self.fc_c1(x), self.approximate_gelu))
 
 
 def drop_path(rate: float) -> nnx.Dropout:

@@ -75,7 +75,7 @@ class MixerBlock(nnx.Module):
         else:
             y = self.token_mixer(x)
         x = x + self.drop_path(y, rngs=rngs)
-        return x + self.drop_path(self.channel_mlp(x, self.norm), rngs=rngs)
+        return x + self.drop_path(self.channel_mlp(self.norm(x)), rngs=rngs)
 
 
 class Mixer(Backbone):
