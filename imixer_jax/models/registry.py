@@ -49,7 +49,13 @@ import jax
 from flax import nnx
 
 from imixer_jax.models.backbone import Backbone
-from imixer_jax.models.configs import MixerConfig, ModelConfig, ParaMixerConfig
+from imixer_jax.models.configs import (
+    EnergyTransformerConfig,
+    MixerConfig,
+    ModelConfig,
+    ParaMixerConfig,
+)
+from imixer_jax.models.energy_transformer import EnergyTransformer
 from imixer_jax.models.mixer import Mixer
 from imixer_jax.models.paramixer import ParaMixer
 
@@ -120,7 +126,27 @@ _PARAMIXER_VARIANTS = {
     },
 }
 PARAMIXER_NAMES: tuple[str, ...] = tuple(_PARAMIXER_VARIANTS)
-ARCHITECTURES: dict[str, type[Backbone]] = {c.config_class.arch: c for c in (Mixer, ParaMixer)}
+
+# The Energy Transformer (one block of n_iter = 12 steps of 0.1, K = 4 D memories, heads of Y =
+# 64), at the sizes of ViT-S/16 and ViT-B/16.
+_ENERGY_TRANSFORMER_VARIANTS = {
+    f"energy_transformer_{size}16": EnergyTransformerConfig(
+        **_DEFAULTS,
+        patch_size=16,
+        num_blocks=1,
+        hidden_dim=dim,
+        num_heads=dim // 64,
+        head_dim=64,
+        num_memories=4 * dim,
+        n_iter=12,
+    )
+    for size, dim in (("s", 384), ("b", 768))
+}
+ENERGY_TRANSFORMER_NAMES: tuple[str, ...] = tuple(_ENERGY_TRANSFORMER_VARIANTS)
+_ALL_VARIANTS = {**_VARIANTS, **_PARAMIXER_VARIANTS, **_ENERGY_TRANSFORMER_VARIANTS}
+ARCHITECTURES: dict[str, type[Backbone]] = {
+    c.config_class.arch: c for c in (Mixer, ParaMixer, EnergyTransformer)
+}
 
 
 def model_arch(name: str) -> str:
@@ -140,9 +166,9 @@ def model_config(name: str, **overrides) -> ModelConfig:
       ValueError: an unknown variant, or an override that is not a field of its config (with the
         closest field name) or an invalid value (one line naming the field).
     """
-    config = _VARIANTS.get(name) or _PARAMIXER_VARIANTS.get(name)
+    config = _ALL_VARIANTS.get(name)
     if config is None:
-        names = ", ".join((*VARIANT_NAMES, *PARAMIXER_NAMES))
+        names = ", ".join(_ALL_VARIANTS)
         raise ValueError(f"unknown model {name!r}; registered: {names}")
     return config.replace(**overrides)
 
