@@ -12,14 +12,18 @@ from absl import flags
 
 from imixer_jax import cli
 
-_CONFIG = cli.define_config("Config file (configs/*.py), optionally with :ARG.")
+FLAGS = cli.flag_values()
+_CONFIG = cli.define_config("Config file (configs/*.py), optionally with :ARG.", FLAGS)
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Directory for checkpoints, metrics and logs.", required=True
+    "workdir",
+    None,
+    "Directory for checkpoints, metrics and logs.",
+    required=True,
+    flag_values=FLAGS,
 )
 
 
-def main(argv: list[str]) -> None:
-    del argv  # parse_flags rejects positional arguments
+def main() -> None:
     workdir = cli.output_dir(_WORKDIR.value)
     from imixer_jax import training  # after cli.setup_process (TensorFlow's log level)
 
@@ -27,4 +31,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    cli.run_absl(main)
+    cli.run(main, FLAGS)

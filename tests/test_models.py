@@ -31,20 +31,13 @@ from imixer_jax.models.mixer import capture_intermediates, copy_variables
 from imixer_jax.models.registry import ENERGY_TRANSFORMER_NAMES, PARAMIXER_NAMES, VARIANT_NAMES
 from imixer_jax.models.spectral_norm import spectral_sigmas
 from imixer_jax.models.token_mixers import IMLP
-from tests import random_draws
+from tests import random_draws, tiny
+from tests.commands import call
 from tests.test_energy_transformer import closed_form_count as energy_transformer_count
 from tests.test_paramixer import closed_form_count as paramixer_count
 
 # A small iMixer: 16 tokens (32 px, patch 8), D 16, T 8, H 16, C 32, 2 blocks.
-TINY = dict(
-    num_classes=10,
-    img_size=32,
-    patch_size=8,
-    num_blocks=2,
-    hidden_dim=16,
-    tokens_mlp_dim=8,
-    channels_mlp_dim=32,
-)
+TINY = dict(tiny.MODEL)
 
 # Exact counts, num_classes = 1000 (all variants) and 10 (iMixer, the official CIFAR-10 head).
 PARAMS_1000 = {
@@ -110,8 +103,8 @@ def test_param_count_cifar10(name):
 
 @pytest.mark.slow
 def test_cli_prints_every_variant_of_every_family(capsys):
-    args = ["--num-classes", "7", "--img-size", "64"]
-    models_main.main(args)
+    args = ["--num_classes=7", "--img_size=64"]
+    call(models_main, *args)
     expected = {n: closed_form_count(n, 7, img_size=64) for n in VARIANT_NAMES}
     expected.update({n: paramixer_count(n, 7, img_size=64) for n in PARAMIXER_NAMES})
     expected.update(
@@ -119,7 +112,7 @@ def test_cli_prints_every_variant_of_every_family(capsys):
     )
     lines = capsys.readouterr().out.splitlines()
     assert lines == [f"{n} {count}" for n, count in expected.items()]
-    models_main.main([*args, "--table"])
+    call(models_main, *args, "--table")
     header, *rows = capsys.readouterr().out.splitlines()
     assert header.split() == ["name", "family", "params", "GFLOPs/image"]
     table = {row.split()[0]: row.split()[1:] for row in rows}
@@ -519,3 +512,38 @@ def test_scanned_model_trains_on_8_devices_and_checkpoints(tmp_path):
     assert np.isfinite(got["loss"]) and got["step"] == 3
     assert got["devices"] == 8 and got["shape"] == [2, 16, 32] and got["u_shape"] == [2, 16]
     assert got["spec"] == "P(None, None, 'model')"  # C split over 'model'
+
+
+# One representative per family (every registered variant is one of these block kinds at other
+# sizes); the iMLP with its default two unrolled fixed-point steps, paramixer with two repeats,
+# the Energy Transformer with two descent steps.
+FLOPS_FAMILIES = [
+    ("mixer_s16", {}),
+    ("imixer_s16", {}),
+    ("imixer_s16", dict(tied=True)),
+    ("vanillamixer_s16_224", {}),
+    ("paramixer_s16_224_ni2", {}),
+    ("symmixer_s16_224", {}),
+    ("asymmixer_s16_224", {}),
+    ("energy_transformer_s16", dict(n_iter=2)),
+]
+
+
+@pytest.mark.parametrize("name, kwargs", FLOPS_FAMILIES)
+def test_analytic_flops_match_xla_count(name, kwargs):
+    """``flops.forward_flops`` against XLA's ``cost_analysis()`` of the forward pass, one S/16
+    block at 64 px (16 tokens). XLA counts a while-loop body once, so the program must have no
+    loop: evaluation mode (no power iteration) and the solver's unrolled fixed-point steps. XLA
+    also counts what the formula leaves out (LayerNorm, GELU, biases, residual adds: tens of
+    FLOPs per activation against 2 D = 1,024 per matmul output), so it must be higher by a few
+    percent to ~15%, never lower."""
+    kwargs = dict(num_blocks=1, img_size=64, **kwargs)
+    model = nnx.eval_shape(lambda: create_model(name, rngs=nnx.Rngs(0), **kwargs))
+    model.eval()
+    graphdef, state = nnx.split(model)
+    images = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+    lowered = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, images)
+    assert "while" not in lowered.as_text()
+    xla = lowered.cost_analysis()["flops"]
+    analytic = flops.forward_flops(model_config(name, **kwargs))
+    assert 0.85 * xla < analytic <= xla

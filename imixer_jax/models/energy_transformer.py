@@ -29,6 +29,7 @@ from imixer_jax.hopfield import Network, attention, reduction
 from imixer_jax.models import layers
 from imixer_jax.models.backbone import Backbone
 from imixer_jax.models.configs import EnergyTransformerConfig
+from imixer_jax.models.partitioning import MODEL, split
 
 Array = jax.Array
 
@@ -48,11 +49,16 @@ class EnergyBlock(nnx.Module):
     def __init__(self, config: EnergyTransformerConfig, *, rngs: nnx.Rngs):
         c = config
         shape = (c.num_heads, c.head_dim, c.hidden_dim)
-        self.scale = nnx.Param(jnp.ones((), jnp.float32))
-        self.bias = nnx.Param(jnp.zeros((c.hidden_dim,), jnp.float32))
-        self.query = nnx.Param(KERNEL_INIT(rngs.params(), shape, jnp.float32))
-        self.key = nnx.Param(KERNEL_INIT(rngs.params(), shape, jnp.float32))
-        self.memory = nnx.Param(MEMORY_INIT(rngs.params(), (c.hidden_dim, c.num_memories)))
+        # Each head's query/key features Y split on 'model' (Y = 64 divides any model axis up to 64;
+        # the head counts 6, 12, 16 do not), the memories as the first layer of a Megatron pair;
+        # the LayerNorm's gain and bias replicated.
+        self.scale = nnx.Param(jnp.ones((), jnp.float32), **split())
+        self.bias = nnx.Param(jnp.zeros((c.hidden_dim,), jnp.float32), **split(None))
+        heads = split(None, MODEL, None)
+        self.query = nnx.Param(KERNEL_INIT(rngs.params(), shape, jnp.float32), **heads)
+        self.key = nnx.Param(KERNEL_INIT(rngs.params(), shape, jnp.float32), **heads)
+        memory = MEMORY_INIT(rngs.params(), (c.hidden_dim, c.num_memories))
+        self.memory = nnx.Param(memory, **split(None, MODEL))
         self.drop_path = layers.drop_path(c.drop_path_rate)
         self.num_tokens = c.num_tokens
         self.n_iter = c.n_iter
@@ -96,7 +102,9 @@ class EnergyTransformer(Backbone):
     def __init__(self, config: EnergyTransformerConfig, *, rngs: nnx.Rngs):
         super().__init__(config, rngs=rngs)
         shape = (config.num_tokens, config.hidden_dim)
-        self.pos_embed = nnx.Param(POSITION_INIT(rngs.params(), shape, jnp.float32))
+        self.pos_embed = nnx.Param(
+            POSITION_INIT(rngs.params(), shape, jnp.float32), **split(None, None)
+        )
 
     @staticmethod
     def make_block(config: EnergyTransformerConfig, rngs: nnx.Rngs) -> EnergyBlock:

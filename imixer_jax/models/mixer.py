@@ -31,8 +31,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from imixer_jax.models import layers
-from imixer_jax.models.backbone import SAVE_NOTHING, Backbone
+from imixer_jax.models.backbone import Backbone
 from imixer_jax.models.configs import MixerConfig
+from imixer_jax.models.partitioning import shard_residual
 from imixer_jax.models.token_mixers import IMLP, TokenMLP
 
 Array = jax.Array
@@ -71,10 +72,10 @@ class MixerBlock(nnx.Module):
         ``rngs`` (stream ``'dropout'``) is needed only in training mode with a drop-path rate > 0.
         """
         if self.remat_token_mixer:
-            y = nnx.remat(_mix_tokens, policy=SAVE_NOTHING)(self.token_mixer, x)
+            y = recompute_in_backward(self.token_mixer, x)
         else:
             y = self.token_mixer(x)
-        x = x + self.drop_path(y, rngs=rngs)
+        x = shard_residual(x + self.drop_path(y, rngs=rngs), "tokens")
         return x + self.drop_path(self.channel_mlp(self.norm(x)), rngs=rngs)
 
 
@@ -139,8 +140,43 @@ def _token_mixer(config: MixerConfig, rngs: nnx.Rngs) -> TokenMLP | IMLP:
     )
 
 
-def _mix_tokens(token_mixer: nnx.Module, x: Array) -> Array:
-    return token_mixer(x)
+def recompute_in_backward(module: nnx.Module, x: Array) -> Array:
+    """``module(x)`` (a function of ``x`` and the module's variables) that saves only ``x`` and
+    the variables for the backward pass, which runs the forward again to differentiate it.
+
+    Written by hand because ``jax.checkpoint`` keeps its recomputation in the backward pass only
+    through optimization barriers, which XLA:CPU removes before scheduling, so the recomputation
+    was placed beside the forward and saved nothing (README, Performance). Here the recomputation
+    reads ``x + 0 * ct``, a data dependency on the output's cotangent, so no compiler can run it
+    before the backward pass reaches this module (a non-finite cotangent makes every gradient NaN,
+    as it would anyway). Updates of non-parameter variables (spectral-norm u, v) are written back.
+    """
+    graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+
+    def apply(params, rest, x):
+        inner = nnx.merge(graphdef, params, rest, copy=True)
+        y = inner(x)
+        return y, nnx.split(inner, nnx.Param, ...)[2]
+
+    @jax.custom_vjp
+    def run(params, rest, x):
+        return apply(params, rest, x)
+
+    def forward(params, rest, x):
+        return apply(params, rest, x), (params, rest, x)
+
+    def backward(saved, cotangents):
+        params, rest, x = saved
+        ct = cotangents[0]
+        x = x + jnp.zeros((), x.dtype) * ct.ravel()[0].astype(x.dtype)
+        _, vjp = jax.vjp(lambda p, x: apply(p, rest, x)[0], params, x)
+        d_params, d_x = vjp(ct)
+        return d_params, jax.tree.map(jnp.zeros_like, rest), d_x
+
+    run.defvjp(forward, backward)
+    y, new_rest = run(params, rest, x)
+    nnx.update(module, new_rest)
+    return y
 
 
 def copy_variables(source: Mixer, target: Mixer) -> None:

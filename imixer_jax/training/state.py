@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import flax
 import jax
@@ -104,32 +105,38 @@ def resolve_mesh_shape(
     return shape
 
 
-def prepare(config: ml_collections.ConfigDict) -> Setup:
+def prepare(
+    config: ml_collections.ConfigDict,
+    *,
+    devices: Sequence[jax.Device] | None = None,
+    dataset: data.DatasetInfo | None = None,
+) -> Setup:
     """Validate ``config`` and derive everything needed to train or evaluate it.
+
+    ``devices``: the mesh's devices (default: every device of every process, after
+    ``jax.distributed`` has started when the config asks for it), e.g. those of a TPU topology
+    to compile for ahead of time. ``dataset``: the dataset's facts (default: read from the
+    dataset).
 
     Raises (each with a one-line message, before any compilation):
       config_lib.ConfigError: invalid config, or a dataset that is not prepared (the message
         says how to prepare it) or does not fit (split, features).
     """
     config_lib.validate(config)
-    if not jax.distributed.is_initialized():
-        sharding.initialize_distributed(config.distributed)
-    shape = resolve_mesh_shape(config, jax.device_count(), jax.process_count())
-    try:  # not prepared (the message says how to prepare it), unknown split, not images, ...
-        info = data.dataset_info(
-            config.data.name,
-            data_dir=config.data.data_dir,
-            train_split=config.data.train_split,
-            eval_split=config.data.eval_split,
-        )
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        raise config_lib.ConfigError(f"config.data: {' '.join(str(e).split())}") from e
+    if devices is None:
+        if not jax.distributed.is_initialized():
+            sharding.initialize_distributed(config.distributed)
+        device_count, process_count = jax.device_count(), jax.process_count()
+    else:
+        device_count, process_count = len(devices), len({d.process_index for d in devices})
+    shape = resolve_mesh_shape(config, device_count, process_count)
+    info = _dataset_info(config) if dataset is None else dataset
     if info.num_classes != config.model.num_classes:
         raise config_lib.ConfigError(
             f"config.model.num_classes: {config.model.num_classes} but dataset "
             f"{config.data.name!r} has {info.num_classes} classes"
         )
-    mesh = sharding.create_mesh(shape, tuple(config.mesh.axes))
+    mesh = sharding.create_mesh(shape, tuple(config.mesh.axes), devices)
     plan = optim.plan(config, info.num_train)
     tx, schedule = optim.create(config, plan)
 
@@ -139,7 +146,7 @@ def prepare(config: ml_collections.ConfigDict) -> Setup:
     model.eval()
     eval_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
     abstract = jax.eval_shape(lambda: _init(config, tx))
-    shardings = sharding.tree_shardings(mesh, abstract)
+    shardings = sharding.tree_shardings(mesh, abstract, fsdp=config.mesh.fsdp)
     abstract = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings
     )
@@ -154,6 +161,18 @@ def prepare(config: ml_collections.ConfigDict) -> Setup:
         abstract_state=abstract,
         eval_split=info.eval_split,
     )
+
+
+def _dataset_info(config: ml_collections.ConfigDict) -> data.DatasetInfo:
+    try:  # not prepared (the message says how to prepare it), unknown split, not images, ...
+        return data.dataset_info(
+            config.data.name,
+            data_dir=config.data.data_dir,
+            train_split=config.data.train_split,
+            eval_split=config.data.eval_split,
+        )
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        raise config_lib.ConfigError(f"config.data: {' '.join(str(e).split())}") from e
 
 
 def _init(config: ml_collections.ConfigDict, tx: optax.GradientTransformation) -> TrainState:
