@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from imixer_jax.hopfield import HierarchicalNetwork, Layer, Synapse, lagrangians
+from imixer_jax.hopfield import HierarchicalNetwork, Implicit, Layer, Synapse, lagrangians
 from tests import random_draws
 
 F32_EPS = float(jnp.finfo(jnp.float32).eps)
@@ -188,7 +188,7 @@ def test_reduced_dynamics_equal_full_dynamics_in_the_adiabatic_limit(names):
         num_steps = round(1.0 / dt)  # integrate to t = 1 = tau_visible
 
         def solve(x, net=net):
-            return net.solve_fast_layers(x, max_steps=200, tol=1e-7, adjoint="implicit")[0]
+            return net.solve_fast_layers(x, max_steps=200, tol=1e-7, adjoint=Implicit())[0]
 
         full = net.integrate((x0, *solve(x0)), dt=dt, num_steps=num_steps)
 

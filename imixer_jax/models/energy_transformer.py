@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from imixer_jax.hopfield import Network, attention
+from imixer_jax.hopfield import Network, attention, reduction
 from imixer_jax.models import layers
 from imixer_jax.models.backbone import Backbone
 from imixer_jax.models.configs import EnergyTransformerConfig
@@ -86,8 +86,8 @@ class EnergyBlock(nnx.Module):
         net = self.network()
         x0 = x = x.astype(jnp.float32)
         for _ in range(self.n_iter):
-            fast, _ = net.solve_fast({attention.TOKENS: x})
-            current = net.reduced_currents({attention.TOKENS: x}, fast)[attention.TOKENS]
+            fast, _ = reduction.solve_fast(net, {attention.TOKENS: x})
+            current = reduction.reduced_currents(net, {attention.TOKENS: x}, fast)[attention.TOKENS]
             x = x + self.step_size * (current if self.update == "residual" else current - x)
         return x0 + self.drop_path(x - x0, rngs=rngs)
 

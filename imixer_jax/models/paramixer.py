@@ -96,8 +96,13 @@ class TokenMatrixNorm(nnx.Module):
         return Layer(lagrangian, self.bias[...].shape, dtype=dtype)
 
     def __call__(self, x: Array) -> Array:
-        """``x: [B, S, D] -> LN(x) [B, S, D]`` in float32."""
-        return self.layer().activation(x.astype(jnp.float32))
+        """``x: [B, S, D] -> LN(x) [B, S, D]`` in float32 (float64 for float64 ``x``)."""
+        return self.layer().activation(_at_least_float32(x))
+
+
+def _at_least_float32(x: Array) -> Array:
+    """``x`` in float32, or float64 when it is (the visible layer's computation dtype)."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def _linear(n_in: int, n_out: int, parallel: str, dtype, rngs: nnx.Rngs) -> nnx.Linear:
@@ -245,7 +250,7 @@ def drives(net: Network, x: Array) -> tuple[Array, ...]:
     form (x_h = W_h g_v); each drive ``[B, S, D]`` is the sum of the currents of the synapses
     touching that hidden layer, in network order (tied or feedback kernel, then W_2).
     """
-    fast, _ = reduction.solve_fast(net, {VISIBLE: x.astype(jnp.float32)})
+    fast, _ = reduction.solve_fast(net, {VISIBLE: _at_least_float32(x)})
     gs = net.activations(fast)
     return tuple(
         net.current(VISIBLE, gs, {k: s for k, s in net.synapses.items() if h in s.layers})
@@ -334,9 +339,14 @@ def reduced_energy(block: ParallelBlock, x: Array) -> Array:
             "reduced_energy needs a parallel block with mlp='symmetric' or 'asymmetric' "
             "(serial blocks and plain MLPs are not derived from one energy)"
         )
+    if jnp.ndim(block.norm.scale[...]) != 0:
+        raise ValueError(
+            "reduced_energy needs a scalar LayerNorm gain (the energy of a per-element gain does "
+            "not exist); build the block with scalar_scale=True"
+        )
     net = block.network()
     net = net.replace(synapses={k: s for k, s in net.synapses.items() if s.tied})
-    visible = {VISIBLE: x.astype(jnp.float32)}
+    visible = {VISIBLE: _at_least_float32(x)}
     fast, _ = reduction.solve_fast(net, visible)
     return net.reduced_energy(visible, fast)
 

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from imixer_jax.hopfield import HierarchicalNetwork, Layer, Synapse, lagrangians
+from imixer_jax.hopfield import HierarchicalNetwork, Implicit, Layer, Synapse, Unrolled, lagrangians
 from imixer_jax.models.layers import MLP_BIAS_INIT, hidden_lagrangian, mlp_linear
 from imixer_jax.models.partitioning import REPLICATED_VECTOR, split
 from imixer_jax.models.spectral_norm import SpectralNormLinear
@@ -215,7 +215,7 @@ class TokenMLP(_HopfieldTokenMixer):
         return net, None
 
     def _solve(self, net, x0, per_step=None):
-        return net.solve_fast_layers(x0, max_steps=0)
+        return net.solve_fast_layers(x0)
 
 
 class IMLP(_HopfieldTokenMixer):
@@ -225,9 +225,10 @@ class IMLP(_HopfieldTokenMixer):
     ``[T, H]`` and ``fc_sn2`` ``[H, T]`` (tied: bias only), H = int(T * hidden_ratio); fc_sn1 and
     fc_sn2 are softly spectrally normalised (``spectral_norm=True``) with persistent u, v.
 
-    Solver: at most ``n_iter`` iterations, early stop at relative step ``tol`` (0: exactly
-    ``n_iter``, official). ``adjoint='unrolled'`` back-propagates through the iterations (official;
-    in training the spectral norm advances per iteration, as the official per-call hook);
+    Solver: at most ``n_iter`` iterations, early stop at relative step ``tol`` over the whole
+    batch (0: exactly ``n_iter``, official). ``adjoint='unrolled'`` back-propagates through the
+    iterations (official; in training the spectral norm advances per iteration, as the official
+    per-call hook);
     ``adjoint='implicit'`` uses implicit-function-theorem gradients (power iteration once per
     forward so that the map is stationary).
     """
@@ -329,9 +330,11 @@ class IMLP(_HopfieldTokenMixer):
 
     def _solve(self, net, x0, per_step=None):
         # The solver fully unrolls small n_iter (solver.UNROLL_MAX): a rolled loop of two steps
-        # cost three times one step on a GPU.
+        # cost three times one step on a GPU. One residual over the batch: the sown residuals
+        # and steps are the block's, ``[n_iter]`` and ``[]``.
+        adjoint = Unrolled(per_step=per_step) if self.adjoint == "unrolled" else Implicit()
         return net.solve_fast_layers(
-            x0, max_steps=self.n_iter, tol=self.tol, adjoint=self.adjoint, per_step=per_step
+            x0, max_steps=self.n_iter, tol=self.tol, adjoint=adjoint, per_sample=False
         )
 
 
