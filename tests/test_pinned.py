@@ -57,7 +57,7 @@ TINY = dict(
 CASES = {
     "mixer": dict(token_mixer="mlp"),
     "imixer": dict(),
-    "imixer_tied_euler": dict(tied=True, update="euler", step_size=0.5),
+    "imixer_tied_euler": dict(tied=True, update_rule="euler", step_size=0.5),
     "imixer_implicit": dict(adjoint="implicit", tol=1e-4, n_iter=8),
     "imixer_bf16": dict(dtype="bfloat16"),
     "imixer_relu_nosn": dict(spectral_norm=False, activation="relu", n_iter=3),

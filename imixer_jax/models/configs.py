@@ -49,13 +49,13 @@ class ModelConfig:
     S = (img_size / patch_size)^2 tokens of width ``hidden_dim`` -> ``num_blocks`` blocks ->
     logits ``[B, num_classes]``. ``tokens_mlp_dim`` (T) and ``channels_mlp_dim`` (C) are the
     hidden widths of the token and channel MLPs; ``activation`` is their nonlinearity;
-    ``update`` is ``'residual'`` (X + f) or ``'euler'`` (X + step_size (f - X)).
+    ``update_rule`` is ``'residual'`` (X + f) or ``'euler'`` (X + step_size (f - X)).
     """
 
     arch: ClassVar[str]  # the key of the model class in ``registry.ARCHITECTURES``
     choices: ClassVar[dict[str, tuple[str, ...]]] = {
         "activation": token_mixers.ACTIVATIONS,
-        "update": token_mixers.UPDATES,
+        "update_rule": token_mixers.UPDATE_RULES,
     }
 
     num_classes: int
@@ -66,7 +66,7 @@ class ModelConfig:
     tokens_mlp_dim: int
     channels_mlp_dim: int
     activation: str = "gelu"
-    update: str = "residual"
+    update_rule: str = "residual"
     step_size: float = 1.0
     drop_path_rate: float = 0.0
     dtype: str | None = None
@@ -196,7 +196,7 @@ _TOKEN_MIXER_FIELDS = (
     "adjoint",
     "tol",
     "activation",
-    "update",
+    "update_rule",
     "step_size",
 )
 

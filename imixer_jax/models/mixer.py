@@ -112,7 +112,7 @@ def _token_mixer(config: MixerConfig, rngs: nnx.Rngs) -> TokenMLP | IMLP:
     common = dict(
         activation=c.activation,
         tied=c.tied,
-        update=c.update,
+        update_rule=c.update_rule,
         step_size=c.step_size,
         dtype=c.compute_dtype,
         rngs=rngs,
