@@ -6,6 +6,8 @@ import subprocess
 import sys
 
 import pytest
+from absl import flags
+from ml_collections import config_flags
 
 from configs import default
 from imixer_jax.training import config as config_lib
@@ -91,6 +93,28 @@ def test_wrong_type_is_rejected_on_assignment():
     config = default.get_config()
     with pytest.raises(TypeError, match="batch_size"):
         config.batch_size = "many"
+
+
+def _parse(*overrides: str):
+    """``configs/default.py`` with ``--config.KEY=VALUE`` overrides, parsed as the entry points
+    parse them (``config_flags``, locked)."""
+    argv = ["prog", "--config", os.path.join(REPO, "configs", "default.py"), *overrides]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", None, "", flag_values=values, lock_config=True, sys_argv=argv
+    )
+    values(argv)
+    return values.config
+
+
+def test_every_model_field_can_be_set_on_the_command_line():
+    """A model field named like a ConfigDict method (``update``) could not be overridden."""
+    config = _parse("--config.model.update_rule=euler", "--config.model.step_size=0.5")
+    assert config.model.update_rule == "euler"
+    config_lib.validate(config)
+    fields = config.model.to_dict()
+    methods = [name for name in fields if callable(getattr(config.model, name))]
+    assert methods == [], methods
 
 
 def _cli(workdir, *overrides, env=None):
