@@ -42,6 +42,7 @@ config.
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import math
 
@@ -142,8 +143,13 @@ def model_config(name: str, **overrides) -> ModelConfig:
     """
     config = _VARIANTS.get(name) or _PARAMIXER_VARIANTS.get(name)
     if config is None:
-        names = ", ".join((*VARIANT_NAMES, *PARAMIXER_NAMES))
-        raise ValueError(f"unknown model {name!r}; registered: {names}")
+        names = (*VARIANT_NAMES, *PARAMIXER_NAMES)
+        close = difflib.get_close_matches(name, names, n=3)
+        families = ", ".join(dict.fromkeys(n.split("_")[0] + "_*" for n in names))
+        hint = f"did you mean {' or '.join(close)}?" if close else f"the variants are {families}"
+        raise ValueError(
+            f"unknown model {name!r}; {hint} (registry.VARIANT_NAMES, PARAMIXER_NAMES)"
+        )
     return config.replace(**overrides)
 
 

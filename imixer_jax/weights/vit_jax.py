@@ -26,6 +26,8 @@ at most 4.8e-4 per activation (see docs/recipe.md#finetune).
 from __future__ import annotations
 
 import os
+import re
+import zipfile
 from collections.abc import Callable, Mapping
 
 import jax
@@ -52,8 +54,15 @@ def load_npz(path: str) -> dict[str, np.ndarray]:
             f"no checkpoint at {path!r}: download e.g. Mixer-B_16.npz from the public "
             "mixer_models bucket of google-research/vision_transformer and pass its path"
         )
-    with np.load(path, allow_pickle=False) as npz:
-        return {key: npz[key] for key in npz.files}
+    fix = "pass a vit_jax Mixer .npz such as Mixer-B_16.npz"
+    if not zipfile.is_zipfile(path):  # np.load would try to unpickle it (and refuse)
+        raise PretrainedError(f"{path} is not a .npz archive (not a zip file); {fix}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        cause = " ".join(str(e).split())[:80]
+        raise PretrainedError(f"{path} is not a .npz archive of arrays ({cause}); {fix}") from e
 
 
 def vit_jax_names(num_blocks: int) -> dict[Path, str]:
@@ -143,13 +152,21 @@ def from_vit_jax(
     """
     if head not in HEADS:
         raise ValueError(f"head must be one of {', '.join(HEADS)}; got {head!r}")
-    if flat and all(key.startswith(_BIG_VISION_PREFIX) for key in flat if "/" in key):
-        flat = {k[len(_BIG_VISION_PREFIX) :]: v for k, v in flat.items()}
+    nested = [key for key in flat if "/" in key]
+    if nested and all(key.startswith(_BIG_VISION_PREFIX) for key in nested):
+        flat = {k.removeprefix(_BIG_VISION_PREFIX): v for k, v in flat.items()}
     pure = nnx.to_pure_dict(params)
     if "token_mixer" not in pure.get("blocks", {0: {}}).get(0, {}):
         raise PretrainedError("vit_jax checkpoints need a mixer_* model (blocks with token_mixer)")
     num_blocks = len(pure["blocks"])
     names = vit_jax_names(num_blocks)
+    known = set(vit_jax_names(1).values())
+    if not any(re.sub(r"MixerBlock_\d+", "MixerBlock_0", key) in known for key in flat):
+        entries = ", ".join(repr(key) for key in sorted(flat)[:3]) or "none"
+        raise PretrainedError(
+            f"the checkpoint holds no vit_jax Mixer parameter (entries: {entries}): pass a "
+            "vit_jax / big_vision Mixer .npz such as Mixer-B_16.npz"
+        )
     head_shape = tuple(pure["head"]["kernel"].shape)
     theirs = tuple(np.shape(flat.get("head/kernel", ())))
     if head == "keep" and theirs != head_shape:
