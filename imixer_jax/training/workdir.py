@@ -188,14 +188,14 @@ def record_config(
     reason: str,
 ) -> None:
     """Make ``config`` the one in force from step ``step + 1`` on: a history row, then
-    ``config.json`` (atomically); nothing when it is already in force.
+    ``config.json`` (atomically); nothing for a ``reason`` 'resume' (without changes).
 
     Raises:
       TrainingError: a file cannot be written (one line).
     """
     stored = _stored(workdir)
     now = _as_json(config)
-    if stored == now and os.path.exists(os.path.join(workdir, HISTORY_FILE)):
+    if reason == "resume" and stored == now and os.path.exists(os.path.join(workdir, HISTORY_FILE)):
         return
     row = {"step": step, "reason": reason, "changed": {k: list(v) for k, v in changes.items()}}
     try:
