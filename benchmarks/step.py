@@ -11,27 +11,15 @@ its shardings and donated state, built through ``training.prepare`` / ``init_sta
 training builds it; only the batches are synthetic (uniform images in [-1, 1], random labels).
 
 Reported: ``compile_s`` (lower + compile of that step), ``step_s`` and ``images_per_s`` over
-``--steps`` timed steps after ``--warmup`` untimed ones, the analytic FLOPs below, the achieved
+``--steps`` timed steps after ``--warmup`` untimed ones, the analytic FLOPs (below), the achieved
 TFLOP/s, ``mfu`` = achieved / ``matmul_tflops_per_s`` (a jitted square matmul in the same dtype,
 timed in the same process: the device's practical matmul peak), ``peak_memory_bytes`` from
 ``device.memory_stats()`` (None where the backend has none, e.g. CPU) and XLA's compile-time
 estimate ``temp_bytes`` (activations and other temporaries of the step).
 
-Analytic FLOPs (matmuls only, 2 per multiply-add; LayerNorm, GELU, softmax, the optimiser and
-the power iteration, O(T H n_power) per step, are left out), with S = (img/P)^2 tokens, D hidden,
-T token-MLP, C channel-MLP, H = int(T * hidden_ratio), N blocks, K classes:
-
-    forward per image = 2 S (3 P^2) D                      patch stem
-                      + N [4 D S T                         token MLP fc1, fc2
-                           + n_iter * 4 D T H              iMLP fc_sn1, fc_sn2 per iteration
-                           + 4 S D C]                      channel MLP fc_c1, fc_c2
-                      + 2 D K                              head
-
-The parallelized Mixer family (``paramixer_*``, ``symmixer_*``, ...) runs each block's token and
-channel MLPs ``n_iter`` times (the ``_ni`` repeats); an asymmetric MLP has three matmuls, W_1 x,
-W_1^T g and W_2 g, so its block term is 6 (D S T + S D C) per repeat instead of 4.
-    train step per image = 3 x forward (backward: one matmul for the input gradient and one
-                           for the weight gradient per forward matmul)
+Analytic FLOPs: ``imixer_jax.models.flops.forward_flops`` (matmuls only), times 3 for a train
+step (the backward pass has one matmul for the input gradient and one for the weight gradient per
+forward matmul).
 
 ``--remat`` recomputes part of the forward in the backward pass: those extra FLOPs are not
 counted (the MFU is that of useful work). ``--compare-torch`` also times a plain PyTorch
@@ -50,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from imixer_jax import cli
+from imixer_jax.models import flops
 from imixer_jax.models.configs import REMATS
 from imixer_jax.models.registry import PARAMIXER_NAMES, VARIANT_NAMES, model_config
 
@@ -57,21 +46,8 @@ DTYPES = ("float32", "bfloat16")
 
 
 def forward_flops_per_image(model: str, **overrides) -> float:
-    """Analytic matmul FLOPs of one image's forward pass (formula in the module docstring)."""
-    c = model_config(model, **overrides)
-    tokens = c.num_tokens
-    dim, token_dim, channel_dim = c.hidden_dim, c.tokens_mlp_dim, c.channels_mlp_dim
-    if c.arch == "paramixer":
-        matmuls = 6 if c.mlp == "asymmetric" else 4
-        block = c.n_iter * matmuls * (dim * tokens * token_dim + tokens * dim * channel_dim)
-    else:
-        token_mixer = 4 * dim * tokens * token_dim
-        if c.token_mixer == "imlp":
-            hidden = int(token_dim * c.hidden_ratio)
-            token_mixer += c.n_iter * 4 * dim * token_dim * hidden
-        block = token_mixer + 4 * tokens * dim * channel_dim
-    stem = 2 * tokens * 3 * c.patch_size**2 * dim
-    return float(stem + c.num_blocks * block + 2 * dim * c.num_classes)
+    """Analytic matmul FLOPs of one image's forward pass (``models.flops.forward_flops``)."""
+    return float(flops.forward_flops(model_config(model, **overrides)))
 
 
 def _time(run: Callable[[], object], warmup: int, steps: int) -> float:
@@ -161,8 +137,8 @@ def benchmark(
 
     seconds = _time(step, warmup, steps)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
-    flops = 3.0 * forward_flops_per_image(model, **config.model.to_dict())
-    achieved = flops * batch * steps / seconds / 1e12
+    train_flops = 3.0 * forward_flops_per_image(model, **config.model.to_dict())
+    achieved = train_flops * batch * steps / seconds / 1e12
     dtype = config.model.dtype or "float32"
     peak = matmul_tflops(matmul_size, dtype)
     device = jax.devices()[0]
@@ -179,7 +155,7 @@ def benchmark(
         "compile_s": compile_s,
         "step_s": seconds / steps,
         "images_per_s": batch * steps / seconds,
-        "train_gflops_per_image": flops / 1e9,
+        "train_gflops_per_image": train_flops / 1e9,
         "tflops_per_s": achieved,
         "matmul_size": matmul_size,
         "matmul_tflops_per_s": peak,

@@ -6,8 +6,9 @@ r"""Fine-tune Google's pretrained MLP-Mixer on CIFAR-10 with the vision_transfor
 
 The argument is the model, ``mixer_b16`` (default), ``mixer_b32`` or ``mixer_l16``; the checkpoint
 is the matching public vit_jax / big_vision ``.npz`` (``Mixer-B_16.npz``, ``Mixer-B_32.npz``,
-``Mixer-L_16.npz``, pretrained on ImageNet or ImageNet-21k). Loading: ``imixer_jax.models.
-pretrained`` (body from the checkpoint, new zero head for the 10 classes).
+``Mixer-L_16.npz``, pretrained on ImageNet or ImageNet-21k). Loading: ``imixer_jax.weights.
+vit_jax`` (body from the checkpoint, new zero head for the 10 classes); the model computes the tanh
+GELU of Google's Mixer (``approximate_gelu``), so the loaded body gives vit_jax's features.
 
 Recipe (vit_jax ``configs/common.py`` + ``mixer_base16_cifar10.py``; details and the small
 differences in docs/recipe.md#finetune): SGD with momentum 0.9, no weight decay, lr 0.03 after a
@@ -37,7 +38,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             f"configs/finetune.py takes one of {', '.join(MODELS)} (a published Mixer "
             f"checkpoint), got {arg!r}"
         )
-    c = config_lib.base_config(model, num_classes=10, img_size=224, drop_path_rate=0.0)
+    c = config_lib.base_config(
+        model, num_classes=10, img_size=224, drop_path_rate=0.0, approximate_gelu=True
+    )
+    c.init_from.format = "vit_jax"
     c.optimizer.name, c.optimizer.momentum = "sgd", 0.9
     c.data.name = "cifar10"
     c.data.train_split = "train[:98%]"

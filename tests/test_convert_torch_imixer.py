@@ -17,8 +17,8 @@ from flax import nnx
 from scipy.special import erf
 
 from imixer_jax.models import build
-from imixer_jax.weights import torch_imixer
-from imixer_jax.weights.vit_jax import PretrainedError
+from imixer_jax.weights import formats, ours, torch_imixer
+from imixer_jax.weights.mapping import PretrainedError
 
 TINY = dict(classes=5, patch=4, img=16, dim=8, tokens=6, channels=20, hidden=12, blocks=2)
 COEFF = 0.9
@@ -213,18 +213,44 @@ def test_mismatch_is_one_line():
 
 def test_state_npz_round_trip(tmp_path):
     state = _loaded_state()
+    config = torch_imixer.model_config(_official_state_dict())
     path = str(tmp_path / "weights.npz")
-    torch_imixer.save_state_npz(path, state)
-    loaded = torch_imixer.load_state_npz(path)
-    jax.tree.map(np.testing.assert_array_equal, loaded, nnx.to_pure_dict(state))
+    ours.save(path, state, config, name="imixer_s16")
+    entries = ours.read(path)
+    assert ours.settings_of(entries, path) == ("imixer_s16", config)
     model = _model_for(_official_state_dict())
-    torch_imixer.load_into(model, path)
-    jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(nnx.state(model)), loaded)
+    ours.load_into(model, path)
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        nnx.to_pure_dict(nnx.state(model)),
+        nnx.to_pure_dict(state),
+    )
+    scanned = _model_for(_official_state_dict(), scan_blocks=True)  # stacked blocks: same file
+    ours.load_into(scanned, path)
+    np.testing.assert_array_equal(
+        nnx.state(scanned)["blocks"]["token_mixer"]["fc_sn1"]["u"][...][1],
+        entries["blocks.1.token_mixer.fc_sn1.u"],
+    )
     other = _model_for(_official_state_dict(), num_blocks=1)
     with pytest.raises(
-        PretrainedError, match="entry 'blocks.1.channel_mlp.fc_c1.bias' has no place"
+        PretrainedError, match=r"saved with num_blocks=2, the model has num_blocks=1"
     ):
-        torch_imixer.load_into(other, path)
+        ours.load_into(other, path)
+
+
+def test_n_iter_of_the_file_is_checked(tmp_path):
+    """An n_iter=4 checkpoint loaded into the default n_iter=2 model is a one-line error (the
+    logits would differ silently otherwise)."""
+    sd = _official_state_dict()
+    four = _model_for(sd, n_iter=4)
+    path = str(tmp_path / "four.npz")
+    ours.save(path, torch_imixer.from_torch(sd, nnx.state(four)), four.config)
+    with pytest.raises(PretrainedError) as err:
+        ours.load_into(_model_for(sd), path)
+    assert str(err.value) == (
+        f"{path!r} (mixer) was saved with n_iter=4, the model has n_iter=2; build the model with "
+        "the checkpoint's settings"
+    )
 
 
 def test_pytorch_files_round_trip(tmp_path):
@@ -248,15 +274,16 @@ def test_cli_from_torch_file(tmp_path, monkeypatch):
     """The CLI glue (architecture inference, checks, .npz output) with torch's file reading
     replaced by the fabricated state_dict, so that it runs without torch."""
     sd = _official_state_dict()
-    monkeypatch.setattr(torch_imixer, "_read_torch", lambda path, ema: sd)
+    monkeypatch.setattr(torch_imixer, "read_torch", lambda path, ema: (sd, "imixer_s16_224"))
     pth, npz = tmp_path / "official.pth.tar", str(tmp_path / "ours.npz")
-    pth.write_bytes(b"")
+    pth.write_bytes(b"\x80")  # a pickle's first byte: a (legacy) PyTorch file
     torch_imixer.main(["--in", str(pth), "--out", npz])
-    loaded = torch_imixer.load_state_npz(npz)
+    loaded = ours.read(npz)
     np.testing.assert_array_equal(
-        loaded["blocks"][0]["token_mixer"]["fc_sn2"]["v"], sd["blocks.0.mlp_tokens.fc_sn2.weight_v"]
+        loaded["blocks.0.token_mixer.fc_sn2.v"], sd["blocks.0.mlp_tokens.fc_sn2.weight_v"]
     )
-    with pytest.raises(SystemExit, match="--out must end in .npz"):
+    assert formats.detect(npz) == "imixer_jax"
+    with pytest.raises(PretrainedError, match="--out must end in .npz"):
         torch_imixer.main(["--in", str(pth), "--out", str(tmp_path / "x.pth")])
 
 
@@ -268,6 +295,91 @@ def test_without_torch_the_cli_says_what_to_install(tmp_path):
     else:
         pytest.skip("torch is installed: the missing-torch message cannot be shown")
     path = str(tmp_path / "weights.npz")
-    torch_imixer.save_state_npz(path, _loaded_state())
-    with pytest.raises(SystemExit, match=r"needs torch: pip install 'imixer_jax\[torch\]'"):
+    ours.save(path, _loaded_state(), torch_imixer.model_config(_official_state_dict()))
+    with pytest.raises(PretrainedError, match=r"needs torch; pip install 'imixer_jax\[torch\]'"):
         torch_imixer.main(["--in", path, "--out", str(tmp_path / "x.pth")])
+
+
+def _bad_inputs(tmp_path) -> dict[str, tuple[list[str], str]]:
+    """name -> (converter arguments, the start of the one-line error)."""
+    good = str(tmp_path / "ours.npz")
+    ours.save(good, _loaded_state(), torch_imixer.model_config(_official_state_dict()))
+    corrupt = tmp_path / "corrupt.npz"
+    corrupt.write_bytes((tmp_path / "ours.npz").read_bytes()[:-40])  # zip directory cut off
+    flipped = tmp_path / "flipped.npz"
+    data = bytearray((tmp_path / "ours.npz").read_bytes())
+    data[200] ^= 0xFF  # inside the first member: its CRC no longer matches
+    flipped.write_bytes(bytes(data))
+    foreign = str(tmp_path / "foreign.npz")
+    np.savez(foreign, a=np.zeros(3))
+    objects = str(tmp_path / "objects.npz")
+    np.savez(objects, a=np.array([{"x": 1}], dtype=object))
+    vit = str(tmp_path / "vit.npz")
+    np.savez(vit, **{"stem/kernel": np.zeros((4, 4, 3, 8)), "stem/bias": np.zeros(8)})
+    noise = tmp_path / "noise.pth"
+    noise.write_bytes(np.random.default_rng(0).bytes(512))
+    out = str(tmp_path / "out.pth")
+    return {
+        "corrupt npz": (["--in", str(corrupt), "--out", out], "error: "),
+        "bit flip": (["--in", str(flipped), "--out", out], "error: "),
+        "foreign npz": (["--in", foreign, "--out", out], "error: "),
+        "object npz": (["--in", objects, "--out", out], "error: "),
+        "vit_jax npz": (["--in", vit, "--out", out], "error: "),
+        "random bytes": (["--in", str(noise), "--out", str(tmp_path / "o.npz")], "error: "),
+        "missing --in": (["--in", str(tmp_path / "none.pth"), "--out", out], "error: "),
+        "missing dir": (["--in", good, "--out", str(tmp_path / "no" / "x.pth")], "error: "),
+        "--out a dir": (["--in", good, "--out", str(tmp_path)], "error: "),
+    }
+
+
+@pytest.fixture
+def converter(monkeypatch, capsys):
+    """Runs the converter as its command does (``cli.run_argparse``); returns (exit status,
+    stderr lines). The process setup (log filter) is undone afterwards."""
+    from absl import logging
+
+    from imixer_jax import cli
+    from imixer_jax.cli import app
+
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    monkeypatch.delenv(cli.errors.VERBOSE_ENV, raising=False)
+
+    def run(argv):
+        with pytest.raises(SystemExit) as info:
+            cli.run_argparse(torch_imixer.main, argv)
+        return info.value.code, capsys.readouterr().err.strip().splitlines()
+
+    yield run
+    logging.get_absl_handler().removeFilter(app._FILTER)
+
+
+EXPECTED = {
+    "corrupt npz": "is neither an .npz nor a PyTorch file",
+    "bit flip": "is a damaged .npz",
+    "foreign npz": "has no '__imixer_jax__' entry (model settings)",
+    "object npz": "holds pickled (object) arrays, which are never loaded",
+    "vit_jax npz": "is a vit_jax checkpoint, which has no PyTorch form here",
+    "random bytes": "is neither an .npz nor a PyTorch file",
+    "missing --in": "no weights file",
+    "missing dir": "is in a missing directory",
+    "--out a dir": "is a directory; name a file in an existing directory",
+}
+
+
+@pytest.mark.parametrize("case", sorted(EXPECTED))
+def test_every_bad_input_is_one_line(case, tmp_path, converter):
+    argv, start = _bad_inputs(tmp_path)[case]
+    code, err = converter(argv)
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith(start) and EXPECTED[case] in err[0], err[0]
+    assert len(err[0]) < 300 and "; " in err[0]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("out")]
+
+
+def test_a_pth_holding_a_list_is_one_line(tmp_path, converter):
+    torch = pytest.importorskip("torch", reason="torch (the optional extra) is not installed")
+    path = str(tmp_path / "list.pth")
+    torch.save([torch.zeros(2)], path)
+    code, err = converter(["--in", path, "--out", str(tmp_path / "x.npz")])
+    assert code == 1 and len(err) == 1 and len(err[0]) < 300
+    assert "holds a list, not a state_dict; re-save it with torch.save" in err[0]

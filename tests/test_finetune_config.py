@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from flax import nnx
 
 from configs import finetune
 from imixer_jax.training import config as config_lib
 from imixer_jax.training import optim
+from imixer_jax.weights import formats as weights_formats
 
 
 def test_recipe_is_vit_jax_and_validates():
@@ -83,3 +85,32 @@ def test_trainer_starts_from_the_checkpoint_with_a_zero_head(tmp_path):
     assert not np.any(np.asarray(state.params["head"]["kernel"][...]))
     stem = np.asarray(state.params["stem"]["kernel"][...])
     np.testing.assert_array_equal(stem, flat["stem/kernel"])
+
+
+def test_trainer_starts_from_our_imixer_file_with_its_u_and_v(tmp_path):
+    """An .npz of ours (here converted from an official iMixer state_dict) fine-tunes an iMixer:
+    parameters and the spectral norm's u, v come from the file, the head is new."""
+    import jax
+
+    from imixer_jax import training
+    from imixer_jax.training import loop
+    from imixer_jax.weights import ours, torch_imixer
+    from tests.test_convert_torch_imixer import _loaded_state, _official_state_dict
+
+    sd = _official_state_dict(seed=3)
+    path = str(tmp_path / "imixer.npz")
+    ours.save(path, _loaded_state(seed=3), torch_imixer.model_config(sd))
+    c = _tiny_finetune(tmp_path, path)
+    c.arch = "mixer"
+    c.model = config_lib.model_config(
+        "imixer_s16", **{**torch_imixer.model_config(sd, num_classes=10).to_dict(), "dtype": None}
+    )
+    c.init_from.format = "auto"
+    setup = training.prepare(c)
+    weights_formats.check(c, setup.abstract_state.params, setup.abstract_state.rest)
+    state = loop._pretrained(setup, training.init_state(setup))
+    rest = jax.device_get(nnx.to_pure_dict(state.rest))
+    np.testing.assert_array_equal(
+        rest["blocks"][1]["token_mixer"]["fc_sn1"]["u"], sd["blocks.1.mlp_tokens.fc_sn1.weight_u"]
+    )
+    assert not np.any(np.asarray(state.params["head"]["kernel"][...]))

@@ -21,15 +21,18 @@ from imixer_jax.models import (
     MixerBlock,
     MixerConfig,
     create_model,
+    flops,
     layers,
     model_config,
     param_count,
 )
+from imixer_jax.models import __main__ as models_main
 from imixer_jax.models.mixer import capture_intermediates, copy_variables
-from imixer_jax.models.registry import VARIANT_NAMES
+from imixer_jax.models.registry import PARAMIXER_NAMES, VARIANT_NAMES
 from imixer_jax.models.spectral_norm import spectral_sigmas
 from imixer_jax.models.token_mixers import IMLP
 from tests import random_draws
+from tests.test_paramixer import closed_form_count as paramixer_count
 
 # A small iMixer: 16 tokens (32 px, patch 8), D 16, T 8, H 16, C 32, 2 blocks.
 TINY = dict(
@@ -105,15 +108,30 @@ def test_param_count_cifar10(name):
 
 
 @pytest.mark.slow
-def test_cli_prints_every_variant():
-    out = subprocess.run(
-        [sys.executable, "-m", "imixer_jax.models", "--num-classes", "7", "--img-size", "64"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    expected = [f"{n} {closed_form_count(n, 7, img_size=64)}" for n in VARIANT_NAMES]
-    assert out.splitlines() == expected
+def test_cli_prints_every_variant_of_every_family(capsys):
+    args = ["--num-classes", "7", "--img-size", "64"]
+    models_main.main(args)
+    expected = {n: closed_form_count(n, 7, img_size=64) for n in VARIANT_NAMES}
+    expected.update({n: paramixer_count(n, 7, img_size=64) for n in PARAMIXER_NAMES})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"{n} {count}" for n, count in expected.items()]
+    models_main.main([*args, "--table"])
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split() == ["name", "family", "params", "GFLOPs/image"]
+    table = {row.split()[0]: row.split()[1:] for row in rows}
+    assert list(table) == list(expected)
+    for name, (family, count, gflops) in table.items():
+        config = model_config(name, num_classes=7, img_size=64)
+        assert family == name.split("_")[0] and int(count) == expected[name]
+        assert gflops == f"{flops.forward_flops(config) / 1e9:.2f}"
+    assert {row[0] for row in table.values()} == {
+        "mixer",
+        "imixer",
+        "vanillamixer",
+        "paramixer",
+        "symmixer",
+        "asymmixer",
+    }
 
 
 def test_model_config_is_typed_and_overridden():

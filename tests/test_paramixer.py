@@ -77,7 +77,7 @@ for _name in list(PARAMS_1000):  # AsymMixer has paramixer's weights: W_1 = fc1,
         PARAMS_1000["a" + _name.replace("para", "sym")] = PARAMS_1000[_name]
 
 
-def closed_form_count(name: str, num_classes: int) -> int:
+def closed_form_count(name: str, num_classes: int, img_size: int = 224) -> int:
     """Count by arithmetic from the official model code: PatchEmbed conv (with bias); per block
     LayerNorm((S, D)) with elementwise scale and bias (2 S D each; two in the serial block, one in
     the parallel one); bias-free MLPs: vMlp / aMlp 2 N K weights, sMlp N K; final LayerNorm(D);
@@ -85,7 +85,7 @@ def closed_form_count(name: str, num_classes: int) -> int:
     kind, variant = name.split("_")[:2]
     num_blocks, dim = {"s": (8, 512), "b": (12, 768), "l": (24, 1024)}[variant[0]]
     patch = int(variant[1:])
-    s, t, c = (224 // patch) ** 2, dim // 2, 4 * dim
+    s, t, c = (img_size // patch) ** 2, dim // 2, 4 * dim
     norms = (2 if kind == "vanillamixer" else 1) * 2 * s * dim
     mlps = (1 if kind == "symmixer" else 2) * (s * t + dim * c)
     stem = patch * patch * 3 * dim + dim

@@ -18,6 +18,7 @@ import pytest
 from flax import nnx, traverse_util
 
 from imixer_jax.models import create_model
+from imixer_jax.weights import formats
 from imixer_jax.weights import vit_jax as pretrained
 
 TINY = dict(img_size=16, patch_size=4, num_blocks=2, hidden_dim=8, tokens_mlp_dim=6)
@@ -129,7 +130,7 @@ def test_logits_equal_the_vit_jax_forward(tmp_path):
     np.savez(path, **flat)
     model = _model(7)
     state = nnx.state(model, nnx.Param)
-    loaded = pretrained.from_vit_jax(pretrained.load_npz(str(path)), state, head="keep")
+    loaded = pretrained.from_vit_jax(formats.read(str(path)).entries, state, head="keep")
     nnx.update(model, loaded)
     images = _images()
     ours = model(images)
@@ -186,7 +187,6 @@ def test_big_vision_params_prefix_and_input_untouched():
             lambda f: f.pop("MixerBlock_0/LayerNorm_1/scale"),
             "lacks 'MixerBlock_0/LayerNorm_1/scale'",
         ),
-        (lambda f: f.update(extra=np.zeros(2)), "entry 'extra' has no place"),
         (
             lambda f: f.update({"stem/kernel": np.zeros((8, 8, 3, 8))}),
             r"'stem/kernel' has shape \(8, 8, 3, 8\) but stem.kernel has \(4, 4, 3, 8\)",
@@ -211,8 +211,47 @@ def test_keep_head_with_other_classes_fails():
 def test_imixer_model_is_refused():
     flat, _ = _fabricated(7)
     model = _model(7, name="imixer_s16")
-    with pytest.raises(pretrained.PretrainedError, match="fc_sn1"):
+    with pytest.raises(pretrained.PretrainedError, match=r"build a mixer_\* model"):
         pretrained.from_vit_jax(flat, nnx.state(model, nnx.Param))
+
+
+def test_entries_without_a_place_are_left_out_as_vit_jax_does():
+    """vit_jax's load_pretrained tolerates checkpoint entries the model lacks (e.g. the
+    ``pre_logits`` layer of a representation head) and replaces the head."""
+    flat, params = _fabricated(7)
+    extra = {"pre_logits/kernel": np.ones((8, 8), np.float32), "pre_logits/bias": np.ones(8)}
+    model = _model(7)
+    nnx.update(model, pretrained.from_vit_jax({**flat, **extra}, nnx.state(model, nnx.Param)))
+    images = _images()
+    np.testing.assert_allclose(
+        model(images), _reference(7).apply({"params": params}, images), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_tanh_gelu_reproduces_the_vit_jax_logits():
+    """With ``approximate_gelu=True`` the model computes flax's default (tanh) GELU, as Google's
+    Mixer: the logits equal vit_jax's to float32 round-off (same bound as the erf comparison)."""
+    flat, params = _fabricated(7)
+    model = nnx.eval_shape(
+        lambda: create_model(
+            "mixer_s16",
+            rngs=nnx.Rngs(3),
+            num_classes=7,
+            channels_mlp_dim=TINY_MLP,
+            drop_path_rate=0.0,
+            approximate_gelu=True,
+            **TINY,
+        )
+    )
+    model.eval()
+    nnx.update(model, pretrained.from_vit_jax(flat, nnx.state(model, nnx.Param)))
+    images = _images()
+    ref = _reference(7, gelu=nn.gelu).apply({"params": params}, images)
+    ours = model(images)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+    exact = _reference(7).apply({"params": params}, images)
+    # The check tells the two GELUs apart: ours is much closer to the tanh reference.
+    assert float(jnp.abs(ours - exact).max()) > 10 * float(jnp.abs(ours - ref).max())
 
 
 def test_apply_init(tmp_path):
@@ -220,16 +259,24 @@ def test_apply_init(tmp_path):
     path = tmp_path / "ckpt.npz"
     np.savez(path, **flat)
     model = _model(3)
-    params = nnx.state(model, nnx.Param)
-    config = ml_collections.ConfigDict({"init_from": pretrained.init_from_config()})
-    assert pretrained.apply_init(config, params) is params  # path None: from scratch
+    params, rest = nnx.state(model, nnx.Param, ...)
+    config = ml_collections.ConfigDict(
+        {
+            "arch": "mixer",
+            "model": model.config.to_dict(),
+            "init_from": formats.init_from_config(),
+        }
+    )
+    assert formats.apply_init(config, params, rest) == (params, rest)  # path None: from scratch
     config.init_from.path = str(path)
-    loaded = nnx.to_pure_dict(pretrained.apply_init(config, params))
+    formats.check(config, params, rest)  # headers only
+    loaded, _ = formats.apply_init(config, params, rest)
+    loaded = nnx.to_pure_dict(loaded)
     np.testing.assert_array_equal(loaded["stem"]["bias"], flat["stem/bias"])
     assert not np.any(loaded["head"]["kernel"])
     config.init_from.path = str(tmp_path / "missing.npz")
-    with pytest.raises(FileNotFoundError, match="config.init_from.path: no file"):
-        pretrained.apply_init(config, params)
+    with pytest.raises(pretrained.PretrainedError, match="config.init_from.path: no file"):
+        formats.apply_init(config, params, rest)
 
 
 @pytest.mark.parametrize(
@@ -261,3 +308,16 @@ def test_published_sizes_map_one_to_one(name, patch, blocks, dim, count):
     for path, key in names.items():
         assert ours[path].shape == theirs[key], (path, key)
     assert sum(int(np.prod(s)) for s in theirs.values()) == count
+
+
+def test_tanh_gelu_has_no_energy():
+    from imixer_jax.hopfield import lagrangians
+
+    x = jnp.linspace(-4.0, 4.0, 9)
+    tanh = lagrangians.GELU(approximate=True)
+    np.testing.assert_array_equal(tanh.activation(x), nn.gelu(x))  # flax's default form
+    np.testing.assert_array_equal(lagrangians.GELU().activation(x), exact_gelu(x))
+    with pytest.raises(ValueError, match="tanh GELU .* has no closed-form Lagrangian"):
+        tanh(x)
+    with pytest.raises(ValueError, match="^approximate_gelu: .* set approximate_gelu=False"):
+        create_model("imixer_s16", rngs=nnx.Rngs(0), tied=True, approximate_gelu=True)

@@ -267,17 +267,28 @@ class LayerNorm:
 
 @pytree.dataclass
 class GELU(_Generic):
-    """L = sum Phi(x) with Phi' = GELU (exact erf form). Not convex: GELU' < 0 for x < -0.7518."""
+    """L = sum Phi(x) with Phi' = GELU (exact erf form). Not convex: GELU' < 0 for x < -0.7518.
 
+    ``approximate=True``: the activation is the tanh approximation of GELU (flax's ``nn.gelu``
+    default, used by Google's Mixer). Its antiderivative has no closed form, so L (and so the
+    energy of a network with such a layer) is refused with a one-line error.
+    """
+
+    approximate: bool = struct.field(pytree_node=False, default=False)
     convex = False
 
     def __call__(self, x: Array) -> Array:
+        if self.approximate:
+            raise ValueError(
+                "the tanh GELU (approximate=True) has no closed-form Lagrangian; use the exact "
+                "GELU (approximate=False) where an energy is needed"
+            )
         erf = jax.scipy.special.erf(x / math.sqrt(2.0))
         gauss = math.sqrt(2.0 / math.pi) * jnp.exp(-0.5 * x * x)
         return 0.25 * jnp.sum(x * x + (x * x - 1.0) * erf + x * gauss)
 
     def activation(self, x: Array) -> Array:
-        return jax.nn.gelu(x, approximate=False)
+        return jax.nn.gelu(x, approximate=self.approximate)
 
 
 def bind(lagrangian: Lagrangian, ndim: int) -> Lagrangian:

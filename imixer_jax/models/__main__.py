@@ -1,9 +1,13 @@
 """Print every registered variant's exact parameter count, one ``<name> <count>`` line each.
 
-    python -m imixer_jax.models --num-classes 1000 [--img-size 224]
+    python -m imixer_jax.models --num-classes 1000 [--img-size 224] [--table]
 
-Counts come from abstract shapes (``jax.eval_shape``), so even the L variants cost no memory.
-A bad argument ends it with one line ``error: <cause>; <fix>`` before any variant is printed.
+Every family is listed: MLP-Mixer (``mixer_*``), iMixer (``imixer_*``) and the parallelized
+Mixer family (``vanillamixer_*``, ``paramixer_*``, ``symmixer_*``, ``asymmixer_*``). ``--table``
+prints a table instead, with each variant's family and analytic forward GFLOPs per image
+(``models.flops``). Counts come from abstract shapes (``jax.eval_shape``), so even the L variants
+cost no memory. A bad argument ends it with one line ``error: <cause>; <fix>`` before any variant
+is printed.
 """
 
 from __future__ import annotations
@@ -15,17 +19,34 @@ def main(argv: list[str] | None = None) -> None:
     parser = cli.ArgumentParser(prog="python -m imixer_jax.models", description=__doc__)
     parser.add_argument("--num-classes", type=int, required=True)
     parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument(
+        "--table",
+        action="store_true",
+        help="a table with family and forward GFLOPs per image",
+    )
     args = parser.parse_args(argv)
-    from imixer_jax.models.registry import VARIANT_NAMES, param_count  # after the setup
+    from imixer_jax.models import flops, registry  # after the setup
 
-    counts = {}
-    for name in VARIANT_NAMES:
+    rows = []
+    for name in (*registry.VARIANT_NAMES, *registry.PARAMIXER_NAMES):
         try:
-            counts[name] = param_count(name, num_classes=args.num_classes, img_size=args.img_size)
+            config = registry.model_config(
+                name, num_classes=args.num_classes, img_size=args.img_size
+            )
         except ValueError as e:
             parser.error(str(e))
-    for name, count in counts.items():
-        print(f"{name} {count}", flush=True)
+        # The stacked (scanned) layout has the same parameters and traces one block, not N.
+        layout = config.replace(scan_blocks=True) if config.arch == "mixer" else config
+        rows.append((name, name.split("_")[0], registry.count_params(layout), config))
+    if not args.table:
+        for name, _, count, _ in rows:
+            print(f"{name} {count}", flush=True)
+        return
+    width = max(len(name) for name, *_ in rows)
+    print(f"{'name':<{width}}  {'family':<12}  {'params':>11}  {'GFLOPs/image':>12}")
+    for name, family, count, config in rows:
+        gflops = flops.forward_flops(config) / 1e9
+        print(f"{name:<{width}}  {family:<12}  {count:>11}  {gflops:>12.2f}", flush=True)
 
 
 if __name__ == "__main__":

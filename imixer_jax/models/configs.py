@@ -50,6 +50,9 @@ class ModelConfig:
     logits ``[B, num_classes]``. ``tokens_mlp_dim`` (T) and ``channels_mlp_dim`` (C) are the
     hidden widths of the token and channel MLPs; ``activation`` is their nonlinearity;
     ``update_rule`` is ``'residual'`` (X + f) or ``'euler'`` (X + step_size (f - X)).
+    ``approximate_gelu`` makes every GELU (token and channel MLPs) the tanh approximation of
+    flax's ``nn.gelu`` default, as Google's vit_jax Mixer (its weights then give its logits
+    exactly); the default is the exact erf GELU of the official iMixer and paramixer code.
     """
 
     arch: ClassVar[str]  # the key of the model class in ``registry.ARCHITECTURES``
@@ -68,6 +71,7 @@ class ModelConfig:
     activation: str = "gelu"
     update_rule: str = "residual"
     step_size: float = 1.0
+    approximate_gelu: bool = False
     drop_path_rate: float = 0.0
     dtype: str | None = None
 
@@ -186,6 +190,12 @@ class MixerConfig(ModelConfig):
             )
         except ValueError as e:
             _fail(str(e).split()[0], str(e))
+        if self.tied and self.approximate_gelu:
+            _fail(
+                "approximate_gelu",
+                "approximate_gelu: the tanh GELU has no closed-form Lagrangian, so a tied model "
+                "has no energy with it; set approximate_gelu=False or tied=False",
+            )
 
 
 _TOKEN_MIXER_FIELDS = (

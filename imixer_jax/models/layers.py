@@ -7,7 +7,8 @@
   truncated normal at +-2 std with the std corrected by 0.8796...), which is exactly
   ``jax.nn.initializers.lecun_normal()``; fan_in = P*P*3), bias zero -> ``patch_stem``.
 * LayerNorm: eps 1e-6, scale 1, bias 0           -> ``layer_norm``.
-* Channel MLP D -> C -> D with exact (erf) GELU  -> ``ChannelMLP``.
+* Channel MLP D -> C -> D with exact (erf) GELU  -> ``ChannelMLP`` (tanh GELU on request).
+* Hidden-neuron Lagrangian of an activation name -> ``hidden_lagrangian``.
 * Drop path (stochastic depth): whole samples dropped, survivors scaled by 1/(1 - rate)
                                                  -> ``drop_path``.
 
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import jax
 from flax import nnx
+
+from imixer_jax.hopfield import lagrangians
 
 Array = jax.Array
 
@@ -76,25 +79,37 @@ def patch_stem(patch_size: int, dim: int, *, rngs: nnx.Rngs, dtype=None) -> nnx.
     )
 
 
-def gelu(x: Array) -> Array:
-    """Exact (erf) GELU, as torch.nn.GELU() in the official code."""
-    return jax.nn.gelu(x, approximate=False)
+def gelu(x: Array, approximate: bool = False) -> Array:
+    """Exact (erf) GELU, as torch.nn.GELU() in the official code; ``approximate``: the tanh form
+    (flax's ``nn.gelu`` default, vit_jax's Mixer)."""
+    return jax.nn.gelu(x, approximate=approximate)
+
+
+def hidden_lagrangian(activation: str, approximate_gelu: bool = False) -> lagrangians.Lagrangian:
+    """The Lagrangian whose gradient is ``activation`` (a name of ``lagrangians.get``); GELU in
+    its tanh form with ``approximate_gelu``."""
+    if activation == "gelu":
+        return lagrangians.GELU(approximate=approximate_gelu)
+    return lagrangians.get(activation)
 
 
 class ChannelMLP(nnx.Module):
     """Channel MLP ``[..., D] -> [..., D]``: fc_c2(GELU(fc_c1(x))).
 
     Params: ``fc_c1`` (kernel ``[D, C]``, bias ``[C]``),
-    ``fc_c2`` (kernel ``[C, D]``, bias ``[D]``).
+    ``fc_c2`` (kernel ``[C, D]``, bias ``[D]``). ``approximate_gelu``: the tanh GELU.
     """
 
-    def __init__(self, dim: int, mlp_dim: int, *, dtype=None, rngs: nnx.Rngs):
+    def __init__(
+        self, dim: int, mlp_dim: int, *, approximate_gelu: bool = False, dtype=None, rngs: nnx.Rngs
+    ):
         self.fc_c1 = mlp_linear(dim, mlp_dim, dtype=dtype, rngs=rngs)
         self.fc_c2 = mlp_linear(mlp_dim, dim, dtype=dtype, rngs=rngs)
+        self.approximate_gelu = approximate_gelu
 
     def __call__(self, x: Array) -> Array:
         """``x: [..., D] -> [..., D]``."""
-        return self.fc_c2(gelu(self.fc_c1(x)))
+        return self.fc_c2(gelu(self.fc_c1(x), self.approximate_gelu))
 
 
 def drop_path(rate: float) -> nnx.Dropout:

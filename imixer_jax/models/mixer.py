@@ -53,13 +53,16 @@ class MixerBlock(nnx.Module):
         *,
         drop_path_rate: float = 0.0,
         remat_token_mixer: bool = False,
+        approximate_gelu: bool = False,
         dtype=None,
         rngs: nnx.Rngs,
     ):
         self.token_mixer = token_mixer
         self.remat_token_mixer = remat_token_mixer
         self.norm = layers.layer_norm(dim, dtype=dtype, rngs=rngs)
-        self.channel_mlp = layers.ChannelMLP(dim, channels_mlp_dim, dtype=dtype, rngs=rngs)
+        self.channel_mlp = layers.ChannelMLP(
+            dim, channels_mlp_dim, approximate_gelu=approximate_gelu, dtype=dtype, rngs=rngs
+        )
         self.drop_path = layers.drop_path(drop_path_rate)
 
     def __call__(self, x: Array, *, rngs: nnx.Rngs | None = None) -> Array:
@@ -102,6 +105,7 @@ class Mixer(Backbone):
             config.channels_mlp_dim,
             drop_path_rate=config.drop_path_rate,
             remat_token_mixer=config.remat == "token_mixer",
+            approximate_gelu=config.approximate_gelu,
             dtype=config.compute_dtype,
             rngs=rngs,
         )
@@ -111,6 +115,7 @@ def _token_mixer(config: MixerConfig, rngs: nnx.Rngs) -> TokenMLP | IMLP:
     c = config
     common = dict(
         activation=c.activation,
+        approximate_gelu=c.approximate_gelu,
         tied=c.tied,
         update_rule=c.update_rule,
         step_size=c.step_size,

@@ -105,14 +105,22 @@ class _MLP(nnx.Module):
     synapses."""
 
     def __init__(
-        self, features: int, hidden: int, *, activation: str = "gelu", dtype=None, rngs: nnx.Rngs
+        self,
+        features: int,
+        hidden: int,
+        *,
+        activation: str = "gelu",
+        approximate_gelu: bool = False,
+        dtype=None,
+        rngs: nnx.Rngs,
     ):
         self.fc1 = _linear(features, hidden, dtype, rngs)
         self.activation = activation
+        self.approximate_gelu = approximate_gelu
 
     def hidden_lagrangian(self) -> lagrangians.Lagrangian:
         """L_h of the hidden neurons (its gradient is the activation)."""
-        return lagrangians.get(self.activation)
+        return layers.hidden_lagrangian(self.activation, self.approximate_gelu)
 
     def synapses(self, hidden: str, spec: str, back: str, dtype=None) -> dict:
         """``{name: synapse}`` between ``VISIBLE`` and layer ``hidden``, computing in ``dtype``
@@ -177,6 +185,7 @@ class _Block(nnx.Module):
         *,
         mlp: str = "vanilla",
         activation: str = "gelu",
+        approximate_gelu: bool = False,
         n_iter: int = 1,
         update_rule: str = "residual",
         step_size: float = 1.0,
@@ -185,7 +194,9 @@ class _Block(nnx.Module):
         rngs: nnx.Rngs,
     ):
         mlp_class = _MLP_CLASSES[mlp]
-        common = dict(activation=activation, dtype=dtype, rngs=rngs)
+        common = dict(
+            activation=activation, approximate_gelu=approximate_gelu, dtype=dtype, rngs=rngs
+        )
         self.mlp_tokens = mlp_class(num_tokens, tokens_mlp_dim, **common)
         self.mlp_channels = mlp_class(dim, channels_mlp_dim, **common)
         self.drop_path = layers.drop_path(drop_path_rate)
@@ -346,6 +357,7 @@ class ParaMixer(Backbone):
             scalar_scale=config.scalar_scale,
             mlp=config.mlp,
             activation=config.activation,
+            approximate_gelu=config.approximate_gelu,
             n_iter=config.n_iter,
             update_rule=config.update_rule,
             step_size=config.step_size,

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from imixer_jax.hopfield import HierarchicalNetwork, Layer, Synapse, lagrangians
-from imixer_jax.models.layers import MLP_BIAS_INIT, mlp_linear
+from imixer_jax.models.layers import MLP_BIAS_INIT, hidden_lagrangian, mlp_linear
 from imixer_jax.models.spectral_norm import SpectralNormLinear
 
 Array = jax.Array
@@ -119,9 +119,10 @@ class _HopfieldTokenMixer(nnx.Module):
     ``energy_before`` / ``energy_after`` ``[B]`` (reduced energy at X and at X + increment).
     """
 
-    def _init_visible(self, dim, activation, tied, update_rule, step_size, dtype):
+    def _init_visible(self, dim, activation, approximate_gelu, tied, update_rule, step_size, dtype):
         self.norm = VisibleNorm(dim, scalar_scale=tied)
         self.activation = activation
+        self.approximate_gelu = approximate_gelu
         self.tied = tied
         self.update_rule = update_rule
         self.step_size = step_size
@@ -134,7 +135,7 @@ class _HopfieldTokenMixer(nnx.Module):
             self.sow_intermediates = sow_intermediates
 
     def _hidden(self, shape) -> Layer:
-        return Layer(lagrangians.get(self.activation), shape)
+        return Layer(hidden_lagrangian(self.activation, self.approximate_gelu), shape)
 
     def __call__(self, x: Array) -> Array:
         """``x: [B, S, D] -> increment [B, S, D]`` (sows intermediates if ``sow_intermediates``)."""
@@ -180,6 +181,7 @@ class TokenMLP(_HopfieldTokenMixer):
         token_dim: int,
         *,
         activation: str = "gelu",
+        approximate_gelu: bool = False,
         tied: bool = False,
         update_rule: str = "residual",
         step_size: float = 1.0,
@@ -189,7 +191,7 @@ class TokenMLP(_HopfieldTokenMixer):
         check_arguments(
             token_dim=token_dim, activation=activation, update_rule=update_rule, step_size=step_size
         )
-        self._init_visible(dim, activation, tied, update_rule, step_size, dtype)
+        self._init_visible(dim, activation, approximate_gelu, tied, update_rule, step_size, dtype)
         self.fc1 = mlp_linear(num_tokens, token_dim, rngs=rngs)
         self.fc2 = _feedback(token_dim, num_tokens, tied, rngs)
 
@@ -238,6 +240,7 @@ class IMLP(_HopfieldTokenMixer):
         adjoint: str = "unrolled",
         tol: float = 0.0,
         activation: str = "gelu",
+        approximate_gelu: bool = False,
         update_rule: str = "residual",
         step_size: float = 1.0,
         dtype=None,
@@ -256,7 +259,7 @@ class IMLP(_HopfieldTokenMixer):
             step_size=step_size,
         )
         hidden_dim = int(token_dim * hidden_ratio)
-        self._init_visible(dim, activation, tied, update_rule, step_size, dtype)
+        self._init_visible(dim, activation, approximate_gelu, tied, update_rule, step_size, dtype)
         self.n_iter = n_iter
         self.tol = tol
         self.adjoint = adjoint

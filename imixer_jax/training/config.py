@@ -22,8 +22,9 @@ Schema (defaults in ``base_config``):
                            erasing, and the mix_batch keys mixup_alpha, cutmix_alpha,
                            switch_prob, label_smoothing)
     batch_size             global batch per step (all processes); eval_batch_size likewise
-    init_from              path (None: from scratch), format, head: initial parameters from a
-                           pretrained checkpoint (``models.pretrained``; fresh runs only)
+    init_from              path (None: from scratch), format ('auto': told by content), head:
+                           initial weights from a vit_jax .npz, an official iMixer / paramixer
+                           .pth or an .npz of ours (``weights.formats``; fresh runs only)
     optimizer              name ('adamw' | 'sgd' with momentum), lr (peak), b1, b2, eps,
                            weight_decay (not on 1-D params),
                            grad_clip_norm (0 = off), ema_decay (0 = off), accum_steps (>= 1)
@@ -50,7 +51,7 @@ from ml_collections import config_dict
 
 from imixer_jax.data import defaults as data
 from imixer_jax.models import configs, registry
-from imixer_jax.weights import vit_jax as pretrained
+from imixer_jax.weights import formats as weights_formats
 
 INITIALIZE = ("auto", "always", "never")
 UNITS = ("epochs", "steps")
@@ -104,7 +105,7 @@ def base_config(model: str = "imixer_s16", **model_overrides) -> ml_collections.
         dict(unit="epochs", length=300.0, warmup=20.0, cooldown=10.0, init_lr=1e-6, min_lr=1e-6)
     )
     c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1), axes=("data", "model")))
-    c.init_from = pretrained.init_from_config()
+    c.init_from = weights_formats.init_from_config()
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3))
     c.log_every_steps = 100
     c.eval_every_steps = 0
@@ -218,7 +219,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(opt.name in names, "optimizer.name", f"must be one of {names}, got {opt.name!r}")
     _check(0 <= opt.momentum < 1, "optimizer.momentum", f"must be in [0, 1), got {opt.momentum}")
     try:
-        pretrained.check_init_from(config)
+        weights_formats.check_init_from(config)
     except (ValueError, FileNotFoundError) as e:
         _fail("init_from", " ".join(str(e).split()).removeprefix("config.init_from"))
 

@@ -38,7 +38,7 @@ from imixer_jax.training.progress import Progress
 from imixer_jax.training.state import Setup, TrainState, init_state, prepare
 from imixer_jax.training.steps import make_eval_step, make_sigma_fn, make_train_step
 from imixer_jax.training.summary import parameter_overview
-from imixer_jax.weights import vit_jax as pretrained
+from imixer_jax.weights import formats as weights_formats
 
 
 def _train_batches(setup: Setup, start_step: int) -> Iterator[dict]:
@@ -371,14 +371,16 @@ class _Loop:
 
 
 def _pretrained(setup: Setup, state: TrainState) -> TrainState:
-    """A fresh state with the parameters of ``config.init_from`` (unchanged without one); the
-    optimiser state does not depend on the parameter values, so it stays valid."""
+    """A fresh state with the weights of ``config.init_from`` (parameters and spectral-norm u, v;
+    unchanged without one); the optimiser state does not depend on the parameter values, so it
+    stays valid."""
     config = setup.config
     if config.get("init_from") is None or config.init_from.path is None:
         return state
-    params = jax.device_put(
-        pretrained.apply_init(config, state.params), setup.state_shardings.params
-    )
+    params, rest = weights_formats.apply_init(config, state.params, state.rest)
+    shardings = setup.state_shardings
+    params = jax.device_put(params, shardings.params)
+    rest = jax.device_put(rest, shardings.rest)
     ema = None if state.ema_params is None else params
-    logging.info("parameters initialised from %s", config.init_from.path)
-    return state.replace(params=params, ema_params=ema)
+    logging.info("weights initialised from %s", config.init_from.path)
+    return state.replace(params=params, rest=rest, ema_params=ema)

@@ -27,7 +27,7 @@ from imixer_jax import data
 from imixer_jax.models import registry
 from imixer_jax.training import config as config_lib
 from imixer_jax.training import optim, sharding
-from imixer_jax.weights import vit_jax as pretrained
+from imixer_jax.weights import formats as weights_formats
 
 Array = jax.Array
 
@@ -140,9 +140,9 @@ def prepare(config: ml_collections.ConfigDict) -> Setup:
     model.eval()
     eval_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
     abstract = jax.eval_shape(lambda: _init(config, tx))
-    try:  # the file's content, against the model's parameters, before anything is created
-        pretrained.apply_init(config, abstract.params)
-    except pretrained.PretrainedError as e:
+    try:  # the file's content (headers), against the model, before anything is created
+        weights_formats.check(config, abstract.params, abstract.rest)
+    except weights_formats.PretrainedError as e:
         raise config_lib.ConfigError(f"config.init_from.path: {e}") from e
     shardings = sharding.tree_shardings(mesh, abstract)
     abstract = jax.tree.map(

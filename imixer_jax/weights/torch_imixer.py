@@ -1,18 +1,21 @@
-r"""Official iMixer PyTorch checkpoints (timm `state_dict`) <-> our `imixer_*` / `mixer_*` state.
+r"""Official PyTorch checkpoints (timm ``state_dict``) <-> our models: iMixer / MLP-Mixer here, the
+parallelized Mixer family through ``torch_paramixer``.
 
-    python -m imixer_jax.weights.torch_imixer --in checkpoint.pth.tar --out weights.npz
-    python -m imixer_jax.weights.torch_imixer --in weights.npz --out checkpoint.pth
+    python -m imixer_jax.weights.torch_imixer --in checkpoint.pth.tar --out w.npz [--model NAME]
+    python -m imixer_jax.weights.torch_imixer --in w.npz --out checkpoint.pth
 
-The first reads a checkpoint of github.com/Toshihiro-Ota/imixer (a bare ``state_dict``, or timm's
-training checkpoint holding one under ``'state_dict'``; ``--ema`` takes ``'state_dict_ema'``;
-DistributedDataParallel's ``module.`` prefix is dropped), infers the architecture from the array
-shapes, checks every array against that model and writes our flat state as ``.npz`` (keys are our
-dotted paths, ``blocks.0.token_mixer.fc1.kernel``; ``load_into(model, path)`` loads it). The second
-writes such an ``.npz`` back as a ``state_dict`` the official code loads with
-``model.load_state_dict``. PyTorch is needed only to read or write ``.pth`` files (the optional
-extra ``torch``) and is imported only then; the mapping works on plain numpy dicts.
+The first reads a checkpoint of github.com/Toshihiro-Ota/imixer or .../paramixer (a bare
+``state_dict``, or timm's training checkpoint holding one under ``'state_dict'``; ``--ema``
+takes ``'state_dict_ema'``; DistributedDataParallel's ``module.`` prefix is dropped), infers the
+architecture from the array shapes and the model name (``--model``, else the checkpoint's
+``'arch'``; it settles what shapes cannot: ``n_iter``, paramixer vs asymmixer), checks
+every array against that model and writes our ``.npz`` with the model's name and settings
+(``weights.ours``). The second writes such an ``.npz`` back as a ``state_dict`` the official code
+loads with ``model.load_state_dict``. PyTorch is needed only to read or write ``.pth`` files (the
+optional extra ``torch``) and is imported only then; the mappings work on plain numpy dicts. A bad
+input ends the command with one line ``error: <cause>; <fix>`` and exit status 1.
 
-Mapping (torch ``weight`` is ``[out, in]``, our ``kernel`` is ``[in, out]``; ``i`` a block)::
+iMixer mapping (torch ``weight`` is ``[out, in]``, our ``kernel`` is ``[in, out]``; ``i`` a block)::
 
     stem.proj.{weight [D, 3, P, P], bias}          stem.{kernel [P, P, 3, D], bias}
     blocks.i.norm1.{weight, bias}                  blocks.i.token_mixer.norm.{scale, bias}
@@ -39,19 +42,28 @@ import math
 import os
 import re
 import sys
+import zipfile
 from collections.abc import Mapping
 
 import jax
 import numpy as np
-from flax import nnx, traverse_util
+from flax import nnx
 
 from imixer_jax.models import registry
-from imixer_jax.models.configs import MixerConfig
-from imixer_jax.models.mixer import Mixer
-from imixer_jax.weights.vit_jax import PretrainedError, assign
+from imixer_jax.models.configs import MixerConfig, ModelConfig
+from imixer_jax.weights import ours, torch_paramixer, vit_jax
+from imixer_jax.weights.mapping import (
+    Path,
+    PretrainedError,
+    flat_state,
+    match,
+    per_block,
+    read_npz,
+    replace,
+    shape_only,
+)
 
-Path = tuple
-
+SOURCE = "official PyTorch"
 _TOP = {"stem": "stem.proj", "norm": "norm", "head": "head"}
 _BLOCK = {
     ("token_mixer", "norm"): "norm1",
@@ -63,14 +75,21 @@ _BLOCK = {
     ("channel_mlp", "fc_c1"): "mlp_channels.fc1",
     ("channel_mlp", "fc_c2"): "mlp_channels.fc2",
 }
-_LEAVES = {"kernel": "weight", "bias": "bias", "scale": "weight", "u": "weight_u", "v": "weight_v"}
+_LEAVES = {
+    "kernel": "weight",
+    "bias": "bias",
+    "scale": "weight",
+    "u": "weight_u",
+    "v": "weight_v",
+}
 _SN_LAYERS = ("fc_sn1", "fc_sn2")
 _IGNORED = re.compile(r"\.weight_sigma$")
+TORCH_SUFFIXES = (".pth", ".pt", ".tar", ".bin")
 
 
 def torch_key(path: Path) -> str:
-    """The official ``state_dict`` key of our parameter or state path (a tuple, as in
-    ``nnx.State.to_pure_dict``)."""
+    """The official iMixer ``state_dict`` key of our per-block parameter or state path (a tuple,
+    as in ``nnx.State.to_pure_dict``)."""
     *module, leaf = path
     if module[0] == "blocks":
         name = f"blocks.{module[1]}.{_BLOCK[tuple(module[2:])]}"
@@ -94,46 +113,80 @@ def _to_torch(path: Path, value: np.ndarray) -> np.ndarray:
     return value.transpose(3, 2, 0, 1) if path[0] == "stem" else value.T
 
 
-def _checkpoint_state_dict(checkpoint: Mapping, ema: bool = False) -> dict[str, np.ndarray]:
+def _is_paramixer_state(paths) -> bool:
+    return any(len(p) > 2 and p[2] in ("mlp_tokens", "norm1") for p in paths)
+
+
+def _key_function(paths):
+    """Our per-block path -> official key, for the family (and MLP kind) of ``paths``."""
+    paths = list(paths)
+    if not _is_paramixer_state(paths):
+        return torch_key
+    tied = not any(p[2:4] == ("mlp_tokens", "fc2") for p in paths if p[0] == "blocks")
+    mlp = "symmetric" if tied else "vanilla"
+    return lambda path: torch_paramixer.torch_key(path, mlp)
+
+
+def state_dict_of(checkpoint: Mapping, ema: bool = False) -> dict[str, object]:
     """The ``state_dict`` inside a timm training checkpoint (or the dict itself), without
     DistributedDataParallel's ``module.`` prefix and the ``weight_sigma`` logging buffers."""
     key = "state_dict_ema" if ema else "state_dict"
     if key in checkpoint:
         checkpoint = checkpoint[key]
     elif ema:
-        raise PretrainedError("checkpoint has no 'state_dict_ema' (trained without --model-ema)")
+        raise PretrainedError(
+            "checkpoint has no 'state_dict_ema' (trained without --model-ema); drop --ema"
+        )
+    if not isinstance(checkpoint, Mapping):
+        raise PretrainedError(
+            f"the checkpoint's state_dict is a {type(checkpoint).__name__}, not a dict of arrays; "
+            "pass a file saved with torch.save(model.state_dict())"
+        )
     out = {}
     for name, value in checkpoint.items():
-        name = name.removeprefix("module.")
+        name = str(name).removeprefix("module.")
         if not _IGNORED.search(name):
-            out[name] = np.asarray(value)
+            out[name] = value
     return out
 
 
-def from_torch(state_dict: Mapping[str, np.ndarray], state: nnx.State) -> nnx.State:
-    """``state`` (``nnx.state(model)``: parameters and spectral-norm u, v) filled from an
-    official ``state_dict`` of numpy arrays (or a timm checkpoint dict holding one).
+def from_torch(
+    state_dict: Mapping[str, np.ndarray], state: nnx.State, *, check_only: bool = False
+) -> nnx.State | None:
+    """``state`` (``nnx.state(model)`` of a ``Mixer`` or ``ParaMixer``, either block layout:
+    parameters and spectral-norm u, v) filled from an official ``state_dict`` of numpy arrays (or
+    a timm checkpoint dict holding one). ``check_only``: names and shapes only, return None.
 
     Raises:
       PretrainedError: one line naming the first entry that does not fit the model.
     """
-    flat = _checkpoint_state_dict(state_dict)
-    paths = traverse_util.flatten_dict(nnx.to_pure_dict(state))
-    names = {path: torch_key(path) for path in paths}
-    transforms = {path: (lambda a, p=path: _to_ours(p, a)) for path in paths}
-    return assign(state, flat, names, source="official iMixer", transforms=transforms)
+    arrays = match_torch(flat_state(state), state_dict)
+    return None if check_only else replace(state, arrays)
+
+
+def match_torch(
+    target: Mapping[Path, object],
+    state_dict: Mapping[str, np.ndarray],
+    *,
+    source: str = SOURCE,
+) -> dict[Path, np.ndarray]:
+    """``mapping.match`` of an official ``state_dict`` (or timm checkpoint) against a model's
+    ``{path: leaf}`` (parameters and u, v; either block layout), arrays in our layout."""
+    flat = state_dict_of(state_dict)
+    key_of = _key_function(per_block(target)[0])
+    return match(target, flat, key_of, source=source, transform=_to_ours)
 
 
 def to_torch(state: nnx.State | Mapping) -> dict[str, np.ndarray]:
-    """Our ``nnx.state(model)`` (or its ``to_pure_dict()``) as an official ``state_dict`` of
-    numpy arrays (stem, blocks in order, norm, head), with ``weight_sigma = u^T W v`` for each
-    spectral-norm layer."""
-    pure = nnx.to_pure_dict(state) if isinstance(state, nnx.State) else state
-    flat = traverse_util.flatten_dict(jax.tree.map(np.asarray, pure))
-    out = {torch_key(path): _to_torch(path, value) for path, value in flat.items()}
+    """Our ``nnx.state(model)`` (or its pure dict, either block layout) as an official
+    ``state_dict`` of numpy arrays (stem, blocks in order, norm, head), with
+    ``weight_sigma = u^T W v`` for each spectral-norm layer."""
+    flat, _ = per_block(flat_state(jax.tree.map(np.asarray, state)))
+    key_of = _key_function(flat)
+    out = {key_of(path): _to_torch(path, np.asarray(value)) for path, value in flat.items()}
     for path in flat:
         if path[-1] == "u":
-            prefix = torch_key(path).removesuffix("_u")
+            prefix = key_of(path).removesuffix("_u")
             u, w, v = out[f"{prefix}_u"], out[f"{prefix}_orig"], out[f"{prefix}_v"]
             out[f"{prefix}_sigma"] = np.asarray([u @ w @ v], np.float32)
     return dict(sorted(out.items(), key=lambda kv: _official_order(kv[0])))
@@ -145,22 +198,42 @@ def _official_order(key: str) -> tuple:
     return (order.index(key.split(".")[0]), int(block.group(1)) if block else 0, key)
 
 
-def model_config(state_dict: Mapping[str, np.ndarray], **overrides) -> MixerConfig:
-    """The ``MixerConfig`` of the architecture an official ``state_dict`` was saved from (shapes
-    only); registry defaults for what shapes do not fix (n_iter, n_power, ...)."""
-    sd = _checkpoint_state_dict(state_dict)
+def registered_name(arch: str | None) -> str | None:
+    """Our registered variant for a timm model name (``imixer_s16_224`` -> ``imixer_s16``,
+    ``symmixer_s16_224_ni2`` as it is), or None."""
+    if not arch:
+        return None
+    names = (*registry.VARIANT_NAMES, *registry.PARAMIXER_NAMES)
+    for name in (arch, arch.removesuffix("_224")):
+        if name in names:
+            return name
+    return None
+
+
+def model_config(
+    state_dict: Mapping[str, np.ndarray], name: str | None = None, **overrides
+) -> ModelConfig:
+    """The config of the architecture an official ``state_dict`` was saved from: widths from the
+    shapes, the rest from the registered variant ``name`` if given (else registry defaults:
+    n_iter, n_power, ... for iMixer; see ``torch_paramixer.model_config``)."""
+    sd = state_dict_of(state_dict)
+    if torch_paramixer.is_paramixer(sd):
+        return torch_paramixer.model_config(sd, name, **overrides)
     try:
-        dim, _, patch, _ = sd["stem.proj.weight"].shape
-        token_dim, num_tokens = sd["blocks.0.mlp_tokens.fc1.weight"].shape
-        channels = sd["blocks.0.mlp_channels.fc1.weight"].shape[0]
-        num_classes = sd["head.weight"].shape[0]
+        dim, _, patch, _ = np.shape(sd["stem.proj.weight"])
+        token_dim, num_tokens = np.shape(sd["blocks.0.mlp_tokens.fc1.weight"])
+        channels = np.shape(sd["blocks.0.mlp_channels.fc1.weight"])[0]
+        num_classes = np.shape(sd["head.weight"])[0]
     except KeyError as e:
-        raise PretrainedError(f"not an iMixer / MLP-Mixer state_dict: no {e.args[0]!r}") from None
+        raise PretrainedError(
+            f"not an iMixer, MLP-Mixer or paramixer state_dict: no {e.args[0]!r}; pass an official "
+            "checkpoint"
+        ) from None
     side = math.isqrt(num_tokens)
     if side * side != num_tokens:
         raise PretrainedError(f"{num_tokens} tokens is not a square grid of patches")
     blocks = {int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))}
-    kwargs = dict(
+    fields = dict(
         num_classes=num_classes,
         img_size=side * patch,
         patch_size=patch,
@@ -169,104 +242,164 @@ def model_config(state_dict: Mapping[str, np.ndarray], **overrides) -> MixerConf
         tokens_mlp_dim=token_dim,
         channels_mlp_dim=channels,
     )
-    sn1 = sd.get("blocks.0.mlp_tokens.fc_sn1.weight_orig")
-    if sn1 is not None:
-        kwargs["hidden_ratio"] = sn1.shape[0] / token_dim
-        if int(token_dim * kwargs["hidden_ratio"]) != sn1.shape[0]:
-            raise PretrainedError(f"iMLP hidden width {sn1.shape[0]} is not int(T * ratio)")
-    base = "imixer_s16" if sn1 is not None else "mixer_s16"
-    return registry.model_config(base, **{**kwargs, **overrides})
+    imlp = any(".fc_sn1." in k for k in sd)
+    if imlp:  # the iMLP's hidden width from the bias, so a mis-shaped weight is named as such
+        width = sd.get(
+            "blocks.0.mlp_tokens.fc_sn1.bias",
+            sd.get("blocks.0.mlp_tokens.fc_sn1.weight_orig"),
+        )
+        if width is None:
+            raise PretrainedError(
+                "checkpoint lacks 'blocks.0.mlp_tokens.fc_sn1.bias'; is it complete?"
+            )
+        fields["hidden_ratio"] = np.shape(width)[0] / token_dim
+    base = name or ("imixer_s16" if imlp else "mixer_s16")
+    config = registry.model_config(base)
+    if not isinstance(config, MixerConfig) or (config.token_mixer == "imlp") != imlp:
+        raise PretrainedError(
+            f"the state_dict holds an {'iMixer' if imlp else 'MLP-Mixer'}, not a {base!r}; name "
+            "a matching model"
+        )
+    return config.replace(**{**fields, **overrides})
 
 
-def abstract_state(config: MixerConfig) -> nnx.State:
-    """``nnx.state`` of a ``Mixer(config)`` with shape-only leaves (nothing is allocated)."""
-    return nnx.state(nnx.eval_shape(lambda: Mixer(config, rngs=nnx.Rngs(0))))
+def abstract_state(config: ModelConfig) -> nnx.State:
+    """``nnx.state`` of the model of ``config`` with shape-only leaves (nothing is allocated)."""
+    return nnx.state(nnx.eval_shape(lambda: registry.build(config, rngs=nnx.Rngs(0))))
 
 
-def save_state_npz(path: str, state: nnx.State) -> None:
-    """Our flat state as ``.npz``: keys are dotted paths (``blocks.0.token_mixer.fc1.kernel``)."""
-    flat = traverse_util.flatten_dict(nnx.to_pure_dict(state))
-    np.savez(path, **{".".join(map(str, p)): np.asarray(v) for p, v in flat.items()})
+def file_kind(path: str) -> str:
+    """``'torch'`` for a PyTorch file (a zip archive holding ``data.pkl``, torch.save's format,
+    or a bare pickle, its legacy one), ``'npz'`` for any other zip archive.
+
+    Raises:
+      PretrainedError: no such file, or a file of neither kind (damaged or foreign).
+    """
+    if not os.path.isfile(path):
+        raise PretrainedError(f"no weights file {path!r}; check the path")
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError) as e:
+            raise PretrainedError(
+                f"{path!r} is a damaged zip archive ({e}); write it again"
+            ) from None
+        return "torch" if any(n.split("/")[-1] == "data.pkl" for n in names) else "npz"
+    with open(path, "rb") as f:
+        if f.read(1) == b"\x80":
+            return "torch"
+    raise PretrainedError(
+        f"{path!r} is neither an .npz nor a PyTorch file (damaged or foreign); pass a vit_jax "
+        ".npz, an official iMixer or paramixer .pth, or an .npz of ours"
+    )
 
 
-def load_state_npz(path: str) -> dict:
-    """The nested pure dict (``nnx.State.to_pure_dict`` form) saved by ``save_state_npz``."""
-    with np.load(path, allow_pickle=False) as npz:
-        flat = {tuple(int(p) if p.isdigit() else p for p in k.split(".")): npz[k] for k in npz}
-    return traverse_util.unflatten_dict(flat)
-
-
-def load_into(model: nnx.Module, path: str) -> None:
-    """Load an ``.npz`` of ``save_state_npz`` (parameters and u, v) into ``model`` in place,
-    checking every name and shape (one-line ``PretrainedError``); the model may be abstract
-    (``nnx.eval_shape``)."""
-    state = nnx.state(model)
-    flat = traverse_util.flatten_dict(load_state_npz(path))
-    dotted = {".".join(map(str, p)): v for p, v in flat.items()}
-    names = {p: ".".join(map(str, p)) for p in traverse_util.flatten_dict(nnx.to_pure_dict(state))}
-    nnx.update(model, assign(state, dotted, names, source=f"{path!r}"))
-
-
-def _torch():
+def torch_module():
+    """``torch``, or a one-line error saying how to install it."""
     try:
         import torch  # optional dependency, imported only for .pth files
     except ImportError:
-        raise SystemExit(
-            "error: reading or writing PyTorch files needs torch: pip install 'imixer_jax[torch]'"
+        raise PretrainedError(
+            "reading or writing PyTorch files needs torch; pip install 'imixer_jax[torch]'"
         ) from None
     return torch
 
 
-def _read_torch(path: str, ema: bool) -> dict[str, np.ndarray]:
-    torch = _torch()
-    try:  # weights only (no arbitrary unpickling); timm's training checkpoints store their args
+def read_torch(path: str, *, ema: bool = False, mmap: bool = False) -> tuple[dict, str | None]:
+    """``(state_dict of numpy arrays, timm's 'arch' or None)`` of a PyTorch file; weights only
+    (nothing but tensors, containers and timm's argparse namespace is unpickled). ``mmap``: the
+    tensors are mapped, not read (their shapes are free)."""
+    torch = torch_module()
+    try:  # timm's training checkpoints store their args as an argparse.Namespace
         torch.serialization.add_safe_globals([argparse.Namespace])
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        mmap = mmap and zipfile.is_zipfile(path)  # the legacy format cannot be mapped
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # torch raises many exception types for unreadable files
-        raise SystemExit(
-            f"error: cannot read {path!r} as a PyTorch state_dict ({type(e).__name__}): re-save "
-            "it with the official clean_checkpoint.py"
+        raise PretrainedError(
+            f"cannot read {path!r} as a PyTorch checkpoint ({type(e).__name__}); re-save it "
+            "with torch.save(model.state_dict())"
         ) from None
-    key = "state_dict_ema" if ema else "state_dict"
-    if ema and key not in checkpoint:
-        raise SystemExit(f"error: {path!r} has no 'state_dict_ema' (trained without --model-ema)")
-    sd = checkpoint.get(key, checkpoint)
-    return _checkpoint_state_dict({k: v.detach().float().cpu().numpy() for k, v in sd.items()})
+    if not isinstance(checkpoint, Mapping):
+        raise PretrainedError(
+            f"{path!r} holds a {type(checkpoint).__name__}, not a state_dict; re-save it with "
+            "torch.save(model.state_dict())"
+        )
+    arch = checkpoint.get("arch") if isinstance(checkpoint.get("arch"), str) else None
+    sd = state_dict_of(checkpoint, ema)
+    for key, value in sd.items():
+        if not isinstance(value, torch.Tensor):
+            raise PretrainedError(
+                f"{path!r} entry {key!r} is a {type(value).__name__}, not a tensor; pass a "
+                "model's state_dict"
+            )
+    if mmap:
+        return {k: shape_only(tuple(v.shape)) for k, v in sd.items()}, arch
+    return {k: v.detach().float().cpu().numpy() for k, v in sd.items()}, arch
 
 
-def convert(in_path: str, out_path: str, *, ema: bool = False) -> None:
-    """torch (``.pth``, ``.pt``, ``.tar``, ``.bin``) -> our ``.npz``, or our ``.npz`` -> torch."""
-    if not os.path.isfile(in_path):
-        raise SystemExit(f"error: no file {in_path!r}")
-    if in_path.endswith(".npz"):
+def convert(in_path: str, out_path: str, *, ema: bool = False, model: str | None = None) -> None:
+    """torch (``.pth``, ``.pt``, ``.tar``, ``.bin``) -> our ``.npz``, or our ``.npz`` -> torch.
+
+    Raises:
+      PretrainedError, OSError: one-line messages.
+    """
+    kind = file_kind(in_path)
+    out_dir = os.path.dirname(os.path.abspath(out_path))
+    if os.path.isdir(out_path) or not os.path.isdir(out_dir):
+        what = (
+            "is a directory"
+            if os.path.isdir(out_path)
+            else f"is in a missing directory {out_dir!r}"
+        )
+        raise PretrainedError(f"--out {out_path!r} {what}; name a file in an existing directory")
+    if kind == "npz":
         if out_path.endswith(".npz"):
-            raise SystemExit("error: --in is already an .npz; --out must be a PyTorch file (.pth)")
-        sd = to_torch(load_state_npz(in_path))
-        from_torch(sd, abstract_state(model_config(sd)))  # checks every shape, one-line errors
-        torch = _torch()
-        torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}, out_path)
+            raise PretrainedError("--in is already an .npz; --out must be a PyTorch file (.pth)")
+        entries = read_npz(in_path)
+        if vit_jax.is_vit_jax(list(entries)):
+            raise PretrainedError(
+                f"{in_path!r} is a vit_jax checkpoint, which has no PyTorch form here; train from "
+                "it with --config.init_from.path"
+            )
+        name, config = ours.settings_of(entries, repr(in_path))
+        state = ours.load(entries, abstract_state(config), config, source=repr(in_path))
+        sd = to_torch(state)
+        torch = torch_module()
+        torch.save(
+            {k: torch.from_numpy(np.array(v, order="C")) for k, v in sd.items()},
+            out_path,
+        )
         return
     if not out_path.endswith(".npz"):
-        raise SystemExit("error: --out must end in .npz (our flat state) for a PyTorch --in")
-    sd = _read_torch(in_path, ema)
-    state = from_torch(sd, abstract_state(model_config(sd)))
-    save_state_npz(out_path, state)
+        raise PretrainedError("--out must end in .npz (our weights file) for a PyTorch --in")
+    sd, arch = read_torch(in_path, ema=ema)
+    name = model or registered_name(arch)
+    config = model_config(sd, name)
+    state = from_torch(sd, abstract_state(config))
+    ours.save(out_path, state, config, name=name)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m imixer_jax.weights.torch_imixer", description=__doc__.split("\n")[0]
+    from imixer_jax import cli  # the command layer, above this one
+
+    parser = cli.ArgumentParser(
+        prog="python -m imixer_jax.weights.torch_imixer",
+        description=__doc__.split("\n")[0],
     )
     parser.add_argument("--in", dest="in_path", required=True, help=".pth/.pt/.tar or our .npz")
     parser.add_argument("--out", dest="out_path", required=True, help=".npz or .pth")
     parser.add_argument("--ema", action="store_true", help="take timm's 'state_dict_ema'")
+    parser.add_argument(
+        "--model",
+        help="registered variant the checkpoint was trained as (n_iter, MLP kind)",
+    )
     args = parser.parse_args(argv)
-    try:
-        convert(args.in_path, args.out_path, ema=args.ema)
-    except PretrainedError as e:
-        raise SystemExit(f"error: {e}") from None
+    convert(args.in_path, args.out_path, ema=args.ema, model=args.model)
     print(f"wrote {args.out_path}", file=sys.stderr)
 
 
 if __name__ == "__main__":
-    main()
+    from imixer_jax import cli
+
+    cli.run_argparse(main)

@@ -14,55 +14,43 @@ parameters of vit_jax's Linen ``MlpMixer``, keys joined by ``'/'``::
     head/{kernel [D, classes], bias [classes]}            -> head
 
 Both sides are Flax, so every array keeps its layout. big_vision checkpoints that prefix the
-parameters with ``params/`` are accepted too. The models compute the exact (erf) GELU of the
-official iMixer and of timm, where vit_jax's Mixer uses the tanh approximation; the two differ by
-at most 4.8e-4 per activation (see docs/recipe.md#finetune).
+parameters with ``params/`` are accepted too. As vit_jax's own ``checkpoint.load_pretrained``, the
+loader tolerates entries the model has no place for (e.g. a ``pre_logits`` layer; they are
+logged and left out) and replaces the head for new classes. Google's Mixer computes the tanh
+approximation of GELU (flax's ``nn.gelu`` default); build the model with
+``approximate_gelu=True`` to reproduce its logits exactly (the default, the exact erf GELU of the
+official iMixer and timm, differs by at most 4.8e-4 per activation; docs/recipe.md#finetune).
 
 ``from_vit_jax(flat, params)`` is a pure function on the flat dict and the model's
-``nnx.State`` of ``nnx.Param``; ``apply_init(config, params)`` is the trainer's hook for
-``config.init_from``.
+``nnx.State`` of ``nnx.Param``.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
-import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
-from flax import nnx, traverse_util
+from absl import logging
+from flax import nnx
 
-FORMATS = ("vit_jax",)
+from imixer_jax.weights.mapping import (
+    Path,
+    PretrainedError,
+    dotted,
+    fill,
+    flat_state,
+    per_block,
+)
+
 HEADS = ("auto", "keep", "zero")
-_BIG_VISION_PREFIX = "params/"
-
-Path = tuple
-
-
-class PretrainedError(ValueError):
-    """A checkpoint that does not fit the model; the message is one line."""
+BIG_VISION_PREFIX = "params/"
+SOURCE = "vit_jax"
 
 
-def load_npz(path: str) -> dict[str, np.ndarray]:
-    """The flat ``{'a/b/kernel': array}`` dict of a vit_jax / big_vision ``.npz`` file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"no checkpoint at {path!r}: download e.g. Mixer-B_16.npz from the public "
-            "mixer_models bucket of google-research/vision_transformer and pass its path"
-        )
-    fix = "pass a vit_jax Mixer .npz such as Mixer-B_16.npz"
-    if not zipfile.is_zipfile(path):  # np.load would try to unpickle it (and refuse)
-        raise PretrainedError(f"{path} is not a .npz archive (not a zip file); {fix}")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {key: npz[key] for key in npz.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        cause = " ".join(str(e).split())[:80]
-        raise PretrainedError(f"{path} is not a .npz archive of arrays ({cause}); {fix}") from e
+def is_vit_jax(keys: list[str]) -> bool:
+    """Whether the ``.npz`` keys are those of a vit_jax / big_vision Mixer (a patch stem under
+    ``'/'``-joined names)."""
+    return "stem/kernel" in keys or f"{BIG_VISION_PREFIX}stem/kernel" in keys
 
 
 def vit_jax_names(num_blocks: int) -> dict[Path, str]:
@@ -87,135 +75,58 @@ def vit_jax_names(num_blocks: int) -> dict[Path, str]:
     return names
 
 
-def assign(
-    params: nnx.State,
-    flat: Mapping[str, np.ndarray],
-    names: Mapping[Path, str],
-    *,
-    source: str,
-    transforms: Mapping[Path, Callable[[np.ndarray], np.ndarray]] | None = None,
-) -> nnx.State:
-    """Copy of ``params`` whose leaves at ``names`` are ``flat[names[path]]`` (after
-    ``transforms[path]``, e.g. a transpose), cast to the leaf's dtype.
-
-    Every leaf of ``params`` must be named and every key of ``flat`` used; each mismatch raises
-    a one-line ``PretrainedError`` naming both sides. ``params`` itself is not modified.
-    """
-    transforms = transforms or {}
-    target = traverse_util.flatten_dict(nnx.to_pure_dict(params))
-    unnamed = [p for p in target if p not in names]
-    if unnamed:
-        raise PretrainedError(
-            f"model parameter {_dotted(unnamed[0])} has no counterpart in a {source} checkpoint: "
-            "build the model the checkpoint was trained as"
-        )
-    unused = sorted(set(flat) - {names[p] for p in target if p in names})
-    if unused:
-        raise PretrainedError(
-            f"{source} checkpoint entry {unused[0]!r} has no place in this model: build the model "
-            "the checkpoint was trained as (same variant, token mixer and num_blocks)"
-        )
-    out = {}
-    for path, old in target.items():
-        key = names[path]
-        if key not in flat:
-            raise PretrainedError(
-                f"{source} checkpoint lacks {key!r} (for {_dotted(path)}): is it a complete "
-                "checkpoint of this architecture?"
-            )
-        value = np.asarray(flat[key])
-        value = transforms.get(path, lambda a: a)(value)
-        if value.shape != old.shape:
-            raise PretrainedError(
-                f"{source} checkpoint entry {key!r} has shape {tuple(value.shape)} but "
-                f"{_dotted(path)} has {tuple(old.shape)}: build the model with the checkpoint's "
-                "num_classes, img_size, patch_size and widths"
-            )
-        out[path] = jnp.asarray(value, dtype=old.dtype)
-    new = jax.tree.map(lambda x: x, params)  # a new State: ``params`` is left as it was
-    nnx.replace_by_pure_dict(new, traverse_util.unflatten_dict(out))
-    return new
-
-
 def from_vit_jax(
-    flat: Mapping[str, np.ndarray], params: nnx.State, *, head: str = "auto"
-) -> nnx.State:
-    """``params`` (a ``mixer_*`` model's ``nnx.state(model, nnx.Param)``) with the weights of a
-    vit_jax / big_vision Mixer checkpoint ``flat``.
+    flat: Mapping[str, np.ndarray],
+    params: nnx.State,
+    *,
+    head: str = "auto",
+    check_only: bool = False,
+) -> nnx.State | None:
+    """``params`` (a ``mixer_*`` model's ``nnx.state(model, nnx.Param)``, either block layout)
+    with the weights of a vit_jax / big_vision Mixer checkpoint ``flat``.
 
     ``head``: ``'keep'`` loads the checkpoint's classifier (class counts must match), ``'zero'``
     gives a new zero head of the model's class count (vit_jax's fine-tuning), ``'auto'`` keeps it
-    when the shapes match and zeroes it otherwise.
+    when the shapes match and zeroes it otherwise. Entries the model has no place for are left
+    out (logged). ``check_only``: check names and shapes only (``flat`` may hold
+    ``mapping.shape_only`` arrays), place nothing and return None.
 
     Raises:
       PretrainedError: one line naming the first entry that does not fit.
     """
     if head not in HEADS:
         raise ValueError(f"head must be one of {', '.join(HEADS)}; got {head!r}")
-    nested = [key for key in flat if "/" in key]
-    if nested and all(key.startswith(_BIG_VISION_PREFIX) for key in nested):
-        flat = {k.removeprefix(_BIG_VISION_PREFIX): v for k, v in flat.items()}
-    pure = nnx.to_pure_dict(params)
-    if "token_mixer" not in pure.get("blocks", {0: {}}).get(0, {}):
-        raise PretrainedError("vit_jax checkpoints need a mixer_* model (blocks with token_mixer)")
-    num_blocks = len(pure["blocks"])
-    names = vit_jax_names(num_blocks)
-    known = set(vit_jax_names(1).values())
-    if not any(re.sub(r"MixerBlock_\d+", "MixerBlock_0", key) in known for key in flat):
-        entries = ", ".join(repr(key) for key in sorted(flat)[:3]) or "none"
+    if flat and all(key.startswith(BIG_VISION_PREFIX) for key in flat if "/" in key):
+        flat = {k[len(BIG_VISION_PREFIX) :]: v for k, v in flat.items()}
+    target = flat_state(params)
+    if any("fc_sn1" in dotted(p) for p in target) or not any("token_mixer" in p for p in target):
         raise PretrainedError(
-            f"the checkpoint holds no vit_jax Mixer parameter (entries: {entries}): pass a "
-            "vit_jax / big_vision Mixer .npz such as Mixer-B_16.npz"
+            "vit_jax checkpoints hold an MLP-Mixer; build a mixer_* model (token_mixer='mlp')"
         )
-    head_shape = tuple(pure["head"]["kernel"].shape)
+    names = vit_jax_names(1 + max(p[1] for p in per_block(target)[0] if p[0] == "blocks"))
+    head_shape = tuple(target[("head", "kernel")].shape)
     theirs = tuple(np.shape(flat.get("head/kernel", ())))
     if head == "keep" and theirs != head_shape:
         raise PretrainedError(
-            f"checkpoint head/kernel has shape {theirs}, the model's head {head_shape}: use "
+            f"checkpoint head/kernel has shape {theirs}, the model's head {head_shape}; use "
             "head='zero' (a new zero head) or build the model with the checkpoint's num_classes"
         )
     if head == "zero" or (head == "auto" and theirs != head_shape):
         flat = dict(flat)
         for leaf in ("kernel", "bias"):
-            flat[f"head/{leaf}"] = np.zeros(pure["head"][leaf].shape, np.float32)
-    return assign(params, flat, names, source="vit_jax")
-
-
-def init_from_config() -> ml_collections.ConfigDict:
-    """The ``config.init_from`` section: ``path`` (None = train from scratch), ``format``
-    (one of ``FORMATS``) and ``head`` (one of ``HEADS``)."""
-    return ml_collections.ConfigDict(
-        dict(path=ml_collections.config_dict.placeholder(str), format="vit_jax", head="zero")
+            flat[f"head/{leaf}"] = np.zeros(target[("head", leaf)].shape, np.float32)
+    extra = sorted(set(flat) - set(names.values()))
+    if extra and not check_only:
+        logging.info(
+            "vit_jax checkpoint: %d entries without a place left out: %s",
+            len(extra),
+            extra,
+        )
+    return fill(
+        params,
+        flat,
+        names.get,
+        source=SOURCE,
+        ignore=lambda key: True,
+        check_only=check_only,
     )
-
-
-def check_init_from(config: ml_collections.ConfigDict) -> None:
-    """One-line errors for ``config.init_from`` before anything compiles (no-op without it)."""
-    init = config.get("init_from")
-    if init is None or init.path is None:
-        return
-    if init.format not in FORMATS:
-        raise ValueError(
-            f"config.init_from.format: must be one of {', '.join(FORMATS)}, got {init.format!r}"
-        )
-    if init.head not in HEADS:
-        raise ValueError(f"config.init_from.head: must be one of {', '.join(HEADS)}")
-    if not os.path.isfile(init.path):
-        raise FileNotFoundError(
-            f"config.init_from.path: no file {init.path!r} (a vit_jax Mixer .npz, e.g. "
-            "Mixer-B_16.npz)"
-        )
-
-
-def apply_init(config: ml_collections.ConfigDict, params: nnx.State) -> nnx.State:
-    """``params`` initialised from ``config.init_from`` (unchanged when it is absent or its
-    ``path`` is None): the trainer calls it on the freshly initialised ``nnx.Param`` state."""
-    check_init_from(config)
-    init = config.get("init_from")
-    if init is None or init.path is None:
-        return params
-    return from_vit_jax(load_npz(init.path), params, head=init.head)
-
-
-def _dotted(path: Path) -> str:
-    return ".".join(str(p) for p in path)
