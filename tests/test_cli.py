@@ -137,7 +137,7 @@ def test_every_bad_input_is_one_line_before_any_compilation(tmp_path):
             "imixer_jax.train",
             [*train, w, "--config.data.name=synthetic/10", f"--config.init_from.path={junk}"],
             None,
-            f"config.init_from.path: {junk} is not a .npz archive (not a zip file)",
+            f"config.init_from.path: '{junk}' is neither an .npz nor a PyTorch file",
         ),
         "stray argument": ("imixer_jax.train", [*train, w, "extra"], None, "extra"),
         "evaluate: no workdir": (

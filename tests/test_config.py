@@ -222,9 +222,9 @@ def test_every_input_is_checked_before_the_workdir_is_created(tmp_path):
     for name, path in init_files.items():
         settings[name] = ("init_from.path", path, "init_from.path")
     expected = {
-        "random bytes": "is not a .npz archive (not a zip file)",
-        "object arrays": "is not a .npz archive of arrays (Object arrays cannot be loaded",
-        "foreign .npz": "holds no vit_jax Mixer parameter (entries: 'arr_0')",
+        "random bytes": "is neither an .npz nor a PyTorch file",
+        "object arrays": "holds pickled objects, which are never loaded",
+        "foreign .npz": "is an .npz of no known weights format (entries 'arr_0')",
         "wrong shape": "'stem/kernel' has shape (4, 4, 3, 8)",
     }
     workdir = tmp_path / "run"
