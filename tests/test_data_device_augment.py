@@ -48,6 +48,14 @@ ON_DEVICE = {
 }
 
 
+def _whole(images):
+    """The ``on_device`` batch of uint8 ``images`` ``[B, S, S, 3]``, each its own crop box (the
+    device's crop and resize are then the identity)."""
+    b, size = images.shape[0], images.shape[1]
+    box = jnp.broadcast_to(jnp.asarray([0, 0, size, size], jnp.int32), (b, 4))
+    return {"image": images, "box": box, "bilinear": jnp.zeros(b, bool)}
+
+
 @functools.cache
 def _all_ops(transforms):
     """Jitted (images [I], magnitudes [K], negates [K]) -> every op of ``transforms`` through
@@ -157,9 +165,9 @@ def test_flip_is_a_fair_coin_as_on_the_host():
     theirs = _tf_map(
         lambda s: tf.image.stateless_random_flip_left_right(image, s)[0, 0, 0], N, tf.uint8
     )
-    images = jnp.broadcast_to(jnp.asarray([[[0] * 3, [255] * 3]], jnp.uint8), (N, 1, 2, 3))
+    images = jnp.broadcast_to(jnp.asarray([[[0] * 3, [255] * 3]], jnp.uint8), (N, 2, 2, 3))
     # Jitted: one compilation instead of op-by-op dispatch (the same draws).
-    ours = jax.jit(lambda k, x: device_augment.augment_batch(k, x, ON_DEVICE))(
+    ours = jax.jit(lambda k, x: device_augment.augment_batch(k, _whole(x), ON_DEVICE, 2))(
         jax.random.key(3), images
     )
     ours = np.asarray(ours[:, 0, 0, 0] > 0).astype(int)
@@ -204,8 +212,8 @@ def test_erasing_fills_the_box_with_standard_normal_noise():
 
 def test_augment_batch_is_a_function_of_key_and_example_index():
     images = jnp.asarray(np.stack([IMAGES[1][:, :12]] * 64))  # [64, 12, 12, 3], all equal
-    run = jax.jit(lambda key, x: device_augment.augment_batch(key, x, ON_DEVICE))  # flip only
-    out = np.asarray(run(jax.random.key(0), images))
+    run = jax.jit(lambda key, x: device_augment.augment_batch(key, _whole(x), ON_DEVICE, 12))
+    out = np.asarray(run(jax.random.key(0), images))  # flip only
     assert out.shape == (64, 12, 12, 3) and out.dtype == np.float32
     np.testing.assert_array_equal(out, run(jax.random.key(0), images))
     assert not np.array_equal(out, run(jax.random.key(1), images))
@@ -213,15 +221,20 @@ def test_augment_batch_is_a_function_of_key_and_example_index():
     assert 0 < flipped.sum() < 64
     # Without random ops only the normalisation is left: x / 127.5 - 1, exactly as on the host.
     plain = {**ON_DEVICE, "hflip": False}
-    out = jax.jit(lambda x: device_augment.augment_batch(jax.random.key(0), x, plain))(images)
+    key = jax.random.key(0)
+    out = jax.jit(lambda x: device_augment.augment_batch(key, _whole(x), plain, 12))(images)
     np.testing.assert_array_equal(out, np.asarray(images, np.float32) / np.float32(127.5) - 1)
 
 
 def test_the_train_step_hook_is_the_identity_unless_on_device():
     images = jnp.zeros((2, 4, 4, 3), jnp.float32)
-    assert data.augment_on_device(jax.random.key(0), images, data.AUGMENT_DEFAULTS) is images
-    with pytest.raises(TypeError, match="augment.on_device needs uint8 images"):
-        data.augment_on_device(jax.random.key(0), images, {**data.AUGMENT_DEFAULTS, **ON_DEVICE})
+    batch = {"image": images, "label": jnp.zeros(2, jnp.int32)}
+    key = jax.random.key(0)
+    assert data.augment_on_device(key, batch, data.AUGMENT_DEFAULTS, 4) is images
+    with pytest.raises(TypeError, match="augment.on_device needs uint8 images with their crop"):
+        data.augment_on_device(key, batch, ON_DEVICE, 4)
+    with pytest.raises(TypeError, match=r"keys \['image', 'label'\]"):  # no box
+        data.augment_on_device(key, {**batch, "image": images.astype(jnp.uint8)}, ON_DEVICE, 4)
 
 
 def test_synthetic_source_ships_uint8_with_on_device():
@@ -229,19 +242,30 @@ def test_synthetic_source_ships_uint8_with_on_device():
     kwargs.update(global_batch_size=4, seed=0, start_step=0, process_index=0, process_count=1)
     batch = next(data.train_batches(**kwargs, augment={"on_device": True}))
     assert batch["image"].dtype == np.uint8 and batch["image"].shape == (4, 8, 8, 3)
+    np.testing.assert_array_equal(batch["box"], [[0, 0, 8, 8]] * 4)  # the whole image
+    assert batch["bilinear"].dtype == bool and not batch["bilinear"].any()
     assert next(data.train_batches(**kwargs, augment={}))["image"].dtype == np.float32
 
 
-def test_tfds_pipeline_ships_the_host_routes_crop_as_uint8(tmp_path):
+def test_tfds_pipeline_on_device_crops_as_the_host_route(tmp_path):
     kwargs = dict(name="digits", data_dir=str(tmp_path), split="train", image_size=16)
     kwargs.update(global_batch_size=8, seed=0, start_step=3, process_index=0, process_count=1)
-    raw = next(data.train_batches(**kwargs, augment={"on_device": True}))
-    assert raw["image"].dtype == np.uint8 and raw["image"].shape == (8, 16, 16, 3)
-    # The same crop and resize (same seeds) as the host route without its random ops.
-    host = {"hflip": False, "randaugment": None, "random_erasing": 0.0}
-    normalised = next(data.train_batches(**kwargs, augment=host))
-    np.testing.assert_array_equal(normalised["image"], raw["image"] / np.float32(127.5) - 1.0)
-    np.testing.assert_array_equal(normalised["label"], raw["label"])
+    # 'random': both kernels, bilinear where the host route's coin says so
+    plain = {"hflip": False, "randaugment": None, "random_erasing": 0.0, "interpolation": "random"}
+    raw = next(data.train_batches(**kwargs, augment={**plain, "on_device": True}))
+    assert raw["image"].dtype == np.uint8 and raw["image"].shape == (8, 8, 8, 3)  # as stored
+    assert raw["box"].shape == (8, 4) and 0 < raw["bilinear"].sum() < 8
+    # The same box and interpolation (same seeds) as the host route, cropped and resized on
+    # the device: the host's pixels within one grey level (see augment.device.crop).
+    host = next(data.train_batches(**kwargs, augment=plain))
+    config = {**data.AUGMENT_DEFAULTS, **plain, "on_device": True}
+    shipped = {k: raw[k] for k in ("image", "box", "bilinear")}
+    ours = jax.jit(lambda b: device_augment.augment_batch(jax.random.key(0), b, config, 16))(
+        shipped
+    )
+    grey_levels = np.abs(np.asarray(ours) - host["image"]) * 127.5
+    assert grey_levels.max() <= 1.0 + 1e-4 and grey_levels.mean() < 0.05
+    np.testing.assert_array_equal(host["label"], raw["label"])
 
 
 SHARDED_SCRIPT = """
@@ -249,14 +273,20 @@ import jax, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from imixer_jax import data
 from imixer_jax.data.augment import device as device_augment
-config = {**data.AUGMENT_DEFAULTS, "on_device": True}
-images = np.random.default_rng(0).integers(0, 256, (16, 12, 12, 3), dtype=np.uint8)
-run = jax.jit(lambda k, x: device_augment.augment_batch(k, x, config))
-one = np.asarray(run(jax.random.key(0), images))
-assert one.shape == (16, 12, 12, 3) and one.dtype == np.float32 and np.isfinite(one).all()
-assert not np.array_equal(one, run(jax.random.key(1), images))
+config = {**data.AUGMENT_DEFAULTS, "on_device": True, "interpolation": "random"}
+rng = np.random.default_rng(0)
+size = rng.integers(1, 13, (16, 2))
+batch = {
+    "image": rng.integers(0, 256, (16, 12, 12, 3), dtype=np.uint8),
+    "box": np.concatenate([rng.integers(0, 13 - size), size], 1).astype(np.int32),
+    "bilinear": rng.random(16) < 0.5,
+}
+run = jax.jit(lambda k, b: device_augment.augment_batch(k, b, config, 10))
+one = np.asarray(run(jax.random.key(0), batch))
+assert one.shape == (16, 10, 10, 3) and one.dtype == np.float32 and np.isfinite(one).all()
+assert not np.array_equal(one, run(jax.random.key(1), batch))
 mesh = Mesh(np.array(jax.devices()), ("data",))
-sharded = jax.device_put(images, NamedSharding(mesh, P("data")))
+sharded = jax.device_put(batch, NamedSharding(mesh, P("data")))
 assert len(jax.devices()) == 8
 np.testing.assert_array_equal(one, np.asarray(run(jax.random.key(0), sharded)))
 print("OK")

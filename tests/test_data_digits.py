@@ -71,3 +71,14 @@ def test_images_and_labels_match_scikit_learn(digits_dir):
         assert ex["label"] == labels[row] and 0 <= ex["label"] <= 9
     all_pixels = np.concatenate([ex["image"].ravel() for ex in _load(digits_dir, "test")])
     assert all_pixels.min() == 0 and all_pixels.max() == 255
+
+
+def test_arrays_equal_the_prepared_splits(digits_dir):
+    data.dataset_info("digits", data_dir=digits_dir)
+    for split in ("train", "test"):
+        examples = sorted(_load(digits_dir, split), key=lambda ex: int(ex["index"]))
+        images, labels = digits.arrays(split)
+        np.testing.assert_array_equal(images, np.stack([ex["image"] for ex in examples]))
+        np.testing.assert_array_equal(labels, [ex["label"] for ex in examples])
+    with pytest.raises(ValueError, match="'train' and 'test'"):
+        digits.arrays("validation")

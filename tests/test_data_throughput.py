@@ -4,6 +4,7 @@ import itertools
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from absl import flags
 
 from benchmarks import throughput
@@ -30,7 +31,8 @@ def test_batches_are_the_training_layout_with_the_full_recipe(mock_records):
 def test_main_reports_rates_and_cores_per_accelerator(capsys):
     flags.FLAGS(
         ["throughput", "--threads=1", "--image_size=16", "--batch_size=4", "--num_batches=1"]
-        + ["--num_examples=4", "--step_rate=1000", '--augment={"randaugment": null}']
+        + ["--num_examples=4", "--step_rate=1000", "--repeats=1"]
+        + ['--augment={"randaugment": null}']
     )
     try:
         throughput.main([])
@@ -42,16 +44,30 @@ def test_main_reports_rates_and_cores_per_accelerator(capsys):
     assert "img/s per CPU-second" in line and "at 1,000 img/s" in line
 
 
-def test_on_device_times_the_host_crop_and_the_device_augmentation(capsys):
+@pytest.mark.parametrize("mock", ["cifar10", "jpeg"])
+def test_on_device_times_the_host_share_and_the_device_augmentation(capsys, mock):
     flags.FLAGS(
-        ["throughput", "--threads=1", "--image_size=16", "--batch_size=4", "--num_batches=1"]
-        + ["--num_examples=4", "--step_rate=1000", "--on_device"]
+        ["throughput", "--threads=1", "--image_size=24", "--batch_size=4", "--num_batches=1"]
+        + ["--num_examples=4", "--step_rate=1000", "--repeats=1", "--on_device", f"--mock={mock}"]
+        + (['--augment={"randaugment": null}'] if mock == "jpeg" else [])  # compiles faster
     )
     try:
         throughput.main([])
     finally:
         flags.FLAGS.unparse_flags()
     out = capsys.readouterr().out
-    assert "'on_device': True" in out and "host crop + resize only" in out
+    assert "'on_device': True" in out and "host decode + crop draws only" in out
+    assert ("mock JPEGs" in out) == (mock == "jpeg")
     (line,) = [row for row in out.splitlines() if row.startswith("device augmentation")]
+    canvas = "(48, 48)" if mock == "jpeg" else "(32, 32)"  # 2 S, or cifar10's stored size
+    assert f"from {canvas} canvases" in line
     assert "ms per image wall" in line and "jitted batch of 4" in line
+
+
+def test_mock_jpegs_are_imagenet_sized():
+    feature, records = throughput.mock_jpeg(num_examples=3)
+    assert feature.shape == (None, None, 3) and feature.encoding_format == "jpeg"
+    for record in records.as_numpy_iterator():
+        height, width, _ = tf.image.extract_jpeg_shape(record["image"]).numpy()
+        assert 250 <= height <= 450 and 300 <= width <= 500
+        assert 40_000 < len(record["image"]) < 200_000  # photo-like bytes per image

@@ -28,10 +28,11 @@ from imixer_jax.models import (
 )
 from imixer_jax.models import __main__ as models_main
 from imixer_jax.models.mixer import capture_intermediates, copy_variables
-from imixer_jax.models.registry import PARAMIXER_NAMES, VARIANT_NAMES
+from imixer_jax.models.registry import ENERGY_TRANSFORMER_NAMES, PARAMIXER_NAMES, VARIANT_NAMES
 from imixer_jax.models.spectral_norm import spectral_sigmas
 from imixer_jax.models.token_mixers import IMLP
 from tests import random_draws
+from tests.test_energy_transformer import closed_form_count as energy_transformer_count
 from tests.test_paramixer import closed_form_count as paramixer_count
 
 # A small iMixer: 16 tokens (32 px, patch 8), D 16, T 8, H 16, C 32, 2 blocks.
@@ -113,6 +114,9 @@ def test_cli_prints_every_variant_of_every_family(capsys):
     models_main.main(args)
     expected = {n: closed_form_count(n, 7, img_size=64) for n in VARIANT_NAMES}
     expected.update({n: paramixer_count(n, 7, img_size=64) for n in PARAMIXER_NAMES})
+    expected.update(
+        {n: energy_transformer_count(n, 7, img_size=64) for n in ENERGY_TRANSFORMER_NAMES}
+    )
     lines = capsys.readouterr().out.splitlines()
     assert lines == [f"{n} {count}" for n, count in expected.items()]
     models_main.main([*args, "--table"])
@@ -122,7 +126,8 @@ def test_cli_prints_every_variant_of_every_family(capsys):
     assert list(table) == list(expected)
     for name, (family, count, gflops) in table.items():
         config = model_config(name, num_classes=7, img_size=64)
-        assert family == name.split("_")[0] and int(count) == expected[name]
+        assert family == ("energy_transformer" if "energy" in name else name.split("_")[0])
+        assert int(count) == expected[name]
         assert gflops == f"{flops.forward_flops(config) / 1e9:.2f}"
     assert {row[0] for row in table.values()} == {
         "mixer",
@@ -131,6 +136,7 @@ def test_cli_prints_every_variant_of_every_family(capsys):
         "paramixer",
         "symmixer",
         "asymmixer",
+        "energy_transformer",
     }
 
 

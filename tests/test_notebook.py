@@ -18,6 +18,8 @@ NOTEBOOKS = {
     # with other work (CI once took 185 s for the earlier, 92-s-idle version).
     "energy_descent.ipynb": (6, 180),
     "paramixer_energy.ipynb": (2, 90),  # budget 1 minute: a small block, jitted trajectories
+    # budget 1 minute: trains the Energy MetaFormer (300 Adam updates through 10 descent steps).
+    "energy_metaformer.ipynb": (4, 120),
 }
 
 

@@ -8,6 +8,8 @@ energies and spectral sigmas. The library behind ``python -m imixer_jax.analyze`
   the one place that reads what the models record.
 * ``plots``: matplotlib figures of all of the above (matplotlib imported on first use) and
   ``write_plots``.
+* ``metaformer`` (imported on its own): the Energy MetaFormer on the digits, trained through
+  the core's descent (``experiments/energy_metaformer.ipynb``).
 """
 
 from imixer_jax.analysis.blocks import (

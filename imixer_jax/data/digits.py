@@ -43,6 +43,26 @@ def _split_indices(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(train), np.sort(test)
 
 
+def _load() -> tuple[np.ndarray, np.ndarray]:
+    """Every image ``[1797, 8, 8, 1]`` uint8 (0..255) and label ``[1797]``, in the order of
+    ``load_digits()``."""
+    from sklearn.datasets import load_digits
+
+    images, labels = load_digits(return_X_y=True)
+    return np.round(images.reshape(-1, 8, 8, 1) * (255.0 / 16.0)).astype(np.uint8), labels
+
+
+def arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The images ``[N, 8, 8, 1]`` uint8 and labels ``[N]`` int of ``split`` (``'train'`` or
+    ``'test'``), equal to the dataset's, from scikit-learn directly (no TensorFlow, nothing
+    prepared): for code that wants the digits as arrays."""
+    if split not in ("train", "test"):
+        raise ValueError(f"digits has the splits 'train' and 'test', got {split!r}")
+    images, labels = _load()
+    rows = _split_indices(labels)[split == "test"]
+    return images[rows], labels[rows]
+
+
 class Digits(tfds.core.GeneratorBasedBuilder):
     """scikit-learn's 8x8 handwritten digits as a TFDS dataset (name ``digits``)."""
 
@@ -71,10 +91,7 @@ class Digits(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         del dl_manager  # the data ship with scikit-learn
-        from sklearn.datasets import load_digits
-
-        images, labels = load_digits(return_X_y=True)
-        images = np.round(images.reshape(-1, 8, 8, 1) * (255.0 / 16.0)).astype(np.uint8)
+        images, labels = _load()
         train, test = _split_indices(labels)
         return {
             "train": self._generate_examples(images, labels, train),

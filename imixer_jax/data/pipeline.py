@@ -15,8 +15,11 @@ Images leave the pipeline as float32 ``[b, S, S, 3]`` normalised with mean = std
 (``x / 127.5 - 1``, i.e. pixels in [-1, 1]; random-erasing noise is N(0, 1) and may exceed that
 range, as in timm). Grey datasets are repeated to 3 channels. Mixup/CutMix and label smoothing are
 not done here but on device by ``imixer_jax.data.mix_batch`` with the ``MIX_KEYS`` of the same
-``augment`` mapping. With ``augment['on_device']`` training images leave as uint8
-``[b, S, S, 3]`` after the crop and resize, and the train step flips, applies RandAugment,
+``augment`` mapping. With ``augment['on_device']`` training images leave decoded, uint8, on a
+fixed canvas ``[b, H, W, 3]`` (``transforms.device_canvas``: CIFAR's 32 x 32 as stored; a
+variable-size JPEG's crop, decoded with ``decode_and_crop_jpeg`` and zero-padded to 2S x 2S),
+with the RandomResizedCrop box (``'box'`` int32 ``[b, 4]``) and interpolation (``'bilinear'``
+bool ``[b]``) drawn here, and the train step crops, resizes, flips, applies RandAugment,
 normalises and erases them (``imixer_jax.data.augment.device``).
 
 The pipeline never downloads: a dataset that is not prepared raises a one-line
@@ -177,12 +180,13 @@ def train_batches(
 ) -> Iterator[dict]:
     """Infinite training batches of this process, from global step ``start_step`` on.
 
-    Yields ``{'image': float32 [b, S, S, 3], 'label': int32 [b]}`` (uint8 images, cropped and
-    resized only, with ``augment['on_device']``), b = global_batch_size /
-    process_count, S = image_size: this process's share of global batch ``start_step``,
-    ``start_step + 1``, ... A restart with ``start_step=k`` yields exactly the batches an
-    uninterrupted run yields from step k on. ``augment`` overrides ``AUGMENT_DEFAULTS``
-    (unknown keys are an error; the ``MIX_KEYS`` are accepted and ignored here).
+    Yields ``{'image': float32 [b, S, S, 3], 'label': int32 [b]}`` (with
+    ``augment['on_device']``: uint8 canvases ``[b, H, W, 3]`` with ``'box'`` and ``'bilinear'``,
+    see the module doc), b = global_batch_size / process_count, S = image_size: this process's
+    share of global batch ``start_step``, ``start_step + 1``, ... A restart with
+    ``start_step=k`` yields exactly the batches an uninterrupted run yields from step k on.
+    ``augment`` overrides ``AUGMENT_DEFAULTS`` (unknown keys are an error; the ``MIX_KEYS`` are
+    accepted and ignored here).
     """
     batch = local_batch_size(global_batch_size, process_index, process_count)
     if start_step < 0:
@@ -233,8 +237,26 @@ def train_batches(
 
     ds = tf.data.Dataset.counter(first_epoch).flat_map(epoch_examples).skip(skip)
     ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(batch, drop_remainder=True).prefetch(2).with_options(options())
-    return ds.as_numpy_iterator()
+    ds = train_batching(ds, batch, feature, image_size, config)
+    return ds.prefetch(2).with_options(options()).as_numpy_iterator()
+
+
+def train_batching(
+    examples: tf.data.Dataset,
+    batch: int,
+    feature: tfds.features.Image,
+    image_size: int,
+    config: Mapping[str, Any],
+) -> tf.data.Dataset:
+    """``examples`` of ``transforms.train_transform`` in batches of ``batch`` (the remainder
+    dropped). With ``config['on_device']`` each image is zero-padded at the bottom and right to
+    the fixed ``transforms.device_canvas`` while it is copied into the batch (``padded_batch``: one
+    copy; padding each image first would cost a second, about as long as decoding a crop)."""
+    if not config["on_device"]:
+        return examples.batch(batch, drop_remainder=True)
+    canvas = transforms.device_canvas(feature, image_size, config)
+    shapes = {"image": [*canvas, 3], "box": [4], "bilinear": [], "label": []}
+    return examples.padded_batch(batch, padded_shapes=shapes, drop_remainder=True)
 
 
 def eval_batches(

@@ -49,8 +49,9 @@ def train_batches(
     augment: Mapping[str, Any],
 ) -> Iterator[dict]:
     """Infinite training batches ``{'image': float32 [b, S, S, 3], 'label': int32 [b]}`` of this
-    process from global step ``start_step`` on, b = global_batch_size / process_count; uint8
-    images (augmented on the device by the train step) with ``augment['on_device']``."""
+    process from global step ``start_step`` on, b = global_batch_size / process_count; with
+    ``augment['on_device']`` uint8 canvases with their crop ``'box'`` int32 [b, 4] and
+    ``'bilinear'`` bool [b] (cropped, resized and augmented on the device by the train step)."""
     return _source(name).train_batches(
         name=name,
         data_dir=data_dir,

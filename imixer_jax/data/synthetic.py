@@ -111,7 +111,8 @@ def train_batches(
 ) -> Iterator[dict]:
     """Infinite training batches of this process from global step ``start_step`` on; the
     signature and layout of ``pipeline.train_batches`` (``augment`` is validated, not applied;
-    with ``augment['on_device']`` the images are uint8, for the train step to augment)."""
+    with ``augment['on_device']`` the images are uint8 with the whole image as their crop
+    ``'box'`` and ``'bilinear'`` False, for the train step to augment)."""
     del data_dir
     batch = local_batch_size(global_batch_size, process_index, process_count)
     if start_step < 0:
@@ -132,10 +133,14 @@ def _train_iterator(
     uint8: bool,
 ) -> Iterator[dict]:
     images = _images(_rng(seed, process_index), DISTINCT_BATCHES, batch, image_size, uint8)
+    crops = {}  # on_device: each S x S image is its own crop box (the device resize: identity)
+    if uint8:
+        box = np.array([0, 0, image_size, image_size], np.int32)
+        crops = {"box": np.tile(box, (batch, 1)), "bilinear": np.zeros(batch, bool)}
     step = start_step
     while True:
         labels = _rng(seed, process_index, step).integers(0, classes, batch, dtype=np.int32)
-        yield {"image": images[step % DISTINCT_BATCHES], "label": labels}
+        yield {"image": images[step % DISTINCT_BATCHES], "label": labels, **crops}
         step += 1
 
 

@@ -2,8 +2,9 @@
 
     python -m imixer_jax.models --num-classes 1000 [--img-size 224] [--table]
 
-Every family is listed: MLP-Mixer (``mixer_*``), iMixer (``imixer_*``) and the parallelized
-Mixer family (``vanillamixer_*``, ``paramixer_*``, ``symmixer_*``, ``asymmixer_*``). ``--table``
+Every family is listed: MLP-Mixer (``mixer_*``), iMixer (``imixer_*``), the parallelized Mixer
+family (``vanillamixer_*``, ``paramixer_*``, ``symmixer_*``, ``asymmixer_*``) and the Energy
+Transformer (``energy_transformer_*``). ``--table``
 prints a table instead, with each variant's family and analytic forward GFLOPs per image
 (``models.flops``). Counts come from abstract shapes (``jax.eval_shape``), so even the L variants
 cost no memory. A bad argument ends it with one line ``error: <cause>; <fix>`` before any variant
@@ -28,7 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     from imixer_jax.models import flops, registry  # after the setup
 
     rows = []
-    for name in (*registry.VARIANT_NAMES, *registry.PARAMIXER_NAMES):
+    names = (*registry.VARIANT_NAMES, *registry.PARAMIXER_NAMES, *registry.ENERGY_TRANSFORMER_NAMES)
+    for name in names:
         try:
             config = registry.model_config(
                 name, num_classes=args.num_classes, img_size=args.img_size
@@ -37,16 +39,20 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(str(e))
         # The stacked (scanned) layout has the same parameters and traces one block, not N.
         layout = config.replace(scan_blocks=True) if config.arch == "mixer" else config
-        rows.append((name, name.split("_")[0], registry.count_params(layout), config))
+        family = config.arch if config.arch == "energy_transformer" else name.split("_")[0]
+        rows.append((name, family, registry.count_params(layout), config))
     if not args.table:
         for name, _, count, _ in rows:
             print(f"{name} {count}", flush=True)
         return
     width = max(len(name) for name, *_ in rows)
-    print(f"{'name':<{width}}  {'family':<12}  {'params':>11}  {'GFLOPs/image':>12}")
+    family_width = max(len(family) for _, family, *_ in rows)
+    print(f"{'name':<{width}}  {'family':<{family_width}}  {'params':>11}  {'GFLOPs/image':>12}")
     for name, family, count, config in rows:
         gflops = flops.forward_flops(config) / 1e9
-        print(f"{name:<{width}}  {family:<12}  {count:>11}  {gflops:>12.2f}", flush=True)
+        print(
+            f"{name:<{width}}  {family:<{family_width}}  {count:>11}  {gflops:>12.2f}", flush=True
+        )
 
 
 if __name__ == "__main__":

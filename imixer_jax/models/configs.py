@@ -47,10 +47,9 @@ class ModelConfigError(ValueError):
 class ModelConfig:
     """Backbone fields shared by every architecture: images ``[B, img_size, img_size, 3]`` ->
     S = (img_size / patch_size)^2 tokens of width ``hidden_dim`` -> ``num_blocks`` blocks ->
-    logits ``[B, num_classes]``. ``tokens_mlp_dim`` (T) and ``channels_mlp_dim`` (C) are the
-    hidden widths of the token and channel MLPs; ``activation`` is their nonlinearity;
-    ``update_rule`` is ``'residual'`` (X + f) or ``'euler'`` (X + step_size (f - X)).
-    ``approximate_gelu`` makes every GELU (token and channel MLPs) the tanh approximation of
+    logits ``[B, num_classes]``. ``activation`` is the blocks' hidden nonlinearity (the gradient
+    of their hidden layers' Lagrangian); ``update_rule`` is ``'residual'`` (X + f) or ``'euler'``
+    (X + step_size (f - X)). ``approximate_gelu`` makes every GELU the tanh approximation of
     flax's ``nn.gelu`` default, as Google's vit_jax Mixer (its weights then give its logits
     exactly); the default is the exact erf GELU of the official iMixer and paramixer code.
     """
@@ -66,8 +65,6 @@ class ModelConfig:
     patch_size: int = 16
     num_blocks: int
     hidden_dim: int
-    tokens_mlp_dim: int
-    channels_mlp_dim: int
     activation: str = "gelu"
     update_rule: str = "residual"
     step_size: float = 1.0
@@ -146,7 +143,16 @@ class ModelConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class MixerConfig(ModelConfig):
+class MixerFamilyConfig(ModelConfig):
+    """The Mixers' MLP widths: ``tokens_mlp_dim`` (T) and ``channels_mlp_dim`` (C), the hidden
+    widths of the token and channel MLPs."""
+
+    tokens_mlp_dim: int
+    channels_mlp_dim: int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MixerConfig(MixerFamilyConfig):
     """``Mixer``: MLP-Mixer (``token_mixer='mlp'``) or iMixer (``'imlp'``).
 
     The iMLP fields (docs/theory.md#imlp): ``hidden_ratio`` (iMLP hidden width H / T),
@@ -212,7 +218,7 @@ _TOKEN_MIXER_FIELDS = (
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ParaMixerConfig(ModelConfig):
+class ParaMixerConfig(MixerFamilyConfig):
     """``ParaMixer``: the parallelized MLP-Mixer family (docs/theory.md#parallel-mixer).
 
     ``block``: ``'serial'`` or ``'parallel'``; ``mlp``: ``'vanilla'``, ``'symmetric'`` (tied
@@ -246,7 +252,33 @@ class ParaMixerConfig(ModelConfig):
             )
 
 
-CONFIGS: dict[str, type[ModelConfig]] = {c.arch: c for c in (MixerConfig, ParaMixerConfig)}
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EnergyTransformerConfig(ModelConfig):
+    """``EnergyTransformer``: blocks of attention and a Hopfield memory on one LayerNorm layer of
+    tokens (docs/theory.md#attention-energies).
+
+    ``num_heads`` (H) heads with keys and queries of ``head_dim`` (Y) neurons, beta = 1 / sqrt(Y);
+    ``num_memories`` (K) memory neurons per token, with Lagrangian gradient ``activation``
+    (``'relu'``, the Energy Transformer's); ``self_mask`` leaves each token out of its own keys;
+    ``n_iter`` descent steps per block with the same weights, each X + step_size I
+    (``update_rule='residual'``, the Energy Transformer's) or X + step_size (I - X) (``'euler'``).
+    The blocks compute in float32 whatever ``dtype`` (the stem's and head's) is.
+    """
+
+    arch: ClassVar[str] = "energy_transformer"
+
+    num_heads: int
+    head_dim: int
+    num_memories: int
+    activation: str = "relu"
+    step_size: float = 0.1
+    n_iter: int = 1
+    self_mask: bool = False
+
+
+CONFIGS: dict[str, type[ModelConfig]] = {
+    c.arch: c for c in (MixerConfig, ParaMixerConfig, EnergyTransformerConfig)
+}
 
 
 def from_dict(arch: str, fields: Mapping[str, Any]) -> ModelConfig:

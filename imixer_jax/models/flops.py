@@ -12,7 +12,10 @@ N blocks, K classes:
 
 The parallelized Mixer family (``paramixer_*``, ``symmixer_*``, ...) runs each block's token and
 channel MLPs ``n_iter`` times (the ``_ni`` repeats); an asymmetric MLP has three matmuls, W_1 x,
-W_1^T g and W_2 g, so its block term is 6 (D S T + S D C) per repeat instead of 4. A training
+W_1^T g and W_2 g, so its block term is 6 (D S T + S D C) per repeat instead of 4. The Energy
+Transformer (H heads of Y neurons, M memories per token) runs ``n_iter`` descent steps per block,
+each 8 S D H Y (keys, queries and their two back-projections) + 6 H S^2 Y (scores and the two
+attention terms of the current) + 4 S D M (the memory and its feedback). A training
 step costs about 3 x forward (the backward pass has one matmul for the input gradient and one for
 the weight gradient per forward matmul).
 """
@@ -26,6 +29,13 @@ def forward_flops(config: ModelConfig) -> int:
     """Analytic matmul FLOPs of one image's forward pass through the model of ``config``."""
     c = config
     tokens, dim = c.num_tokens, c.hidden_dim
+    stem = 2 * tokens * 3 * c.patch_size**2 * dim
+    head = 2 * dim * c.num_classes
+    if c.arch == "energy_transformer":
+        attention = 8 * tokens * dim * c.num_heads * c.head_dim
+        attention += 6 * c.num_heads * tokens**2 * c.head_dim
+        block = c.n_iter * (attention + 4 * tokens * dim * c.num_memories)
+        return stem + c.num_blocks * block + head
     token_dim, channel_dim = c.tokens_mlp_dim, c.channels_mlp_dim
     if c.arch == "paramixer":
         matmuls = 6 if c.mlp == "asymmetric" else 4
@@ -36,5 +46,4 @@ def forward_flops(config: ModelConfig) -> int:
             hidden = int(token_dim * c.hidden_ratio)
             token_mixer += c.n_iter * 4 * dim * token_dim * hidden
         block = token_mixer + 4 * tokens * dim * channel_dim
-    stem = 2 * tokens * 3 * c.patch_size**2 * dim
-    return stem + c.num_blocks * block + 2 * dim * c.num_classes
+    return stem + c.num_blocks * block + head

@@ -50,7 +50,13 @@ import jax
 from flax import nnx
 
 from imixer_jax.models.backbone import Backbone
-from imixer_jax.models.configs import MixerConfig, ModelConfig, ParaMixerConfig
+from imixer_jax.models.configs import (
+    EnergyTransformerConfig,
+    MixerConfig,
+    ModelConfig,
+    ParaMixerConfig,
+)
+from imixer_jax.models.energy_transformer import EnergyTransformer
 from imixer_jax.models.mixer import Mixer
 from imixer_jax.models.paramixer import ParaMixer
 
@@ -121,7 +127,27 @@ _PARAMIXER_VARIANTS = {
     },
 }
 PARAMIXER_NAMES: tuple[str, ...] = tuple(_PARAMIXER_VARIANTS)
-ARCHITECTURES: dict[str, type[Backbone]] = {c.config_class.arch: c for c in (Mixer, ParaMixer)}
+
+# The Energy Transformer (one block of n_iter = 12 steps of 0.1, K = 4 D memories, heads of Y =
+# 64), at the sizes of ViT-S/16 and ViT-B/16.
+_ENERGY_TRANSFORMER_VARIANTS = {
+    f"energy_transformer_{size}16": EnergyTransformerConfig(
+        **_DEFAULTS,
+        patch_size=16,
+        num_blocks=1,
+        hidden_dim=dim,
+        num_heads=dim // 64,
+        head_dim=64,
+        num_memories=4 * dim,
+        n_iter=12,
+    )
+    for size, dim in (("s", 384), ("b", 768))
+}
+ENERGY_TRANSFORMER_NAMES: tuple[str, ...] = tuple(_ENERGY_TRANSFORMER_VARIANTS)
+_ALL_VARIANTS = {**_VARIANTS, **_PARAMIXER_VARIANTS, **_ENERGY_TRANSFORMER_VARIANTS}
+ARCHITECTURES: dict[str, type[Backbone]] = {
+    c.config_class.arch: c for c in (Mixer, ParaMixer, EnergyTransformer)
+}
 
 
 def model_arch(name: str) -> str:
@@ -141,14 +167,14 @@ def model_config(name: str, **overrides) -> ModelConfig:
       ValueError: an unknown variant, or an override that is not a field of its config (with the
         closest field name) or an invalid value (one line naming the field).
     """
-    config = _VARIANTS.get(name) or _PARAMIXER_VARIANTS.get(name)
+    config = _ALL_VARIANTS.get(name)
     if config is None:
-        names = (*VARIANT_NAMES, *PARAMIXER_NAMES)
-        close = difflib.get_close_matches(name, names, n=3)
-        families = ", ".join(dict.fromkeys(n.split("_")[0] + "_*" for n in names))
+        close = difflib.get_close_matches(name, list(_ALL_VARIANTS), n=3)
+        families = ", ".join(dict.fromkeys(n.split("_")[0] + "_*" for n in _ALL_VARIANTS))
         hint = f"did you mean {' or '.join(close)}?" if close else f"the variants are {families}"
         raise ValueError(
-            f"unknown model {name!r}; {hint} (registry.VARIANT_NAMES, PARAMIXER_NAMES)"
+            f"unknown model {name!r}; {hint} "
+            "(python -m imixer_jax.models --num-classes 10 lists them)"
         )
     return config.replace(**overrides)
 

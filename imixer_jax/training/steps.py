@@ -32,7 +32,8 @@ def make_train_step(setup: Setup) -> Callable[[TrainState, dict], tuple[TrainSta
     """Jitted ``(state, batch) -> (state, metrics)``; ``state`` is donated.
 
     ``batch``: global ``{'image': [B, H, W, 3] float32, 'label': [B] int32}`` on ``'data'``
-    (uint8 images, augmented here, with ``config.data.augment.on_device``).
+    (with ``config.data.augment.on_device``: uint8 canvases with their crop ``'box'`` and
+    ``'bilinear'``, cropped, resized and augmented here).
     ``metrics``: replicated float32 scalars ``loss`` (soft-target cross-entropy), ``accuracy``
     (on the hard labels), ``grad_norm`` (before clipping) and ``lr`` (of this step's update), and
     the bool ``params_finite`` (every updated parameter is finite; the loop's guard).
@@ -45,7 +46,7 @@ def make_train_step(setup: Setup) -> Callable[[TrainState, dict], tuple[TrainSta
     def step_fn(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         mix_key, drop_key = jax.random.split(key)
-        images = data.augment_on_device(key, batch["image"], config.data.augment)
+        images = data.augment_on_device(key, batch, config.data.augment, config.model.img_size)
         images, targets = data.mix_batch(
             mix_key, images, batch["label"], num_classes=num_classes, **mix
         )

@@ -37,7 +37,12 @@ It follows timm 0.6.11 (the official iMixer code base) as closely as TF allows:
   noise, on the already normalised image.
 """
 
-from imixer_jax.data.augment.host.crop import random_interpolation_resize, resize, sample_crop_box
+from imixer_jax.data.augment.host.crop import (
+    random_interpolation_resize,
+    resize,
+    sample_bilinear,
+    sample_crop_box,
+)
 from imixer_jax.data.augment.host.erasing import random_erasing
 from imixer_jax.data.augment.host.image_ops import (
     FILL,
@@ -87,6 +92,7 @@ __all__ = [
     "random_interpolation_resize",
     "resize",
     "rotate",
+    "sample_bilinear",
     "sample_crop_box",
     "sharpness",
     "shear_x",

@@ -70,16 +70,24 @@ def resize(image: tf.Tensor, size: tuple[int, int] | tf.Tensor, method: str) -> 
     return to_uint8(tf.image.resize(image, size, method=method, antialias=True))
 
 
+def sample_bilinear(interpolation: str, seed: tf.Tensor) -> tf.Tensor:
+    """Whether ``random_interpolation_resize(..., interpolation, seed)`` resamples bilinearly
+    (bool scalar): always for 'bilinear', never for 'bicubic', with probability 1/2 for
+    'random' (timm's train default)."""
+    if interpolation != "random":
+        return tf.constant(interpolation == "bilinear")
+    return tf.random.stateless_uniform([], seed) >= 0.5
+
+
 def random_interpolation_resize(
     image: tf.Tensor, size: tuple[int, int], interpolation: str, seed: tf.Tensor
 ) -> tf.Tensor:
     """``resize`` with ``interpolation`` in {'bicubic', 'bilinear', 'random'}; 'random' picks
-    bilinear or bicubic with probability 1/2 each (timm's train default)."""
+    bilinear or bicubic with probability 1/2 each (``sample_bilinear``)."""
     if interpolation != "random":
         return resize(image, size, interpolation)
-    use_bicubic = tf.random.stateless_uniform([], seed) < 0.5
     return tf.cond(
-        use_bicubic,
-        lambda: resize(image, size, "bicubic"),
+        sample_bilinear(interpolation, seed),
         lambda: resize(image, size, "bilinear"),
+        lambda: resize(image, size, "bicubic"),
     )
