@@ -166,6 +166,7 @@ def test_model_outputs_pinned(name, golden_models):
 def test_default_run_pinned(tmp_path):
     with open(RUN_FILE) as f:
         golden = json.load(f)
+    (tmp_path / "tfds").mkdir()  # a data_dir must exist (digits is prepared into it)
     got = default_run(str(tmp_path / "run"), str(tmp_path / "tfds"))
     if _same_jaxlib(golden["jaxlib"]):
         assert got["losses"] == golden["losses"]
