@@ -1,8 +1,8 @@
 """Benchmark of the trainer's own train step on synthetic batches.
 
-    python -m benchmarks.step --model imixer_s16 --batch 16 [--img-size 224]
-        [--num-classes 1000] [--dtype float32|bfloat16] [--scan-blocks] [--remat none|block|...]
-        [--data synthetic] [--steps 10] [--warmup 2] [--matmul-size 2048] [--compare-torch]
+    python -m benchmarks.step --model imixer_s16 --batch 16 [--img_size 224]
+        [--num_classes 1000] [--dtype float32|bfloat16] [--scan_blocks] [--remat none|block|...]
+        [--data synthetic] [--steps 10] [--warmup 2] [--matmul_size 2048] [--compare_torch]
         [--json]
 
 What is timed is ``training.make_train_step`` of the config ``config.base_config(model, ...)``
@@ -22,7 +22,7 @@ step (the backward pass has one matmul for the input gradient and one for the we
 forward matmul).
 
 ``--remat`` recomputes part of the forward in the backward pass: those extra FLOPs are not
-counted (the MFU is that of useful work). ``--compare-torch`` also times a plain PyTorch
+counted (the MFU is that of useful work). ``--compare_torch`` also times a plain PyTorch
 implementation of the official model (eager, fp32 or bf16 autocast, AdamW, same shapes) in the
 same process; it needs the optional extra ``torch``.
 """
@@ -36,6 +36,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
 from imixer_jax import cli
 from imixer_jax.models import flops
@@ -176,69 +177,82 @@ def _check_counts(batch: int, steps: int, warmup: int) -> None:
         )
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = cli.ArgumentParser(
-        prog="python -m benchmarks.step",
-        description="Time the trainer's train step on synthetic batches (see the module doc).",
-    )
-    parser.add_argument("--model", required=True, choices=(*VARIANT_NAMES, *PARAMIXER_NAMES))
-    parser.add_argument("--batch", type=int, required=True, help="global batch size")
-    parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--num-classes", type=int, default=1000)
-    parser.add_argument("--dtype", choices=DTYPES, default="float32")
-    parser.add_argument("--scan-blocks", action="store_true", help="blocks under nnx.scan (Mixer)")
-    parser.add_argument("--remat", choices=REMATS, default="none", help="(Mixer)")
-    parser.add_argument("--data", default="synthetic", help="dataset name (class count only)")
-    parser.add_argument("--data-dir", default=None, help="TFDS data_dir of --data")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
-    parser.add_argument("--matmul-size", type=int, default=2048)
-    parser.add_argument("--compare-torch", action="store_true", help="also time PyTorch")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    args = parser.parse_args(argv)
+FLAGS = cli.flag_values()
+_MODEL = flags.DEFINE_enum(
+    "model", None, [*VARIANT_NAMES, *PARAMIXER_NAMES], "Registered variant.", flag_values=FLAGS
+)
+_BATCH = flags.DEFINE_integer("batch", None, "Global batch size.", flag_values=FLAGS)
+_IMG_SIZE = flags.DEFINE_integer("img_size", 224, "Image size in pixels.", flag_values=FLAGS)
+_NUM_CLASSES = flags.DEFINE_integer("num_classes", 1000, "Classes of the head.", flag_values=FLAGS)
+_DTYPE = flags.DEFINE_enum("dtype", "float32", DTYPES, "Compute dtype.", flag_values=FLAGS)
+_SCAN_BLOCKS = flags.DEFINE_bool(
+    "scan_blocks", False, "Blocks under nnx.scan (Mixer).", flag_values=FLAGS
+)
+_REMAT = flags.DEFINE_enum("remat", "none", REMATS, "Rematerialisation (Mixer).", flag_values=FLAGS)
+_DATA = flags.DEFINE_string(
+    "data", "synthetic", "Dataset name (its class count only).", flag_values=FLAGS
+)
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir of --data.", flag_values=FLAGS)
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps.", flag_values=FLAGS)
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps before timing.", flag_values=FLAGS)
+_MATMUL_SIZE = flags.DEFINE_integer(
+    "matmul_size", 2048, "Size of the square matmul timed as the peak.", flag_values=FLAGS
+)
+_COMPARE_TORCH = flags.DEFINE_bool(
+    "compare_torch", False, "Also time eager PyTorch (extra torch).", flag_values=FLAGS
+)
+_JSON = flags.DEFINE_bool("json", False, "Print one JSON object.", flag_values=FLAGS)
+flags.mark_flags_as_required(["model", "batch"], flag_values=FLAGS)
+
+
+def main() -> None:
+    model, batch = _MODEL.value, _BATCH.value
     try:
-        _check_counts(args.batch, args.steps, args.warmup)
+        _check_counts(batch, _STEPS.value, _WARMUP.value)
     except ValueError as e:
-        parser.error(str(e))
-    layout = dict(scan_blocks=args.scan_blocks, remat=args.remat)
-    if model_config(args.model).arch == "paramixer":
-        if args.scan_blocks or args.remat != "none" or args.compare_torch:
-            parser.error("--scan-blocks, --remat and --compare-torch are for mixer_* / imixer_*")
+        raise cli.UsageError(f"{e}; see --help") from e
+    layout = dict(scan_blocks=_SCAN_BLOCKS.value, remat=_REMAT.value)
+    if model_config(model).arch == "paramixer":
+        if _SCAN_BLOCKS.value or _REMAT.value != "none" or _COMPARE_TORCH.value:
+            raise cli.UsageError(
+                "--scan_blocks, --remat and --compare_torch are for mixer_* / imixer_*; "
+                "leave them out for this model"
+            )
         layout = {}
-    if args.compare_torch:
+    if _COMPARE_TORCH.value:
         try:
             from benchmarks import torch_reference
         except ImportError as e:
-            parser.error(f"--compare-torch needs PyTorch: pip install 'imixer-jax[torch]' ({e})")
+            raise cli.UsageError(
+                f"--compare_torch needs PyTorch ({e}); pip install -e '.[torch]'"
+            ) from e
     try:
         report = benchmark(
-            args.model,
-            batch=args.batch,
-            img_size=args.img_size,
-            num_classes=args.num_classes,
-            dtype=args.dtype,
-            data=args.data,
-            data_dir=args.data_dir,
-            steps=args.steps,
-            warmup=args.warmup,
-            matmul_size=args.matmul_size,
+            model,
+            batch=batch,
+            img_size=_IMG_SIZE.value,
+            num_classes=_NUM_CLASSES.value,
+            dtype=_DTYPE.value,
+            data=_DATA.value,
+            data_dir=_DATA_DIR.value,
+            steps=_STEPS.value,
+            warmup=_WARMUP.value,
+            matmul_size=_MATMUL_SIZE.value,
             **layout,
         )
     except ValueError as e:  # config.ConfigError included
-        parser.error(str(e))
-    if args.compare_torch:
+        raise cli.UsageError(f"{' '.join(str(e).split())}; see --help") from e
+    if _COMPARE_TORCH.value:
         torch_s = torch_reference.train_step_seconds(
-            model_config(
-                args.model, num_classes=args.num_classes, img_size=args.img_size
-            ).to_dict(),
-            batch=args.batch,
-            dtype=args.dtype,
-            steps=args.steps,
-            warmup=args.warmup,
+            model_config(model, num_classes=_NUM_CLASSES.value, img_size=_IMG_SIZE.value).to_dict(),
+            batch=batch,
+            dtype=_DTYPE.value,
+            steps=_STEPS.value,
+            warmup=_WARMUP.value,
         )
-        report["torch_images_per_s"] = args.batch / torch_s
+        report["torch_images_per_s"] = batch / torch_s
         report["speedup_vs_torch"] = report["images_per_s"] / report["torch_images_per_s"]
-    if args.json:
+    if _JSON.value:
         print(json.dumps(report))
         return
     for key, value in report.items():
@@ -246,4 +260,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    cli.run_argparse(main)
+    cli.run(main, FLAGS)

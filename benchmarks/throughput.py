@@ -31,42 +31,68 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
-from absl import app, flags, logging
+from absl import flags, logging
 
-from imixer_jax.data import pipeline, transforms
+from imixer_jax import cli
+from imixer_jax.data import tf_import
 from imixer_jax.data.augment import device as device_augment
 from imixer_jax.data.defaults import augment_config
 
-_THREADS = flags.DEFINE_list("threads", ["1", "2"], "tf.data thread counts to measure")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "training image size S")
-_BATCH = flags.DEFINE_integer("batch_size", 64, "images per batch")
-_BATCHES = flags.DEFINE_integer("num_batches", 8, "timed batches per measurement")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "measurements per thread count (median reported)")
-_EXAMPLES = flags.DEFINE_integer("num_examples", 256, "distinct mock examples held in memory")
+if TYPE_CHECKING:  # imported in the functions: the tool's --help and flag errors need no TF
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+FLAGS = cli.flag_values()
+
+_THREADS = flags.DEFINE_list(
+    "threads", ["1", "2"], "tf.data thread counts to measure", flag_values=FLAGS
+)
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "training image size S", flag_values=FLAGS)
+_BATCH = flags.DEFINE_integer("batch_size", 64, "images per batch", flag_values=FLAGS)
+_BATCHES = flags.DEFINE_integer(
+    "num_batches", 8, "timed batches per measurement", flag_values=FLAGS
+)
+_REPEATS = flags.DEFINE_integer(
+    "repeats", 3, "measurements per thread count (median reported)", flag_values=FLAGS
+)
+_EXAMPLES = flags.DEFINE_integer(
+    "num_examples", 256, "distinct mock examples held in memory", flag_values=FLAGS
+)
 _AUGMENT = flags.DEFINE_string(
-    "augment", "{}", "JSON overrides of AUGMENT_DEFAULTS, e.g. '{\"randaugment\": null}'"
+    "augment",
+    "{}",
+    "JSON overrides of AUGMENT_DEFAULTS, e.g. '{\"randaugment\": null}'",
+    flag_values=FLAGS,
 )
 _ON_DEVICE = flags.DEFINE_bool(
-    "on_device", False, "host decodes and draws the crop only; also time the device augmentation"
+    "on_device",
+    False,
+    "host decodes and draws the crop only; also time the device augmentation",
+    flag_values=FLAGS,
 )
 _MOCK = flags.DEFINE_enum(
-    "mock", "cifar10", ["cifar10", "jpeg"], "cifar10-shaped PNGs or ImageNet-sized JPEGs"
+    "mock",
+    "cifar10",
+    ["cifar10", "jpeg"],
+    "cifar10-shaped PNGs or ImageNet-sized JPEGs",
+    flag_values=FLAGS,
 )
 _STEP_RATES = flags.DEFINE_list(
-    "step_rate", ["3800", "6600"], "accelerator train-step rates (img/s) to feed"
+    "step_rate", ["3800", "6600"], "accelerator train-step rates (img/s) to feed", flag_values=FLAGS
 )
 
 
 def mock_cifar10(num_examples: int) -> tuple[tfds.features.Image, tf.data.Dataset]:
     """cifar10's image feature and ``num_examples`` mock records ``{'image': PNG bytes,
     'label'}`` made by ``tfds.testing.mock_data``, cached in memory."""
+    tf = tf_import.import_tensorflow()
+    import tensorflow_datasets as tfds
+
     with tfds.testing.mock_data(num_examples=num_examples):
         builder = tfds.builder("cifar10")
         raw = builder.as_dataset(
@@ -83,6 +109,7 @@ def _photo(rng: np.random.Generator, height: int, width: int) -> tf.Tensor:
     """A photo-like uint8 ``[height, width, 3]`` image: a smooth colour field, texture at an
     eighth of the resolution and pixel noise (JPEG sizes like ImageNet's photos; pure noise
     would compress far worse, a flat field far better)."""
+    tf = tf_import.import_tensorflow()
     field = tf.image.resize(rng.uniform(0, 255, (6, 6, 3)), (height, width), "bicubic")
     texture = tf.image.resize(rng.normal(0, 40, (height // 8, width // 8, 3)), (height, width))
     image = field + texture + rng.normal(0, 32, (height, width, 3))
@@ -93,6 +120,9 @@ def mock_jpeg(num_examples: int) -> tuple[tfds.features.Image, tf.data.Dataset]:
     """A variable-size JPEG image feature (as imagenet2012's) and ``num_examples`` records
     ``{'image': JPEG bytes, 'label'}`` of ImageNet-sized photo-like images (height 250-450,
     width 300-500 px, quality 90), made with numpy from a fixed seed and held in memory."""
+    tf = tf_import.import_tensorflow()
+    import tensorflow_datasets as tfds
+
     rng = np.random.default_rng(0)
     encoded = [
         tf.io.encode_jpeg(_photo(rng, *rng.integers((250, 300), (451, 501))), quality=90)
@@ -116,6 +146,9 @@ def augmented_batches(
     ``AUGMENT_DEFAULTS``) over ``records`` repeated, on ``threads`` tf.data threads: batches
     ``{'image': float32 [B, S, S, 3], 'label'}`` (``on_device``: the pipeline's uint8 canvases
     with ``'box'`` and ``'bilinear'``)."""
+    tf = tf_import.import_tensorflow()
+    from imixer_jax.data import pipeline, transforms
+
     config = augment_config(augment)
     transform = transforms.train_transform(feature, image_size, config)
     seed = tf.constant([0, 0], tf.int64)
@@ -161,13 +194,15 @@ def device_augment_cost(
     return 1e3 * wall / count, 1e3 * cpu / count, str(batch["image"].devices().pop())
 
 
-def main(argv: Sequence[str]) -> None:
-    del argv
-    tf.config.set_visible_devices([], "GPU")
+def main() -> None:
+    try:
+        augment = json.loads(_AUGMENT.value)
+    except json.JSONDecodeError as e:
+        raise cli.UsageError(f"--augment is not JSON ({e}); see --help") from e
+    rates = [float(r) for r in _STEP_RATES.value]
+    tf_import.import_tensorflow().config.set_visible_devices([], "GPU")
     mock = {"cifar10": mock_cifar10, "jpeg": mock_jpeg}[_MOCK.value]
     feature, records = mock(_EXAMPLES.value)
-    rates = [float(r) for r in _STEP_RATES.value]
-    augment = json.loads(_AUGMENT.value)
     if _ON_DEVICE.value:
         augment["on_device"] = True
     route = "host decode + crop draws only (on_device)" if _ON_DEVICE.value else "all on the host"
@@ -210,4 +245,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, FLAGS)

@@ -1,5 +1,5 @@
 """A plain PyTorch implementation of the official iMixer / MLP-Mixer (timm layout), for timing
-only: ``python -m benchmarks.step --compare-torch`` (optional extra ``torch``).
+only: ``python -m benchmarks.step --compare_torch`` (optional extra ``torch``).
 
 Same architecture and shapes as ``imixer_jax.models.Mixer``: patch Conv, N blocks of
 ``x + token_mixer(LN x)^T`` and ``x + fc_c2(GELU(fc_c1(LN x)))`` with per-sample drop path,

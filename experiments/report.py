@@ -1,6 +1,6 @@
 """Collect the final metrics of a sweep's workdirs into a markdown table and a PNG plot.
 
-    python -m experiments.report NAME [--root runs] [--out DIR]
+    python -m experiments.report --sweep NAME [--root runs] [--out DIR]
 
 writes ``DIR/NAME.md`` (test top-1 mean +- std per group over its seeds, then every run),
 ``DIR/NAME.png`` (the same numbers) and ``DIR/NAME.json`` (the numbers); ``DIR`` defaults to
@@ -15,6 +15,8 @@ import math
 import os
 import statistics
 from typing import Any
+
+from absl import flags
 
 from experiments import sweep
 from experiments.catalog import NOTES, SWEEPS
@@ -118,8 +120,8 @@ def markdown(name: str, rows, summary, root: str, out: str) -> str:
         "Regenerate (from the repository root):",
         "",
         "```bash",
-        f"python -m experiments.sweep {name} --run --root {root} && "
-        f"python -m experiments.report {name} --root {root} --out {out}",
+        f"python -m experiments.sweep --sweep {name} --run --root {root} && "
+        f"python -m experiments.report --sweep {name} --root {root} --out {out}",
         "```",
         "",
         f"Budget: {_budget(rows)}.",
@@ -208,7 +210,8 @@ def report(name: str, root: str, out: str) -> dict[str, str]:
         started = sum(os.path.isdir(sweep.workdir_of(root, name, run)) for run in SWEEPS[name])
         raise cli.UsageError(
             f"no finished run of sweep {name} in {os.path.join(root, name)} ({started} of "
-            f"{len(rows)} started); run python -m experiments.sweep {name} --run --root {root}"
+            f"{len(rows)} started); run python -m experiments.sweep --sweep {name} --run "
+            f"--root {root}"
         )
     summary = summarize(rows)
     os.makedirs(out, exist_ok=True)
@@ -222,16 +225,21 @@ def report(name: str, root: str, out: str) -> dict[str, str]:
     return paths
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = cli.ArgumentParser(prog="python -m experiments.report", description=__doc__)
-    parser.add_argument("name", choices=sorted(SWEEPS), help="sweep to report")
-    parser.add_argument("--root", default="runs", help="root of the workdirs (default: runs)")
-    parser.add_argument("--out", default=None, help="output directory (default: ROOT/NAME)")
-    args = parser.parse_args(argv)
-    out = args.out or os.path.join(args.root, args.name)
-    for path in report(args.name, args.root, out).values():
+FLAGS = cli.flag_values()
+_SWEEP = flags.DEFINE_string("sweep", None, "Sweep to report.", flag_values=FLAGS)
+_ROOT = flags.DEFINE_string("root", "runs", "Root of the workdirs.", flag_values=FLAGS)
+_OUT = flags.DEFINE_string(
+    "out", None, "Output directory (default: ROOT/SWEEP).", flag_values=FLAGS
+)
+flags.mark_flag_as_required("sweep", flag_values=FLAGS)
+
+
+def main() -> None:
+    sweep.check_name(_SWEEP.value)
+    out = _OUT.value or os.path.join(_ROOT.value, _SWEEP.value)
+    for path in report(_SWEEP.value, _ROOT.value, out).values():
         print(path)
 
 
 if __name__ == "__main__":
-    cli.run_argparse(main)
+    cli.run(main, FLAGS)

@@ -1,8 +1,8 @@
 """Run a named sweep (``experiments/catalog.py``), one ``imixer_jax.train`` command per run.
 
-    python -m experiments.sweep NAME --dry-run [--root runs]   # print one train command per run
-    python -m experiments.sweep NAME --run [--root runs]       # run them in sequence
-    python -m experiments.sweep --list                          # the sweeps and their run counts
+    python -m experiments.sweep --sweep NAME --dry_run [--root runs]  # one train command per run
+    python -m experiments.sweep --sweep NAME --run [--root runs]      # run them in sequence
+    python -m experiments.sweep --list                                 # sweeps and run counts
 
 Run it from the repository root (config paths are relative to it). The workdir of a run is
 ``<root>/<NAME>/<run>``. ``--run`` skips finished runs (their ``metrics.jsonl`` holds the test
@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 import ml_collections
+from absl import flags
 
 from experiments.catalog import SWEEPS, Run
 from imixer_jax import cli
@@ -35,6 +36,12 @@ def _format_value(value: Any) -> str:
     if isinstance(value, float):
         return repr(value)
     raise TypeError(f"override value {value!r} is not a bool, int, float or str")
+
+
+def check_name(name: str) -> None:
+    """Raises ``cli.UsageError`` unless ``name`` is a sweep of the catalog."""
+    if name not in SWEEPS:
+        raise cli.UsageError(f"--sweep {name}: no such sweep; one of {', '.join(sorted(SWEEPS))}")
 
 
 def command(run: Run, workdir: str, python: str = "python") -> list[str]:
@@ -58,7 +65,7 @@ def workdir_of(root: str, sweep: str, run: Run) -> str:
 
 def total_steps(config: ml_collections.ConfigDict) -> int:
     """Steps of the whole schedule of ``config`` (needs the dataset's metadata)."""
-    # TensorFlow comes with these: imported only here, so that --list and --dry-run stay fast.
+    # TensorFlow comes with these: imported only here, so that --list and --dry_run stay fast.
     from imixer_jax import data
     from imixer_jax.training import optim
 
@@ -121,40 +128,45 @@ def run_all(name: str, root: str) -> list[dict[str, Any]]:
     return results
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = cli.ArgumentParser(prog="python -m experiments.sweep", description=__doc__)
-    parser.add_argument("name", nargs="?", choices=sorted(SWEEPS), help="sweep to run")
-    mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--dry-run", action="store_true", help="print the train commands")
-    mode.add_argument("--run", action="store_true", help="run them in sequence")
-    mode.add_argument("--list", action="store_true", help="list the sweeps and run counts")
-    parser.add_argument("--root", default="runs", help="root of the workdirs (default: runs)")
-    args = parser.parse_args(argv)
-    if args.list:
-        for name, runs in SWEEPS.items():
-            print(f"{name} {len(runs)}")
+FLAGS = cli.flag_values()
+_SWEEP = flags.DEFINE_string("sweep", None, "Sweep to run (--list lists them).", flag_values=FLAGS)
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the train commands.", flag_values=FLAGS)
+_RUN = flags.DEFINE_bool("run", False, "Run them in sequence.", flag_values=FLAGS)
+_LIST = flags.DEFINE_bool("list", False, "List the sweeps and run counts.", flag_values=FLAGS)
+_ROOT = flags.DEFINE_string("root", "runs", "Root of the workdirs.", flag_values=FLAGS)
+flags.mark_bool_flags_as_mutual_exclusive(
+    ["dry_run", "run", "list"], required=True, flag_values=FLAGS
+)
+
+
+def main() -> None:
+    name, root = _SWEEP.value, _ROOT.value
+    if _LIST.value:
+        for sweep, runs in SWEEPS.items():
+            print(f"{sweep} {len(runs)}")
         return
-    if args.name is None:
-        parser.error("a sweep NAME is needed with --dry-run and --run")
-    if args.dry_run:
-        for run in SWEEPS[args.name]:
-            print(shlex.join(command(run, workdir_of(args.root, args.name, run))))
+    if name is None:
+        raise cli.UsageError("--dry_run and --run need --sweep NAME; --list lists the names")
+    check_name(name)
+    if _DRY_RUN.value:
+        for run in SWEEPS[name]:
+            print(shlex.join(command(run, workdir_of(root, name, run))))
         return
-    for run in SWEEPS[args.name]:
+    for run in SWEEPS[name]:
         config_file = run.config.split(":", 1)[0]
         if not os.path.exists(config_file):
-            parser.error(f"{config_file} not found: run from the repository root")
+            raise cli.UsageError(f"{config_file} not found; run from the repository root")
     start = time.time()
     try:
-        results = run_all(args.name, args.root)
+        results = run_all(name, root)
     except subprocess.CalledProcessError as e:
         raise cli.UsageError(
             f"a run failed (exit status {e.returncode}): {shlex.join(e.cmd)}; fix the cause it "
             "printed and rerun the sweep (finished runs are skipped, the failed one resumes)"
         ) from e
     ran = sum(r["status"] != "skipped" for r in results)
-    print(f"sweep {args.name}: {ran} run(s) in {time.time() - start:.0f} s", flush=True)
+    print(f"sweep {name}: {ran} run(s) in {time.time() - start:.0f} s", flush=True)
 
 
 if __name__ == "__main__":
-    cli.run_argparse(main)
+    cli.run(main, FLAGS)

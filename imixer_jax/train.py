@@ -12,26 +12,32 @@ from absl import flags
 
 from imixer_jax import cli
 
-_CONFIG = cli.define_config("Config file (configs/*.py), optionally with :ARG.")
+FLAGS = cli.flag_values()
+_CONFIG = cli.define_config("Config file (configs/*.py), optionally with :ARG.", FLAGS)
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Directory for checkpoints, metrics and logs.", required=True
+    "workdir",
+    None,
+    "Directory for checkpoints, metrics and logs.",
+    required=True,
+    flag_values=FLAGS,
 )
 _ALLOW = flags.DEFINE_list(
     "allow_config_change",
     [],
     "Resume although these config keys (or sections, e.g. schedule) differ from the config the "
     "checkpoints were trained with; the change is recorded in DIR/config_history.jsonl.",
+    flag_values=FLAGS,
 )
 _RESTART = flags.DEFINE_bool(
     "restart_damaged",
     False,
     "When every checkpoint in DIR is damaged, set them and metrics.jsonl aside in "
     "DIR/damaged_checkpoints and train from step 0.",
+    flag_values=FLAGS,
 )
 
 
-def main(argv: list[str]) -> None:
-    del argv  # parse_flags rejects positional arguments
+def main() -> None:
     workdir = cli.output_dir(_WORKDIR.value)
     from imixer_jax import training  # after cli.setup_process (TensorFlow's log level)
 
@@ -44,4 +50,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    cli.run_absl(main)
+    cli.run(main, FLAGS)

@@ -1,4 +1,7 @@
-"""Suite-wide setup: one JAX compilation cache for the whole test run.
+"""Suite-wide setup: one JAX compilation cache for the whole test run. What tests share besides
+is imported from modules beside this one: ``tiny`` (the tiny model and trainer configs),
+``pinned`` (the pinned-output comparison), ``commands`` (running an entry point in process),
+``random_draws``, ``multidevice`` and ``tensorboard_events``.
 
 Many tests compile the same tiny models and training steps, in the pytest-xdist workers and in the
 trainer processes the tests start. JAX's persistent compilation cache, in pytest's cache directory

@@ -175,6 +175,7 @@ def test_analyze_command_writes_the_pngs(tied_workdir, tmp_path):
         timeout=300,
     )
     expected = {
+        "training_curves.png",
         "energy_descent.png",
         "residuals.png",
         "sigmas.png",
@@ -184,6 +185,23 @@ def test_analyze_command_writes_the_pngs(tied_workdir, tmp_path):
     assert set(os.listdir(out)) == expected
     for name in expected:
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_training_curves_plot_the_logged_metrics():
+    rows = [  # metrics.jsonl rows: train rows, evaluation rows, a non-finite loss as a string
+        {"step": 2, "train/loss": 2.0},
+        {"step": 4, "train/loss": 1.5},
+        {"step": 4, "test/top1": 0.5, "test/loss": 1.0},
+        {"step": 6, "train/loss": "nan"},
+        {"step": 8, "test/top1": 0.75},
+    ]
+    loss_ax, top1_ax = analysis.plot_training_curves(rows, title="run").axes
+    (loss,) = loss_ax.get_lines()
+    np.testing.assert_array_equal(loss.get_xdata(), [2, 4])
+    np.testing.assert_array_equal(loss.get_ydata(), [2.0, 1.5])
+    (top1,) = top1_ax.get_lines()
+    np.testing.assert_array_equal(top1.get_xdata(), [4, 8])
+    np.testing.assert_array_equal(top1.get_ydata(), [50.0, 75.0])  # percent
 
 
 def _untrained_workdir(workdir: str) -> None:

@@ -97,7 +97,7 @@ def test_benchmark_rejects_bad_arguments():
     [
         (["--model", "mixer_s16", "--batch", "0"], "batch"),
         (["--model", "mixer_s16", "--batch", "2", "--remat", "all"], "--remat"),
-        (["--model", "paramixer_s16_224", "--batch", "2", "--scan-blocks"], "--scan-blocks"),
+        (["--model", "paramixer_s16_224", "--batch", "2", "--scan_blocks"], "--scan_blocks"),
     ],
 )
 def test_cli_errors_are_one_line(args, names):
@@ -115,9 +115,9 @@ def test_cli_errors_are_one_line(args, names):
 def test_cli_json(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.step", "--model", "mixer_s32", "--batch", "2"]
-        + ["--img-size", "32", "--num-classes", "10", "--data", "digits", "--steps", "1"]
-        + ["--warmup", "0", "--matmul-size", "64", "--json", "--data-dir", str(tmp_path)]
-        + ["--scan-blocks"],  # one compiled block instead of 8 (the S/32's 19M parameters stay)
+        + ["--img_size", "32", "--num_classes", "10", "--data", "digits", "--steps", "1"]
+        + ["--warmup", "0", "--matmul_size", "64", "--json", "--data_dir", str(tmp_path)]
+        + ["--scan_blocks"],  # one compiled block instead of 8 (the S/32's 19M parameters stay)
         capture_output=True,
         text=True,
         check=True,

@@ -2,6 +2,7 @@
 ``error: <cause>; <fix>`` on stderr and a non-zero status, before compiling anything and without
 creating directories; ``--verbose`` / ``IMIXER_VERBOSE=1`` show the traceback instead."""
 
+import importlib
 import os
 import subprocess
 import sys
@@ -10,10 +11,8 @@ import pytest
 from absl import flags, logging
 from ml_collections import config_flags
 
-from experiments import report, sweep
 from imixer_jax import cli
 from imixer_jax.cli import app as cli_app
-from imixer_jax.models import __main__ as models_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/default.py"
@@ -270,44 +269,79 @@ def test_path_checks_create_nothing(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# argparse programs (models, sweep, report), in process.
+# Every entry point: one runner, --help, one-line errors (in process).
+
+
+ENTRY_POINTS = {  # module: a flag --help must list
+    "imixer_jax.train": "--config",
+    "imixer_jax.evaluate": "--config",
+    "imixer_jax.analyze": "--workdir",
+    "imixer_jax.models": "--num_classes",
+    "imixer_jax.weights": "--in",
+    "benchmarks.step": "--img_size",
+    "benchmarks.throughput": "--image_size",
+    "experiments.sweep": "--sweep",
+    "experiments.report": "--sweep",
+}
 
 
 @pytest.fixture
-def argparse_program(monkeypatch):
-    """Runs ``cli.run_argparse(main, argv)``; returns (exit status, stderr lines). The process
-    setup is undone afterwards (log filter; the TF log level is set so it stays unchanged)."""
+def entry_point(monkeypatch, capsys):
+    """Runs ``cli.run(module.main, module.FLAGS, argv)``; returns (exit status, stdout, stderr
+    lines). The process setup is undone afterwards (log filter; the TF log level is set so that
+    it stays unchanged)."""
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
     monkeypatch.delenv(cli.errors.VERBOSE_ENV, raising=False)
 
-    def run(main, argv, capsys):
+    def run(name, *args):
+        module = importlib.import_module(
+            name if name != "imixer_jax.models" else f"{name}.__main__"
+        )
+        if name == "imixer_jax.weights":
+            module = importlib.import_module(f"{name}.__main__")
         with pytest.raises(SystemExit) as info:
-            cli.run_argparse(main, argv)
-        return info.value.code, capsys.readouterr().err.strip().splitlines()
+            cli.run(module.main, module.FLAGS, [name, *args])
+        out, err = capsys.readouterr()
+        return info.value.code, out, err.strip().splitlines()
 
     yield run
     logging.get_absl_handler().removeFilter(cli_app._FILTER)
 
 
-def test_report_without_finished_runs_says_so_and_writes_nothing(
-    argparse_program, capsys, tmp_path
-):
-    code, err = argparse_program(report.main, ["cpu_study", "--root", str(tmp_path)], capsys)
+@pytest.mark.parametrize("name", ENTRY_POINTS)
+def test_help_lists_the_flags_and_exits_0(entry_point, name):
+    code, out, err = entry_point(name, "--help")
+    assert code == 0 and not err, err
+    flag_list = out.split("\nflags:\n", 1)[1]  # after the docstring
+    assert f"\n{ENTRY_POINTS[name]}:" in f"\n{flag_list}" and "--[no]verbose:" in flag_list
+
+
+def test_help_of_a_fresh_process_prints_no_library_lines():
+    # The throughput tool imports TensorFlow only when it measures: its --help is clean.
+    process = _start("benchmarks.throughput", "--help")
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0 and stderr == "", stderr[-2000:]
+    assert "--image_size" in stdout
+
+
+def test_report_without_finished_runs_says_so_and_writes_nothing(entry_point, tmp_path):
+    code, _, err = entry_point("experiments.report", "--sweep=cpu_study", f"--root={tmp_path}")
     assert code == 1 and err == [
         f"error: no finished run of sweep cpu_study in {tmp_path / 'cpu_study'} (0 of 15 "
-        f"started); run python -m experiments.sweep cpu_study --run --root {tmp_path}"
+        f"started); run python -m experiments.sweep --sweep cpu_study --run --root {tmp_path}"
     ]
     assert os.listdir(tmp_path) == []
 
 
-def test_argparse_errors_are_one_line(argparse_program, capsys):
-    code, err = argparse_program(sweep.main, ["no_such_sweep", "--dry-run"], capsys)
+def test_flag_and_argument_errors_are_one_line(entry_point):
+    code, _, err = entry_point("experiments.sweep", "--sweep=no_such_sweep", "--dry_run")
     assert code == 1 and len(err) == 1
-    assert err[0].startswith("error: argument name: invalid choice: 'no_such_sweep'")
-    assert err[0].endswith("; see python -m experiments.sweep --help")
-    argv = ["--num-classes", "10", "--img-size", "17"]
-    code, err = argparse_program(models_main.main, argv, capsys)
+    assert err[0].startswith("error: --sweep no_such_sweep: no such sweep; one of adjoint, ")
+    code, _, err = entry_point("experiments.sweep", "--dry_run", "--run")
+    assert code == 1 and len(err) == 1 and err[0].endswith("; see --help"), err
+    code, _, err = entry_point("imixer_jax.models", "--num_classes=10", "--img_size=17")
     assert code == 1 and err == [
-        "error: img_size (17) must be divisible by patch_size (16); "
-        "see python -m imixer_jax.models --help"
+        "error: img_size (17) must be divisible by patch_size (16); see --help"
     ]
+    code, _, err = entry_point("benchmarks.step", "--model=imixer_s16")
+    assert code == 1 and err == ["error: --batch is required; see --help"]

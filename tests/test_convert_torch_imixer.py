@@ -17,8 +17,10 @@ from flax import nnx
 from scipy.special import erf
 
 from imixer_jax.models import build
+from imixer_jax.weights import __main__ as weights_command
 from imixer_jax.weights import formats, ours, torch_imixer
 from imixer_jax.weights.mapping import PretrainedError
+from tests.commands import call
 
 TINY = dict(classes=5, patch=4, img=16, dim=8, tokens=6, channels=20, hidden=12, blocks=2)
 COEFF = 0.9
@@ -259,8 +261,8 @@ def test_pytorch_files_round_trip(tmp_path):
     pth = str(tmp_path / "official.pth")
     torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in sd.items()}}, pth)
     npz, back = str(tmp_path / "ours.npz"), str(tmp_path / "back.pth")
-    torch_imixer.main(["--in", pth, "--out", npz])
-    torch_imixer.main(["--in", npz, "--out", back])
+    call(weights_command, "--in", pth, "--out", npz)
+    call(weights_command, "--in", npz, "--out", back)
     reloaded = torch.load(back, weights_only=True)
     assert set(reloaded) == set(sd)
     for key, value in sd.items():
@@ -277,14 +279,14 @@ def test_cli_from_torch_file(tmp_path, monkeypatch):
     monkeypatch.setattr(torch_imixer, "read_torch", lambda path, ema: (sd, "imixer_s16_224"))
     pth, npz = tmp_path / "official.pth.tar", str(tmp_path / "ours.npz")
     pth.write_bytes(b"\x80")  # a pickle's first byte: a (legacy) PyTorch file
-    torch_imixer.main(["--in", str(pth), "--out", npz])
+    call(weights_command, "--in", str(pth), "--out", npz)
     loaded = ours.read(npz)
     np.testing.assert_array_equal(
         loaded["blocks.0.token_mixer.fc_sn2.v"], sd["blocks.0.mlp_tokens.fc_sn2.weight_v"]
     )
     assert formats.detect(npz) == "imixer_jax"
     with pytest.raises(PretrainedError, match="--out must end in .npz"):
-        torch_imixer.main(["--in", str(pth), "--out", str(tmp_path / "x.pth")])
+        call(weights_command, "--in", str(pth), "--out", str(tmp_path / "x.pth"))
 
 
 def test_without_torch_the_cli_says_what_to_install(tmp_path):
@@ -297,7 +299,7 @@ def test_without_torch_the_cli_says_what_to_install(tmp_path):
     path = str(tmp_path / "weights.npz")
     ours.save(path, _loaded_state(), torch_imixer.model_config(_official_state_dict()))
     with pytest.raises(PretrainedError, match=r"needs torch; pip install 'imixer_jax\[torch\]'"):
-        torch_imixer.main(["--in", path, "--out", str(tmp_path / "x.pth")])
+        call(weights_command, "--in", path, "--out", str(tmp_path / "x.pth"))
 
 
 def _bad_inputs(tmp_path) -> dict[str, tuple[list[str], str]]:
@@ -334,7 +336,7 @@ def _bad_inputs(tmp_path) -> dict[str, tuple[list[str], str]]:
 
 @pytest.fixture
 def converter(monkeypatch, capsys):
-    """Runs the converter as its command does (``cli.run_argparse``); returns (exit status,
+    """Runs the converter as its command does (``cli.run``); returns (exit status,
     stderr lines). The process setup (log filter) is undone afterwards."""
     from absl import logging
 
@@ -346,7 +348,7 @@ def converter(monkeypatch, capsys):
 
     def run(argv):
         with pytest.raises(SystemExit) as info:
-            cli.run_argparse(torch_imixer.main, argv)
+            cli.run(weights_command.main, weights_command.FLAGS, ["imixer_jax.weights", *argv])
         return info.value.code, capsys.readouterr().err.strip().splitlines()
 
     yield run

@@ -20,8 +20,10 @@ from flax import nnx
 from scipy.special import erf
 
 from imixer_jax.models import build, registry
+from imixer_jax.weights import __main__ as weights_command
 from imixer_jax.weights import formats, ours, torch_imixer
 from imixer_jax.weights.mapping import PretrainedError
+from tests.commands import call
 
 KINDS = {  # official model kind -> (block, MLP class)
     "vanillamixer": ("serial", "vMlp"),
@@ -227,10 +229,10 @@ def test_pytorch_files_round_trip(tmp_path):
     checkpoint = {"arch": "asymmixer_s16_224_l02", "state_dict": sd}
     torch.save({**checkpoint, "state_dict": {k: torch.from_numpy(v) for k, v in sd.items()}}, pth)
     npz, back = str(tmp_path / "ours.npz"), str(tmp_path / "back.pth")
-    torch_imixer.main(["--in", pth, "--out", npz])
+    call(weights_command, "--in", pth, "--out", npz)
     name, config = ours.settings_of(ours.read(npz), npz)
     assert (name, config.mlp, config.asym_penalty) == ("asymmixer_s16_224_l02", "asymmetric", 1e-2)
-    torch_imixer.main(["--in", npz, "--out", back])
+    call(weights_command, "--in", npz, "--out", back)
     reloaded = torch.load(back, weights_only=True)
     assert sorted(reloaded) == sorted(sd)
     for key, value in sd.items():

@@ -5,9 +5,9 @@ import itertools
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
 
 from benchmarks import throughput
+from tests.commands import call
 
 pytestmark = pytest.mark.slow  # builds the 224 px RandAugment graph
 
@@ -29,15 +29,12 @@ def test_batches_are_the_training_layout_with_the_full_recipe(mock_records):
 
 
 def test_main_reports_rates_and_cores_per_accelerator(capsys):
-    flags.FLAGS(
-        ["throughput", "--threads=1", "--image_size=16", "--batch_size=4", "--num_batches=1"]
-        + ["--num_examples=4", "--step_rate=1000", "--repeats=1"]
-        + ['--augment={"randaugment": null}']
+    call(
+        throughput,
+        *("--threads=1", "--image_size=16", "--batch_size=4", "--num_batches=1"),
+        *("--num_examples=4", "--step_rate=1000", "--repeats=1"),
+        '--augment={"randaugment": null}',
     )
-    try:
-        throughput.main([])
-    finally:
-        flags.FLAGS.unparse_flags()
     out = capsys.readouterr().out
     assert "'randaugment': None" in out and "16 px" in out
     (line,) = [row for row in out.splitlines() if row.startswith("threads 1:")]
@@ -46,15 +43,12 @@ def test_main_reports_rates_and_cores_per_accelerator(capsys):
 
 @pytest.mark.parametrize("mock", ["cifar10", "jpeg"])
 def test_on_device_times_the_host_share_and_the_device_augmentation(capsys, mock):
-    flags.FLAGS(
-        ["throughput", "--threads=1", "--image_size=24", "--batch_size=4", "--num_batches=1"]
-        + ["--num_examples=4", "--step_rate=1000", "--repeats=1", "--on_device", f"--mock={mock}"]
-        + (['--augment={"randaugment": null}'] if mock == "jpeg" else [])  # compiles faster
+    call(
+        throughput,
+        *("--threads=1", "--image_size=24", "--batch_size=4", "--num_batches=1"),
+        *("--num_examples=4", "--step_rate=1000", "--repeats=1", "--on_device", f"--mock={mock}"),
+        *(['--augment={"randaugment": null}'] if mock == "jpeg" else []),  # compiles faster
     )
-    try:
-        throughput.main([])
-    finally:
-        flags.FLAGS.unparse_flags()
     out = capsys.readouterr().out
     assert "'on_device': True" in out and "host decode + crop draws only" in out
     assert ("mock JPEGs" in out) == (mock == "jpeg")

@@ -12,9 +12,10 @@ from ml_collections import config_flags
 from configs import default, paper
 from experiments import report, sweep
 from experiments.catalog import SWEEPS, Run
-from imixer_jax import data
+from imixer_jax import cli, data
 from imixer_jax.models import registry
 from imixer_jax.training import config as config_lib
+from tests.commands import call
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPECTED_RUNS = {
@@ -99,7 +100,7 @@ def test_sweep_run_counts():
 
 
 def test_list(capsys):
-    sweep.main(["--list"])
+    call(sweep, "--list")
     lines = capsys.readouterr().out.split("\n")
     assert [line.split() for line in lines if line] == [
         [name, str(n)] for name, n in EXPECTED_RUNS.items()
@@ -109,7 +110,7 @@ def test_list(capsys):
 @pytest.mark.parametrize("name", sorted(EXPECTED_RUNS))
 def test_dry_run_prints_one_valid_train_command_per_run(name, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
-    sweep.main([name, "--dry-run", "--root", "/tmp/sweeps"])
+    call(sweep, f"--sweep={name}", "--dry_run", "--root=/tmp/sweeps")
     lines = [line for line in capsys.readouterr().out.split("\n") if line]
     assert len(lines) == EXPECTED_RUNS[name]
     for line, run in zip(lines, SWEEPS[name]):
@@ -216,8 +217,8 @@ def test_run_skips_finished_and_reruns_the_others(tmp_path, monkeypatch):
 
 def test_run_requires_the_repository_root(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit):
-        sweep.main(["cpu_study", "--run", "--root", str(tmp_path)])
+    with pytest.raises(cli.UsageError, match="run from the repository root"):
+        call(sweep, "--sweep=cpu_study", "--run", f"--root={tmp_path}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,7 +237,7 @@ def test_report_writes_table_plot_and_numbers(tmp_path, monkeypatch):
     with open(tmp_path / "runs" / "fake" / "a_seed0" / sweep.SWEEP_LOG, "w") as f:
         f.write(json.dumps({"command": "x", "seconds": 60.0}) + "\n")
 
-    report.main(["fake", "--root", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    call(report, "--sweep=fake", f"--root={tmp_path / 'runs'}", f"--out={tmp_path / 'out'}")
     md = (tmp_path / "out" / "fake.md").read_text()
     std = statistics.stdev([90.0, 94.0])
     se = (std**2 / 2 + std**2 / 2) ** 0.5
@@ -245,7 +246,7 @@ def test_report_writes_table_plot_and_numbers(tmp_path, monkeypatch):
     assert "| c | 0/1 | - | - |" in md and "not finished" in md
     assert "What the numbers do and do not show." in md
     assert "equal for every run: 660 steps of batch 64" in md
-    assert "python -m experiments.sweep fake --run" in md
+    assert "python -m experiments.sweep --sweep fake --run" in md
     png = tmp_path / "out" / "fake.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 200_000
     numbers = json.loads((tmp_path / "out" / "fake.json").read_text())

@@ -34,12 +34,11 @@ import jax
 import numpy as np
 import pytest
 
-from configs import default
 from imixer_jax import training
 from imixer_jax.training import checkpoint
-from imixer_jax.training import config as config_lib
 from imixer_jax.training.checkpoint.lock import WorkdirBusyError, WorkdirLock
 from imixer_jax.training.logging import reader as metrics
+from tests import tiny
 
 # orbax leaves the tensorstore reads of a damaged checkpoint to the garbage collector.
 pytestmark = [
@@ -48,8 +47,7 @@ pytestmark = [
 ]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(img_size=16, patch_size=4, num_blocks=1, hidden_dim=16, tokens_mlp_dim=8)
-TINY.update(channels_mlp_dim=32, n_power=2, drop_path_rate=0.1)
+TINY = tiny.TRAINER
 STEPS, EVERY = 4, 2
 
 CONFIG = """
@@ -70,14 +68,16 @@ def get_config():
 
 
 def tiny_config(data_dir, steps=STEPS, every=EVERY):
-    c = default.get_config()
-    c.model = config_lib.model_config("imixer_s16", num_classes=10, **TINY)
-    c.data.data_dir = data_dir
-    c.batch_size, c.eval_batch_size = 16, 360
-    c.schedule.update(unit="steps", length=float(steps), warmup=1.0)
-    c.checkpoint.every_steps, c.checkpoint.keep = every, 3
-    c.log_every_steps, c.eval_every_steps = 1, 0
-    return c
+    return tiny.trainer_config(
+        data_dir,
+        steps=steps,
+        warmup=1.0,
+        eval_batch_size=360,
+        log_every=1,
+        eval_every=0,
+        checkpoint_every=every,
+        keep=3,
+    )
 
 
 @pytest.fixture(scope="module")

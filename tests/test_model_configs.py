@@ -14,17 +14,10 @@ from flax import nnx
 from imixer_jax.models import configs, registry
 from imixer_jax.models.configs import MixerConfig, ModelConfigError, ParaMixerConfig
 from imixer_jax.training import config as config_lib
+from tests import tiny
 
 # 16 tokens (32 px, patch 8), D 16, T 8, C 32, 2 blocks.
-TINY = dict(
-    num_classes=10,
-    img_size=32,
-    patch_size=8,
-    num_blocks=2,
-    hidden_dim=16,
-    tokens_mlp_dim=8,
-    channels_mlp_dim=32,
-)
+TINY = dict(tiny.MODEL)
 
 SHARED_RULES = [
     (dict(num_classes=0), "num_classes", "num_classes must be a positive integer"),

@@ -31,20 +31,13 @@ from imixer_jax.models.mixer import capture_intermediates, copy_variables
 from imixer_jax.models.registry import ENERGY_TRANSFORMER_NAMES, PARAMIXER_NAMES, VARIANT_NAMES
 from imixer_jax.models.spectral_norm import spectral_sigmas
 from imixer_jax.models.token_mixers import IMLP
-from tests import random_draws
+from tests import random_draws, tiny
+from tests.commands import call
 from tests.test_energy_transformer import closed_form_count as energy_transformer_count
 from tests.test_paramixer import closed_form_count as paramixer_count
 
 # A small iMixer: 16 tokens (32 px, patch 8), D 16, T 8, H 16, C 32, 2 blocks.
-TINY = dict(
-    num_classes=10,
-    img_size=32,
-    patch_size=8,
-    num_blocks=2,
-    hidden_dim=16,
-    tokens_mlp_dim=8,
-    channels_mlp_dim=32,
-)
+TINY = dict(tiny.MODEL)
 
 # Exact counts, num_classes = 1000 (all variants) and 10 (iMixer, the official CIFAR-10 head).
 PARAMS_1000 = {
@@ -110,8 +103,8 @@ def test_param_count_cifar10(name):
 
 @pytest.mark.slow
 def test_cli_prints_every_variant_of_every_family(capsys):
-    args = ["--num-classes", "7", "--img-size", "64"]
-    models_main.main(args)
+    args = ["--num_classes=7", "--img_size=64"]
+    call(models_main, *args)
     expected = {n: closed_form_count(n, 7, img_size=64) for n in VARIANT_NAMES}
     expected.update({n: paramixer_count(n, 7, img_size=64) for n in PARAMIXER_NAMES})
     expected.update(
@@ -119,7 +112,7 @@ def test_cli_prints_every_variant_of_every_family(capsys):
     )
     lines = capsys.readouterr().out.splitlines()
     assert lines == [f"{n} {count}" for n, count in expected.items()]
-    models_main.main([*args, "--table"])
+    call(models_main, *args, "--table")
     header, *rows = capsys.readouterr().out.splitlines()
     assert header.split() == ["name", "family", "params", "GFLOPs/image"]
     table = {row.split()[0]: row.split()[1:] for row in rows}

@@ -79,6 +79,9 @@ def test_notebook_executes_headless(name, tmp_path, monkeypatch, record_property
         out for cell in nb.cells for out in cell.get("outputs", []) if out.output_type == "error"
     ]
     assert not errors
+    streams = "".join(out.get("text", "") for cell in nb.cells for out in cell.get("outputs", []))
+    for startup_line in ("absl::InitializeLog", "oneDNN custom operations"):  # TensorFlow's
+        assert startup_line not in streams
     num_figures, max_seconds = NOTEBOOKS[name]
     assert len(images) == num_figures, len(images)
     assert seconds < max_seconds, seconds

@@ -14,18 +14,10 @@ from imixer_jax.hopfield import Dense, Directed
 from imixer_jax.models import paramixer, registry
 from imixer_jax.models.configs import ParaMixerConfig
 from imixer_jax.models.paramixer import ParallelBlock, ParaMixer, SerialBlock, reduced_energy
-from tests import random_draws
+from tests import random_draws, tiny
 
 # A small model: 16 tokens (32 px, patch 8), D 16, T 8, C 32, 2 blocks.
-TINY = dict(
-    num_classes=10,
-    img_size=32,
-    patch_size=8,
-    num_blocks=2,
-    hidden_dim=16,
-    tokens_mlp_dim=8,
-    channels_mlp_dim=32,
-)
+TINY = dict(tiny.MODEL)
 # A single block on S = 6 tokens, D = 4 channels, T = 3, C = 8.
 S, D, T, C = 6, 4, 3, 8
 

@@ -7,7 +7,7 @@ difference is a behaviour change to explain, not a golden to refresh). For every
 family (serial and parallel blocks; vanilla, symmetric and asymmetric MLPs; Euler update;
 ``n_iter`` repeats; bfloat16) it holds the parameters drawn from ``nnx.Rngs(0)``, the training
 logits (drop path active), the gradient of the cross-entropy (plus the symmetry-breaking penalty
-where set) and the evaluation logits. The comparison rules are those of ``tests/test_pinned.py``.
+where set) and the evaluation logits. The comparison rules are those of ``tests/pinned.py``.
 """
 
 from __future__ import annotations
@@ -23,20 +23,12 @@ import optax
 import pytest
 from flax import nnx
 
-from tests.test_pinned import DATA, _flat, assert_case_pinned
+from tests import tiny
+from tests.pinned import DATA, assert_case_pinned, flat_state, load_golden
 
 FILE = os.path.join(DATA, "paramixer_pinned.npz")
 
-TINY = dict(
-    num_classes=10,
-    img_size=16,
-    patch_size=4,
-    num_blocks=2,
-    hidden_dim=16,
-    tokens_mlp_dim=8,
-    channels_mlp_dim=32,
-    drop_path_rate=0.1,
-)
+TINY = dict(tiny.PINNED)
 CASES = {
     "vanilla_serial": dict(block="serial"),
     "vanilla_serial_ni2": dict(block="serial", n_iter=2),
@@ -61,7 +53,7 @@ def compute_case(name: str) -> dict[str, np.ndarray]:
     kernel[...] = jax.random.normal(jax.random.key(7), kernel.shape)  # the zero head hides all
     images = jax.random.uniform(jax.random.key(1), (4, 16, 16, 3), minval=-1.0, maxval=1.0)
     labels = jnp.arange(4) % 10
-    out = {f"param:{k}": v for k, v in _flat(nnx.state(model, nnx.Param)).items()}
+    out = {f"param:{k}": v for k, v in flat_state(nnx.state(model, nnx.Param)).items()}
 
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
@@ -73,7 +65,7 @@ def compute_case(name: str) -> dict[str, np.ndarray]:
 
     (_, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     out["train_logits"] = np.asarray(logits)
-    out.update({f"grad:{k}": v for k, v in _flat(grads).items()})
+    out.update({f"grad:{k}": v for k, v in flat_state(grads).items()})
     model.eval()
     out["eval_logits"] = np.asarray(model(images))
     return out
@@ -81,8 +73,7 @@ def compute_case(name: str) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def golden():
-    with np.load(FILE) as f:
-        return dict(f)
+    return load_golden(FILE)
 
 
 @pytest.mark.slow

@@ -39,21 +39,12 @@ import optax
 import pytest
 from flax import nnx
 
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+from tests import tiny
+from tests.pinned import DATA, assert_case_pinned, flat_state, load_golden, same_jaxlib
+
 MODELS_FILE = os.path.join(DATA, "pinned_models.npz")
 RUN_FILE = os.path.join(DATA, "pinned_default_run.json")
-
-TINY = dict(
-    num_classes=10,
-    img_size=16,
-    patch_size=4,
-    num_blocks=2,
-    hidden_dim=16,
-    tokens_mlp_dim=8,
-    channels_mlp_dim=32,
-    n_power=2,
-    drop_path_rate=0.1,
-)
+TINY = {**tiny.PINNED, "n_power": 2}
 CASES = {
     "mixer": dict(token_mixer="mlp"),
     "imixer": dict(),
@@ -62,14 +53,6 @@ CASES = {
     "imixer_bf16": dict(dtype="bfloat16"),
     "imixer_relu_nosn": dict(spectral_norm=False, activation="relu", n_iter=3),
 }
-
-
-def _path(path) -> str:
-    return "/".join(str(p) for p in path)
-
-
-def _flat(state: nnx.State) -> dict[str, np.ndarray]:
-    return {_path(path): np.asarray(v) for path, v in nnx.to_flat_state(state)}
 
 
 def compute_case(name: str) -> dict[str, np.ndarray]:
@@ -81,7 +64,7 @@ def compute_case(name: str) -> dict[str, np.ndarray]:
     kernel[...] = jax.random.normal(jax.random.key(7), kernel.shape)  # the zero head hides all
     images = jax.random.uniform(jax.random.key(1), (4, 16, 16, 3), minval=-1.0, maxval=1.0)
     labels = jnp.arange(4) % 10
-    out = {f"param:{k}": v for k, v in _flat(nnx.state(model, nnx.Param)).items()}
+    out = {f"param:{k}": v for k, v in flat_state(nnx.state(model, nnx.Param)).items()}
 
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
@@ -93,8 +76,8 @@ def compute_case(name: str) -> dict[str, np.ndarray]:
 
     (_, (logits, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     out["train_logits"] = np.asarray(logits)
-    out.update({f"grad:{k}": v for k, v in _flat(grads).items()})
-    out.update({f"rest:{k}": v for k, v in _flat(new_rest).items()})
+    out.update({f"grad:{k}": v for k, v in flat_state(grads).items()})
+    out.update({f"rest:{k}": v for k, v in flat_state(new_rest).items()})
     model.eval()
     out["eval_logits"] = np.asarray(model(images))
     return out
@@ -118,7 +101,7 @@ def default_run(workdir: str, data_dir: str) -> dict:
     from imixer_jax.training import restore_state
 
     state = restore_state(training.prepare(config), workdir)
-    params = _flat(state.params)
+    params = flat_state(state.params)
     digest = hashlib.sha256()
     for key in sorted(params):
         digest.update(key.encode())
@@ -131,29 +114,9 @@ def default_run(workdir: str, data_dir: str) -> dict:
     }
 
 
-def _same_jaxlib(recorded: str) -> bool:
-    return recorded == jaxlib.__version__
-
-
 @pytest.fixture(scope="module")
 def golden_models():
-    with np.load(MODELS_FILE) as f:
-        return dict(f)
-
-
-def assert_case_pinned(name: str, got: dict[str, np.ndarray], golden_file: dict) -> None:
-    """``got`` (``compute_case(name)``) equals case ``name`` of a loaded golden ``.npz``."""
-    golden = {k.split("::", 1)[1]: v for k, v in golden_file.items() if k.startswith(name + "::")}
-    exact = _same_jaxlib(str(golden_file["jaxlib"]))
-    assert sorted(got) == sorted(golden), "pinned arrays (parameter paths) changed"
-    for key, want in golden.items():
-        if exact:
-            np.testing.assert_array_equal(got[key], want, err_msg=key)
-        else:
-            # Another XLA: float32 round-off through at most ~40 dependent ops (bf16: 8-bit
-            # mantissa); parameters are drawn by the RNG and must stay exact.
-            rtol = 0 if key.startswith("param:") else 1e-2 if "bf16" in name else 1e-4
-            np.testing.assert_allclose(got[key], want, rtol=rtol, atol=rtol * 1e-2, err_msg=key)
+    return load_golden(MODELS_FILE)
 
 
 @pytest.mark.slow
@@ -168,7 +131,7 @@ def test_default_run_pinned(tmp_path):
         golden = json.load(f)
     (tmp_path / "tfds").mkdir()  # a data_dir must exist (digits is prepared into it)
     got = default_run(str(tmp_path / "run"), str(tmp_path / "tfds"))
-    if _same_jaxlib(golden["jaxlib"]):
+    if same_jaxlib(golden["jaxlib"]):
         assert got["losses"] == golden["losses"]
         assert got["test"] == golden["test"]
         assert got["params_sha256"] == golden["params_sha256"]

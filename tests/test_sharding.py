@@ -1,10 +1,13 @@
-"""Sharding: partition rules, the same training numerics on 1 and 8 (fake) CPU devices with a
-'data' and a ('data', 'model') mesh, and a 2-process jax.distributed run (gloo) that ends with the
-parameters of a 1-process run on the same global batches."""
+"""Sharding: the models' declared splits, FSDP and the residual constraint, the same training
+numerics on 1 and 8 (fake) CPU devices for every family (Mixer, iMixer, the parallelized Mixer)
+with a 'data', a ('data', 'model') and an FSDP mesh, and a 2-process jax.distributed run (gloo)
+that ends with the parameters of a 1-process run on the same global batches."""
 
+import functools
 import json
 import os
 import pathlib
+import re
 import socket
 import subprocess
 import sys
@@ -13,26 +16,37 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from flax import nnx
+from jax.sharding import AbstractMesh, AxisType
 from jax.sharding import PartitionSpec as P
 
 from imixer_jax import data
+from imixer_jax.models import registry
 from imixer_jax.training import sharding
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# A tiny iMixer with drop path and mixup/cutmix on, so that every random stream is exercised.
+# Tiny models of every family (16 tokens, T = 8, C = 32: a model axis of 2 or 4 splits the tokens
+# and every MLP) with drop path and mixup/cutmix on, so that every random stream is exercised;
+# the parallelized one is asymmetric (tied W_1, row-split W_2 and its L2 penalty).
 _SETUP = """
 import json, sys
+import jax
 import numpy as np
 from configs import default
 from imixer_jax.training import config as config_lib, sharding
 from imixer_jax import data, training
 
 args = json.loads(sys.argv[1])
+TINY = dict(num_classes=10, img_size=16, patch_size=4, num_blocks=1, hidden_dim=16,
+    tokens_mlp_dim=8, channels_mlp_dim=32, drop_path_rate=0.2)
+MODELS = {  # name: (arch, model config)
+    "imixer": ("mixer", config_lib.model_config("imixer_s16", n_power=2, **TINY)),
+    "mixer": ("mixer", config_lib.model_config("mixer_s16", **TINY)),
+    "asymmixer": ("paramixer", config_lib.model_config("asymmixer_s16_224_l01", **TINY)),
+}
 c = default.get_config()
-c.model = config_lib.model_config(
-    "imixer_s16", num_classes=10, img_size=16, patch_size=4, num_blocks=1, hidden_dim=16,
-    tokens_mlp_dim=8, channels_mlp_dim=32, n_power=2, drop_path_rate=0.2)
+c.arch, c.model = MODELS["imixer"]
 c.data.data_dir = args["data_dir"]
 c.data.augment.update(mixup_alpha=0.8, cutmix_alpha=1.0)
 c.batch_size = 16
@@ -40,7 +54,9 @@ c.batch_size = 16
 c.schedule.update(unit="steps", length=3.0, warmup=1.0)
 """
 
-# (a) With args["meshes"]: losses of 3 steps on fixed batches for each mesh shape listed.
+# (a) With args["cases"]: losses of 3 steps on fixed batches for each [model, mesh shape, fsdp]
+# listed, and how many parameter and optimiser arrays were split on 'data' and on 'model' (FSDP
+# from any size: FSDP_MIN_BYTES would leave every array of a tiny model whole).
 # (b) With args["workdir"]: train_and_evaluate for the same 3 steps; every process feeds its rows
 # of the 1-process batches. One interpreter can do both: the 1-device process imports once and
 # compiles the train step once (the run reads (a)'s program from JAX's persistent cache).
@@ -48,28 +64,29 @@ _RUN = (
     _SETUP
     + """
 result = {}
-default_mesh_shape = c.mesh.shape
+sharding.FSDP_MIN_BYTES = 0
+default_mesh_shape, default_model = c.mesh.shape, (c.arch, c.model)
 rng = np.random.default_rng(0)
 batches = [
     {"image": rng.uniform(-1, 1, (16, 16, 16, 3)).astype(np.float32),
      "label": rng.integers(0, 10, 16).astype(np.int32)}
     for _ in range(3)
 ]
-for shape in args.get("meshes", []):
-    c.mesh.shape = tuple(shape)
+for model, shape, fsdp in args.get("cases", []):
+    (c.arch, c.model), c.mesh.shape, c.mesh.fsdp = MODELS[model], tuple(shape), fsdp
     run = training.prepare(c)
     state, step = training.init_state(run), training.make_train_step(run)
     losses = []
     for batch in batches:
         state, metrics = step(state, sharding.global_batch(run.mesh, batch))
         losses.append([float(metrics["loss"]), float(metrics["grad_norm"])])
-    fc_c1 = state.params["blocks"][0]["channel_mlp"]["fc_c1"]["kernel"]
-    result[str(tuple(shape))] = {
+    specs = [a.sharding.spec for a in jax.tree.leaves((state.params, state.opt_state))]
+    result[f"{model} {tuple(shape)} fsdp={fsdp}"] = {
         "losses": losses,
-        "fc_c1_spec": str(fc_c1.sharding.spec),
+        "split": {axis: sum(axis in spec for spec in specs) for axis in ("data", "model")},
         "devices": len(run.mesh.devices.flat),
     }
-c.mesh.shape = default_mesh_shape
+(c.arch, c.model), c.mesh.shape, c.mesh.fsdp = default_model, default_mesh_shape, False
 one_process_batches = data.train_batches
 
 
@@ -139,13 +156,26 @@ class _Started:
         return self._result
 
 
+_FAMILIES = ("imixer", "mixer", "asymmixer")
+# Data parallel, Megatron pairs with the tokens split between the MLPs, FSDP alone (iMixer), and
+# both with a model axis of 4 (every family): 5 programs in one 8-device interpreter.
+_CASES = [
+    ["imixer", [8, 1], False],
+    ["imixer", [4, 2], False],
+    ["imixer", [8, 1], True],
+    ["mixer", [2, 4], True],
+    ["asymmixer", [2, 4], True],
+]
+
+
 @pytest.fixture(scope="module")
 def one_device(data_dir, jax_cache, tmp_path_factory):
     """The 1-process, 1-device reference of both slow tests from one interpreter (JAX imported
-    and the 1-device programs built once): the losses on the (-1, 1) mesh and a 3-step run in
+    and the 1-device programs built once): the losses of every family and a 3-step run in
     ``workdir``. Started by the first test that needs it, beside its 8-device or 2 processes."""
     workdir = tmp_path_factory.mktemp("one_device") / "one"
-    args = {"data_dir": data_dir, "meshes": [[-1, 1]], "process_count": 1, "workdir": str(workdir)}
+    cases = [[model, [1, 1], False] for model in _FAMILIES]
+    args = {"data_dir": data_dir, "cases": cases, "process_count": 1, "workdir": str(workdir)}
     return _Started(_RUN, args, jax_cache, workdir)
 
 
@@ -194,50 +224,121 @@ def test_wants_distributed(monkeypatch):
     assert sharding.wants_distributed(dist)
 
 
-def test_path_str_drops_the_variable_value():
-    from flax import nnx
-
-    params = nnx.state(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), nnx.Param)
-    paths = [sharding.path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path({"p": params})]
-    assert paths == ["p/bias", "p/kernel"]
-
-
-def test_partition_rules():
-    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
-    # A 1-device mesh never splits; the rule table still decides which specs apply.
-    assert sharding.partition_spec("params/blocks/0/channel_mlp/fc_c1/kernel", (16, 64), mesh) == P(
-        None, None
-    )
-    assert sharding.partition_spec("params/head/kernel", (16, 10), mesh) == P()
-
-    class FakeMesh:
-        shape = {"data": 4, "model": 2}
-
-    fake = FakeMesh()
+def test_partition_spec_drops_what_the_mesh_cannot_split():
+    mesh = {"data": 4, "model": 2}
     spec = sharding.partition_spec
-    assert spec("opt_state/0/mu/blocks/3/channel_mlp/fc_c1/kernel", (16, 64), fake) == P(
-        None, "model"
-    )
-    assert spec("params/blocks/0/channel_mlp/fc_c2/kernel", (64, 16), fake) == P("model", None)
-    assert spec("params/blocks/0/token_mixer/fc_sn1/bias", (16,), fake) == P("model")
-    assert spec("params/blocks/0/token_mixer/fc1/kernel", (16, 3), fake) == P(None, None)  # 3 % 2
-    assert spec("params/blocks/0/norm/scale", (16,), fake) == P()
-    assert spec("rest/blocks/0/token_mixer/fc_sn1/u", (16,), fake) == P()
+    assert spec(P(None, "model"), (16, 64), mesh) == P(None, "model")
+    assert spec(P(None, "model"), (16, 3), mesh) == P(None, None)  # 3 % 2
+    assert spec(P(None, "model"), (16, 64), {"data": 8, "model": 1}) == P(None, None)
+    assert spec(P(), (16, 64), mesh) == P(None, None)
+    assert spec(P("expert"), (16,), mesh) == P(None)  # an axis the mesh lacks
+
+
+def test_fsdp_splits_the_largest_free_divisible_dimension_of_large_arrays(monkeypatch):
+    mesh = {"data": 4, "model": 2}
+    spec = functools.partial(sharding.partition_spec, fsdp=True)
+    big = sharding.FSDP_MIN_BYTES // 4  # float32 elements
+    assert spec(P(None, "model"), (big // 512, 512), mesh) == P("data", "model")
+    assert spec(P(None, "model"), (6, big), mesh) == P(None, "model")  # 6 % 4: no free dim
+    assert spec(P(), (big // 512 + 2, 512), mesh) == P(None, "data")  # 2 mod 4 on the first
+    assert spec(P(), (3, big // 4 + 1), mesh) == P(None, None)  # nothing divisible
+    assert spec(P(), (16, 64), mesh) == P(None, None)  # small: left whole
+    assert spec(P(), (big,), {"data": 1, "model": 2}) == P(None)
+    monkeypatch.setattr(sharding, "FSDP_MIN_BYTES", 0)
+    assert spec(P(), (16, 64), mesh) == P(None, "data")
+
+
+def _residual_constraints(model, mesh):
+    """Specs of the sharding constraints in the jaxpr of the abstract ``model``'s evaluation
+    forward traced under ``mesh`` (an abstract mesh: no devices needed)."""
+    graphdef, state = nnx.split(model)
+    images = jax.ShapeDtypeStruct((8, model.img_size, model.img_size, 3), np.float32)
+
+    def forward(state, images):
+        with jax.sharding.use_abstract_mesh(mesh):
+            return nnx.merge(graphdef, state)(images)
+
+    eqns = jax.make_jaxpr(forward)(state, images).jaxpr.eqns
+    return [e.params["sharding"].spec for e in eqns if e.primitive.name == "sharding_constraint"]
+
+
+@pytest.mark.parametrize("name", ["imixer_s16", "vanillamixer_s16_224", "paramixer_s16_224"])
+def test_residual_stream_alternates_channel_and_token_splits(name):
+    """Sequence parallelism: under a model axis the [B, S, D] stream is constrained to
+    ('data', None, 'model') where a token mixer reads it (after the stem and after every block)
+    and to ('data', 'model', None) between the token and channel halves of a serial block; the
+    other axis where 'model' does not divide the named one; nothing without a model axis
+    (1-device and data-parallel programs unchanged)."""
+    build = functools.partial(registry.create_model, name, num_blocks=2, img_size=32)  # S = 4
+    model = nnx.eval_shape(lambda: build(rngs=nnx.Rngs(0)))
+    model.eval()
+    channels, tokens = P("data", None, "model"), P("data", "model", None)
+    block = [tokens, channels] if name != "paramixer_s16_224" else [channels]
+    mesh = AbstractMesh((2, 2), ("data", "model"), (AxisType.Auto,) * 2)
+    assert _residual_constraints(model, mesh) == [channels, *block, *block]
+    mesh = AbstractMesh((2, 8), ("data", "model"), (AxisType.Auto,) * 2)  # 8 does not divide 4
+    assert set(_residual_constraints(model, mesh)) == {channels}
+    mesh = AbstractMesh((8, 1), ("data", "model"), (AxisType.Auto,) * 2)
+    assert _residual_constraints(model, mesh) == []
+
+
+# Kernels of the Megatron pairs of every family: Mixer/iMixer token mixer (fc1, fc2, fc_sn1,
+# fc_sn2) and channel MLP (fc_c1, fc_c2), parallelized family mlp_tokens / mlp_channels (fc1, fc2).
+_MLP_KERNEL = re.compile(r"/(token_mixer|channel_mlp|mlp_tokens|mlp_channels)/fc\w*/kernel/value$")
+_MILLION = 1_000_000
+
+
+def _layouts(name):
+    # Per-block arrays have the same shapes for any num_blocks, so one block stands for the
+    # per-block layout (a 24-block iMixer takes ~20 s to trace); the scanned layout stacks all.
+    if name in registry.VARIANT_NAMES:
+        return (dict(num_blocks=1), dict(scan_blocks=True))
+    return (dict(num_blocks=1),)
+
+
+@pytest.mark.parametrize("name", registry.VARIANT_NAMES + registry.PARAMIXER_NAMES)
+def test_every_variant_splits_its_mlps_on_model(name):
+    """Every MLP kernel of every registered variant is split on 'model' (model axis 2 and 4, both
+    block layouts), and no parameter above a million elements is replicated unless the model
+    declares it so."""
+    for overrides in _layouts(name):
+        build = functools.partial(registry.create_model, name, **overrides)
+        model = nnx.eval_shape(lambda build=build: build(rngs=nnx.Rngs(0)))
+        params = nnx.state(model, nnx.Param)
+        declared = jax.tree.leaves(nnx.get_partition_spec(params))
+        leaves = jax.tree_util.tree_leaves_with_path(params)
+        for m in (2, 4):
+            mesh = AbstractMesh((8 // m, m), ("data", "model"), (AxisType.Auto,) * 2)
+            specs = [s.spec for s in jax.tree.leaves(sharding.tree_shardings(mesh, params))]
+            mlp_kernels = 0
+            for (path, x), spec, said in zip(leaves, specs, declared):
+                where = f"{name} {overrides} model={m}: {jax.tree_util.keystr(path)} {x.shape}"
+                if _MLP_KERNEL.search(jax.tree_util.keystr(path, simple=True, separator="/")):
+                    mlp_kernels += 1
+                    assert "model" in spec, f"{where} is {spec}"
+                if x.size > _MILLION and "model" not in spec:
+                    assert said == P(*(None,) * x.ndim), f"{where} is replicated"
+            assert mlp_kernels >= 2, name  # two MLPs per block, at least one kernel each
 
 
 @pytest.mark.slow
-def test_same_losses_on_1_and_8_devices_with_data_and_model_meshes(data_dir, jax_cache, one_device):
+def test_same_losses_on_1_and_8_devices_for_every_family(data_dir, jax_cache, one_device):
     one_device.start()
-    meshes = {"data_dir": data_dir, "meshes": [[8, 1], [4, 2]]}
-    eight = _python(_RUN, meshes, jax_cache, devices=8)
+    eight = _python(_RUN, {"data_dir": data_dir, "cases": _CASES}, jax_cache, devices=8)
     one, eight = one_device.result(), _result(eight)
-    reference = np.array(one["(-1, 1)"]["losses"])
-    assert one["(-1, 1)"]["devices"] == 1 and eight["(8, 1)"]["devices"] == 8
-    assert eight["(4, 2)"]["fc_c1_spec"] == str(P(None, "model"))  # really split on 'model'
-    for shape in ("(8, 1)", "(4, 2)"):
-        # float32: sharded reductions reorder sums (~1e-7 relative per op); over 3 steps of a
-        # 1-block net the loss and gradient norm agree to well within 1e-5.
-        np.testing.assert_allclose(np.array(eight[shape]["losses"]), reference, rtol=1e-5)
+    for model, shape, fsdp in _CASES:
+        reference = one[f"{model} (1, 1) fsdp=False"]
+        got = eight[f"{model} {tuple(shape)} fsdp={fsdp}"]
+        assert reference["devices"] == 1 and got["devices"] == 8
+        # Really split: MLP kernels (and their Adam moments) on 'model', the state on 'data'.
+        assert (got["split"]["model"] > 0) == (shape[1] > 1), (model, shape, got["split"])
+        assert (got["split"]["data"] > 0) == fsdp, (model, shape, got["split"])
+        # float32: sharded reductions (the batch mean, the split contractions of the MLPs, the
+        # gathered and reduce-scattered gradients of FSDP) sum in another order, ~1e-7 relative
+        # per op; over 3 steps of a 1-block net the loss and gradient norm agree well within 1e-5.
+        np.testing.assert_allclose(
+            np.array(got["losses"]), np.array(reference["losses"]), rtol=1e-5, err_msg=model
+        )
 
 
 def _restore_on_this_device(step_dir):

@@ -4,8 +4,10 @@ optimiser pieces (schedule, weight-decay mask, accumulation, EMA) and bfloat16 c
 
 import glob
 import json
+import logging
 import math
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -20,14 +22,14 @@ from flax import nnx
 from tensorboard_events import tensorboard_points
 
 from configs import default
+from imixer_jax import evaluate as evaluate_command
 from imixer_jax import training
-from imixer_jax.training import config as config_lib
 from imixer_jax.training import optim
 from imixer_jax.training.logging import reader as metrics
+from tests import tiny
+from tests.commands import call
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(img_size=16, patch_size=4, num_blocks=1, hidden_dim=16, tokens_mlp_dim=8)
-TINY.update(channels_mlp_dim=32, n_power=2, drop_path_rate=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +40,7 @@ def data_dir(tmp_path_factory):
 
 def tiny_config(data_dir, model="imixer_s16", **model_overrides):
     """The default config shrunk to 8 steps of a 1-block, D=16 model."""
-    c = default.get_config()
-    c.model = config_lib.model_config(model, num_classes=10, **{**TINY, **model_overrides})
-    c.data.data_dir = data_dir
-    c.batch_size, c.eval_batch_size = 16, 120
-    c.schedule.unit, c.schedule.length, c.schedule.warmup = "steps", 8.0, 2.0
-    c.log_every_steps, c.eval_every_steps = 2, 4
-    c.checkpoint.every_steps, c.checkpoint.keep = 2, 2
-    return c
+    return tiny.trainer_config(data_dir, model, **model_overrides)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +60,9 @@ def _copy_run(trained_run, tmp_path) -> tuple[dict, str]:
     return result, copy
 
 
-def test_train_and_evaluate_writes_metrics_checkpoints_and_resumes(data_dir, trained_run, tmp_path):
+def test_train_and_evaluate_writes_metrics_checkpoints_and_resumes(
+    data_dir, trained_run, tmp_path, caplog, capsys
+):
     config = tiny_config(data_dir)
     result, workdir = _copy_run(trained_run, tmp_path)
     assert result["step"] == 8 and 0 <= result["test/top1"] <= result["test/top5"] <= 1
@@ -104,12 +101,36 @@ def test_train_and_evaluate_writes_metrics_checkpoints_and_resumes(data_dir, tra
     assert training.evaluate_checkpoint(config, workdir, step=6)["step"] == 6
     with pytest.raises(FileNotFoundError, match="step 5"):
         training.evaluate_checkpoint(config, workdir, step=5)
+    # The command, without --config, reads the run's config.json.
+    capsys.readouterr()
+    call(evaluate_command, f"--workdir={workdir}")
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["step"] == 8 and printed["test/top1"] == result["test/top1"]
 
-    # A finished run restarted resumes at the end: no training, the same evaluation, no
-    # second row for it.
-    again = training.train_and_evaluate(config, workdir)
-    assert again["test/top1"] == result["test/top1"]
+    # The parameter table is a file; the console gets its summary line.
+    table = (pathlib.Path(workdir) / "parameters.txt").read_text().splitlines()
+    assert table[0].split() == ["parameter", "shape", "size", "sharding"]
+    assert table[-1].startswith("total ") and table[-1].endswith(
+        f"parameters in {len(table) - 2} arrays"
+    )
+
+    # A finished run restarted says so and returns its logged final metrics: no training, no
+    # evaluation, no second row; then it says where everything is.
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="absl"):
+        again = training.train_and_evaluate(config, workdir)
+    assert {k: again[k] for k in result if k.startswith("test/")} == {
+        k: v for k, v in result.items() if k.startswith("test/")
+    }
     assert metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl")) == rows
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("run complete: all 8 steps trained and evaluated") for m in messages)
+    assert not any(m.startswith("step 8  test/") for m in messages)  # no evaluation ran
+    (outputs,) = [m for m in messages if m.startswith(f"outputs in {workdir}:")]
+    for name in ("config.json", "metrics.jsonl", "tensorboard/", "checkpoints/", "parameters.txt"):
+        assert f"\n  {name}" in outputs, name
+    assert f"tensorboard --logdir {workdir}/tensorboard" in outputs
+    assert f"python -m imixer_jax.evaluate --workdir {workdir}" in outputs
 
 
 def test_non_finite_values_stop_and_keep_the_last_good_checkpoint(data_dir, tmp_path):
@@ -288,7 +309,7 @@ def test_bfloat16_compute_keeps_float32_parameters(data_dir):
 
 def _tiny_flags(data_dir):
     flags = [f"--config.data.data_dir={data_dir}", "--config.batch_size=16"]
-    flags += [f"--config.model.{k}={v}" for k, v in TINY.items()]
+    flags += [f"--config.model.{k}={v}" for k, v in tiny.TRAINER.items()]
     flags += ["--config.schedule.unit=steps", "--config.schedule.length=6"]
     flags += ["--config.schedule.warmup=1", "--config.log_every_steps=2"]
     return flags

@@ -30,6 +30,7 @@ from imixer_jax.analysis.plots import (
     plot_energy_descent,
     plot_residuals,
     plot_sigmas,
+    plot_training_curves,
     write_plots,
 )
 from imixer_jax.analysis.runs import (
@@ -74,6 +75,7 @@ __all__ = [
     "plot_energy_descent",
     "plot_residuals",
     "plot_sigmas",
+    "plot_training_curves",
     "residuals",
     "settle_spectral_norm",
     "three_layer_network",

@@ -6,7 +6,7 @@ display backend) and ``write_plots``, everything for one run as PNG files
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import jax
@@ -14,6 +14,7 @@ import numpy as np
 from absl import logging
 
 from imixer_jax.analysis import blocks, runs, toy
+from imixer_jax.training.logging import reader, writer
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -46,6 +47,40 @@ def plot_energy_descent(curves: Mapping[str, toy.Descent]) -> Figure:
         bottom.set_xlabel("time t")
         for ax in (top, bottom):
             ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_training_curves(rows: Sequence[Mapping[str, float]], *, title: str = "") -> Figure:
+    """The rows of a run's ``metrics.jsonl``: train loss (left) and test top-1 in % (right, with
+    EMA's where logged) against the step. Rows without a metric are skipped for that curve."""
+    fig = _figure(figsize=(8.4, 3.2))
+    loss_ax, top1_ax = fig.subplots(1, 2)
+
+    def curve(ax, key: str, label: str, scale: float = 1.0) -> None:
+        points = [(row["step"], row[key]) for row in rows if isinstance(row.get(key), float)]
+        if points:
+            steps, values = zip(*points)
+            ax.plot(
+                steps,
+                scale * np.asarray(values),
+                marker="." if len(points) < 30 else None,
+                lw=1.0,
+                label=label,
+            )
+
+    curve(loss_ax, "train/loss", "train loss")
+    loss_ax.set_ylabel("train loss (log window mean)")
+    curve(top1_ax, "test/top1", "test top-1", scale=100.0)
+    curve(top1_ax, "test_ema/top1", "test top-1 (EMA)", scale=100.0)
+    top1_ax.set_ylabel("test top-1 (%)")
+    for ax in (loss_ax, top1_ax):
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    if len(top1_ax.get_lines()) > 1:
+        top1_ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -132,6 +167,8 @@ def write_plots(
     """Writes the plots of the run in ``workdir`` as PNG files in ``out`` (created after the
     run's checkpoint and images loaded).
 
+    * ``training_curves.png``: train loss and test top-1 against the step
+      (``metrics.jsonl``).
     * ``energy_descent.png``: a toy tied three-layer HHN, convex vs GELU Lagrangians.
     * ``residuals.png`` (iMixer): fixed-point residual per iteration and block on the first
       ``num_images`` test images, for the trained solver and a converged implicit solve (at
@@ -154,6 +191,13 @@ def write_plots(
         fig.savefig(path)
         written.append(path)
 
+    name = os.path.basename(os.path.normpath(workdir))
+    metrics_path = os.path.join(workdir, writer.METRICS_FILE)
+    if os.path.exists(metrics_path):
+        rows = reader.read_jsonl(metrics_path)
+        save(plot_training_curves(rows, title=name), "training_curves.png")
+    else:
+        logging.info("no %s: training_curves.png not written", metrics_path)
     save(plot_energy_descent(toy.toy_energy_curves(jax.random.key(0))), "energy_descent.png")
     iterates = c.token_mixer == "imlp" and c.n_iter > 0
     _, info = blocks.forward(model, images) if iterates or c.tied else (None, None)
@@ -165,7 +209,7 @@ def write_plots(
                 blocks.forward(converged, images)[1]
             ),
         }
-        title = f"{os.path.basename(os.path.normpath(workdir))}, step {loaded.step}"
+        title = f"{name}, step {loaded.step}"
         save(plot_residuals(curves, mark=c.n_iter, title=title), "residuals.png")
     else:
         logging.info("no fixed-point iteration in this model: residuals.png not written")

@@ -3,17 +3,16 @@ one line ``error: <cause>; <fix>`` on stderr (exit status 1; 130 after Ctrl-C)."
 
 from __future__ import annotations
 
-import argparse
 import logging as py_logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from absl import app, logging
+from absl import app, flags, logging
 
 from imixer_jax.cli import errors
-from imixer_jax.cli.flags import VERBOSE, parse_flags
+from imixer_jax.cli.flags import HELP_FLAGS, help_text, parse_flags
 from imixer_jax.data import tf_import
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
@@ -46,8 +45,7 @@ def setup_process(verbose: bool) -> None:
     )
 
     log_filter.quiet_orbax_logging()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    tf_import.drop_banner()
+    tf_import.quiet()
 
 
 def _fail(error: BaseException) -> NoReturn:
@@ -55,50 +53,27 @@ def _fail(error: BaseException) -> NoReturn:
     sys.exit(130 if isinstance(error, KeyboardInterrupt) else 1)
 
 
-def run_absl(main: Callable[[list[str]], Any]) -> None:
-    """``absl.app.run(main)`` with the shared setup and flags parser (``parse_flags``); for the
-    programs that read a config file."""
-    setup_process(errors.verbose_requested(sys.argv))
+def run(
+    main: Callable[[], Any], values: flags.FlagValues, argv: Sequence[str] | None = None
+) -> NoReturn:
+    """Run an entry point: ``absl.app.run`` with the shared process setup (``setup_process``),
+    ``argv`` (default ``sys.argv``) parsed into the entry point's flags ``values``
+    (``flag_values``; one line for a bad flag), then ``main()``, whose exception becomes one
+    line ``error: <cause>; <fix>``. ``--help`` prints the caller's docstring and its flags and
+    exits 0. Ends the process (``SystemExit``: 0, 1 on an error, 130 after Ctrl-C)."""
+    argv = list(sys.argv if argv is None else argv)
+    verbose = errors.verbose_requested(argv)
+    setup_process(verbose)
+    if any(arg in HELP_FLAGS for arg in argv[1:]):
+        print(help_text(values, sys.modules[main.__module__].__doc__), end="")
+        sys.exit(0)
 
-    def reported(argv: list[str]) -> Any:
+    def reported(_: list[str]) -> None:
         try:
-            return main(argv)
+            main()
         except (Exception, KeyboardInterrupt) as e:
-            if VERBOSE.value or errors.verbose_requested(argv):
+            if verbose or values["verbose"].value:
                 raise
             _fail(e)
 
-    app.run(reported, flags_parser=parse_flags)
-
-
-def run_argparse(
-    main: Callable[[list[str] | None], Any],
-    argv: Sequence[str] | None = None,
-) -> None:
-    """``main(argv)`` (an argparse program, see ``ArgumentParser``) with the shared setup
-    (``setup_process``)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    verbose = errors.verbose_requested(argv)
-    setup_process(verbose)
-    try:
-        main(argv)
-    except (Exception, KeyboardInterrupt) as e:
-        if verbose:
-            raise
-        _fail(e)
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """``argparse.ArgumentParser`` whose errors are one line ``error: <cause>; see --help``
-    (exit status 1) and that accepts ``--verbose`` (see ``run_argparse``)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.add_argument(
-            "--verbose",
-            action="store_true",
-            help=f"on an error, show the traceback and all log lines ({errors.VERBOSE_ENV}=1)",
-        )
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(1, f"error: {message}; see {self.prog} --help\n")
+    app.run(reported, argv=argv, flags_parser=lambda args: parse_flags(values, args))

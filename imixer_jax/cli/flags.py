@@ -1,6 +1,13 @@
-"""absl flags of the entry points: the ``--config`` file flag, ``--verbose``, and a flags parser
-that turns every parse failure (unknown or mistyped ``--config.KEY``, missing or broken config
-file, missing required flag, stray argument) into one line."""
+"""absl flags of the entry points: each entry point's own ``FlagValues`` (``flag_values``, with
+``--verbose``), the ``--config`` file flag, ``--help``, and a flags parser that turns every parse
+failure (unknown or mistyped flag or ``--config.KEY``, missing or broken config file, missing
+required flag, stray argument) into one line.
+
+Each entry point registers its flags in a ``FlagValues`` of its own rather than absl's global
+``FLAGS``: the flags of different entry points share names (``--workdir``, ``--out``) with
+different meanings, and the test suite imports several entry points into one process, where
+absl's global registry would refuse the second definition.
+"""
 
 from __future__ import annotations
 
@@ -8,30 +15,56 @@ import re
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 from absl import flags
 from ml_collections import config_flags
 
 from imixer_jax.cli import errors
 
-VERBOSE = flags.DEFINE_bool(
-    "verbose",
-    False,
-    f"On an error, show the traceback and every library's log lines (or {errors.VERBOSE_ENV}=1).",
-)
-
 CONFIG_FLAG = "config"
+HELP_FLAGS = ("--help", "-help", "-h", "--helpshort", "-?", "--helpfull")
 _OVERRIDE = re.compile(r"^--?(config(?:\.[^=\s]+)+)(?:=.*)?$")
 _REQUIRED = re.compile(r"Flag --(\S+) must have a value other than None")
 _HINT = re.compile(r'Did you mean "([^"]+)"')
 
 
-def define_config(help_text: str) -> flags.FlagHolder:
-    """The required ``--config FILE[:ARG]`` flag (locked ``ConfigDict``, ``--config.KEY=VALUE``
-    overrides)."""
-    holder = config_flags.DEFINE_config_file(CONFIG_FLAG, None, help_text, lock_config=True)
-    flags.mark_flag_as_required(CONFIG_FLAG)
+def flag_values() -> flags.FlagValues:
+    """A new ``FlagValues`` for one entry point's flags (``flags.DEFINE_*(...,
+    flag_values=...)``), holding the shared ``--verbose``."""
+    values = flags.FlagValues()
+    flags.DEFINE_bool(
+        "verbose",
+        False,
+        f"On an error, show the traceback and every library's log lines ({errors.VERBOSE_ENV}=1).",
+        flag_values=values,
+    )
+    return values
+
+
+def define_config(
+    help_text: str, values: flags.FlagValues, *, required: bool = True
+) -> flags.FlagHolder:
+    """The ``--config FILE[:ARG]`` flag (locked ``ConfigDict``, ``--config.KEY=VALUE``
+    overrides) in ``values``."""
+    holder = config_flags.DEFINE_config_file(
+        CONFIG_FLAG, None, help_text, flag_values=values, lock_config=True
+    )
+    if required:
+        flags.mark_flag_as_required(CONFIG_FLAG, flag_values=values)
     return holder
+
+
+def help_text(values: flags.FlagValues, doc: str | None) -> str:
+    """What ``--help`` prints: the entry point's docstring and its own flags (absl's logging
+    flags, also accepted, are left out)."""
+    own = flags.FlagValues()
+    for name in values:
+        flag = values[name]
+        if name == flag.name and name not in flags.FLAGS and not name.startswith("config."):
+            own[name] = flag
+    listing = own.get_help(include_special_flags=False)
+    return f"{(doc or '').strip()}\n\nflags:\n{listing}\n"
 
 
 def _unknown_key_line(error: BaseException, argv: Sequence[str]) -> str:
@@ -105,7 +138,7 @@ def flag_error_line(error: BaseException, argv: Sequence[str]) -> str:
         unknown = re.match(r"Unknown command line flag '(config\.\S+)'", text)
         if unknown and not any(re.match(r"--?config(=|$)", a) for a in argv):
             return f"--{unknown.group(1)} overrides a key of the config file; pass --config FILE"
-        return f"{errors.squash(text)}; see --help"
+        return f"{errors.squash(text).rstrip('.')}; see --help"
     # A config file raised something else (NameError, ImportError, ...).
     return (
         f"config file failed at {_config_file_frame(error)}: {type(error).__name__}: "
@@ -120,19 +153,31 @@ def _load_config_file(values: flags.FlagValues) -> None:
         getattr(values[CONFIG_FLAG].value, "lock", None)
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl ``flags_parser`` of the entry points: a bad flag, config file or ``--config.KEY``
-    override, or a stray positional argument exits (status 1) with one line on stderr."""
+def _exit(line: str) -> NoReturn:
+    print(f"error: {line}", file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def parse_flags(values: flags.FlagValues, argv: list[str]) -> list[str]:
+    """Parse ``argv`` into ``values`` (and absl's own flags, such as ``--verbosity``, which
+    ``values`` takes over from absl's global ``FLAGS``): a bad flag, config file or
+    ``--config.KEY`` override, or a stray positional argument exits (status 1) with one line on
+    stderr. Every flag absent from ``argv`` gets its default, also when parsed before."""
+    for name in flags.FLAGS:
+        if name not in values and name == flags.FLAGS[name].name:
+            values[name] = flags.FLAGS[name]
+    values.unparse_flags()
     try:
-        rest = flags.FLAGS(argv)
-        _load_config_file(flags.FLAGS)
+        rest = values(argv)
+        _load_config_file(values)
     except Exception as e:  # a config file runs arbitrary code: anything can come out of it
         if errors.verbose_requested(argv):
             raise
-        sys.exit(f"error: {flag_error_line(e, argv)}")
+        _exit(flag_error_line(e, argv))
     if len(rest) > 1:
-        sys.exit(
-            f"error: unexpected argument(s) {' '.join(rest[1:])}; "
+        _exit(
+            f"unexpected argument(s) {' '.join(rest[1:])}; "
             "flags take the form --name=value (see --help)"
         )
+    flags.FLAGS.mark_as_parsed()  # absl's logging reads its flags (shared with ``values``)
     return rest

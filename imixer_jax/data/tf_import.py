@@ -6,7 +6,8 @@ initialisation warning, oneDNN and CPU-feature notes) that ``TF_CPP_MIN_LOG_LEVE
 stop. So nothing imports it at import time: the modules that need it (the TFDS pipeline, the
 embedded dataset, the TensorBoard writer) call ``import_tensorflow()`` first, and a command that
 stops on a bad input, or never reads a TFDS dataset, never pays for it. The entry points
-(``imixer_jax.cli``) call ``drop_banner()`` unless ``--verbose``.
+(``imixer_jax.cli``) call ``quiet()`` unless ``--verbose``, and so does
+``experiments/energy_descent.ipynb``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,14 @@ from collections.abc import Iterator
 from types import ModuleType
 
 _drop_banner = False
+
+
+def quiet() -> None:
+    """TensorFlow without its start-up lines: C++ INFO and WARNING lines off
+    (``TF_CPP_MIN_LOG_LEVEL=2`` unless set) and the import banner dropped (``drop_banner``).
+    The entry points call it, and a notebook may, before TensorFlow is first imported."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    drop_banner()
 
 
 def drop_banner() -> None:

@@ -1,6 +1,6 @@
 """Print every registered variant's exact parameter count, one ``<name> <count>`` line each.
 
-    python -m imixer_jax.models --num-classes 1000 [--img-size 224] [--table]
+    python -m imixer_jax.models --num_classes 1000 [--img_size 224] [--table]
 
 Every family is listed: MLP-Mixer (``mixer_*``), iMixer (``imixer_*``), the parallelized Mixer
 family (``vanillamixer_*``, ``paramixer_*``, ``symmixer_*``, ``asymmixer_*``) and the Energy
@@ -13,19 +13,23 @@ is printed.
 
 from __future__ import annotations
 
+from absl import flags
+
 from imixer_jax import cli
 
+FLAGS = cli.flag_values()
+_NUM_CLASSES = flags.DEFINE_integer(
+    "num_classes", None, "Classes of the head.", lower_bound=1, required=True, flag_values=FLAGS
+)
+_IMG_SIZE = flags.DEFINE_integer(
+    "img_size", 224, "Input image size in pixels.", lower_bound=1, flag_values=FLAGS
+)
+_TABLE = flags.DEFINE_bool(
+    "table", False, "A table with family and forward GFLOPs per image.", flag_values=FLAGS
+)
 
-def main(argv: list[str] | None = None) -> None:
-    parser = cli.ArgumentParser(prog="python -m imixer_jax.models", description=__doc__)
-    parser.add_argument("--num-classes", type=int, required=True)
-    parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument(
-        "--table",
-        action="store_true",
-        help="a table with family and forward GFLOPs per image",
-    )
-    args = parser.parse_args(argv)
+
+def main() -> None:
     from imixer_jax.models import flops, registry  # after the setup
 
     rows = []
@@ -33,15 +37,15 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:
         try:
             config = registry.model_config(
-                name, num_classes=args.num_classes, img_size=args.img_size
+                name, num_classes=_NUM_CLASSES.value, img_size=_IMG_SIZE.value
             )
         except ValueError as e:
-            parser.error(str(e))
+            raise cli.UsageError(f"{e}; see --help") from e
         # The stacked (scanned) layout has the same parameters and traces one block, not N.
         layout = config.replace(scan_blocks=True) if config.arch == "mixer" else config
         family = config.arch if config.arch == "energy_transformer" else name.split("_")[0]
         rows.append((name, family, registry.count_params(layout), config))
-    if not args.table:
+    if not _TABLE.value:
         for name, _, count, _ in rows:
             print(f"{name} {count}", flush=True)
         return
@@ -56,4 +60,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    cli.run_argparse(main)
+    cli.run(main, FLAGS)

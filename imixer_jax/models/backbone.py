@@ -12,8 +12,11 @@ from the same ``Rngs`` do not depend on the subclass), and applies them.
 Layouts: by default ``blocks`` is an ``nnx.List`` of the blocks, applied in a Python loop (XLA
 compiles N copies). With ``scan_blocks`` every block variable is stacked along a leading axis of
 size N and the blocks run under ``nnx.scan``, so compile time does not grow with depth; each block
-still draws its own drop-path mask. Remat of the blocks recomputes each whole block in the backward
-pass (``jax.checkpoint``; only the block inputs are saved).
+still draws its own drop-path mask (the stacked axis of every variable is unsplit on a mesh).
+Under a mesh with a 'model' axis the residual stream between blocks is split over channels
+(``partitioning.shard_residual``; the blocks split it over tokens between their halves). Remat of
+the blocks recomputes each whole block in the backward pass (``jax.checkpoint``; only the block
+inputs are saved).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from imixer_jax.models import layers
+from imixer_jax.models import layers, partitioning
 from imixer_jax.models.configs import ModelConfig
 
 Array = jax.Array
@@ -69,7 +72,8 @@ class Backbone(nnx.Module):
             return make_block(config, rngs)
 
         if scan_blocks:
-            self.blocks = nnx.split_rngs(splits=config.num_blocks)(nnx.vmap(make, in_axes=0))(rngs)
+            vmap = nnx.vmap(make, in_axes=0, transform_metadata=partitioning.STACKED)
+            self.blocks = nnx.split_rngs(splits=config.num_blocks)(vmap)(rngs)
         else:
             self.blocks = nnx.List(make(rngs) for _ in range(config.num_blocks))
         self.norm = layers.layer_norm(config.hidden_dim, dtype=dtype, rngs=rngs)
@@ -100,7 +104,7 @@ class Backbone(nnx.Module):
             x = self._scan(apply, x, rngs)
         else:
             for block in self.blocks:
-                x = apply(block, x, rngs)
+                x = partitioning.shard_residual(apply(block, x, rngs), "channels")
         x = self.norm(x).mean(axis=1)  # [B, D]
         return self.head(x).astype(jnp.float32)
 
@@ -111,7 +115,8 @@ class Backbone(nnx.Module):
 
         @nnx.scan(in_axes=(nnx.Carry, 0, 0), out_axes=nnx.Carry)
         def body(x, block, key):
-            return apply(block, x, None if key is None else nnx.Rngs(dropout=key))
+            x = apply(block, x, None if key is None else nnx.Rngs(dropout=key))
+            return partitioning.shard_residual(x, "channels")
 
         return body(x, self.blocks, keys)
 
@@ -125,7 +130,8 @@ class Backbone(nnx.Module):
                 f"got {list(images.shape)}"
             )
         x = self.stem(images)  # [B, H/P, W/P, D]
-        return x.reshape(x.shape[0], self.num_tokens, x.shape[-1])
+        x = x.reshape(x.shape[0], self.num_tokens, x.shape[-1])
+        return partitioning.shard_residual(x, "channels")
 
     def penalty(self) -> Array:
         """A regulariser the trainer adds to the loss, a float32 scalar; 0 here."""

@@ -12,7 +12,8 @@
 * Drop path (stochastic depth): whole samples dropped, survivors scaled by 1/(1 - rate)
                                                  -> ``drop_path``.
 
-Parameters are float32; ``dtype`` (e.g. ``jnp.bfloat16``) is the computation dtype.
+Parameters are float32; ``dtype`` (e.g. ``jnp.bfloat16``) is the computation dtype. Every
+parameter declares its split over a device mesh (``partitioning``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import jax
 from flax import nnx
 
 from imixer_jax.hopfield import lagrangians
+from imixer_jax.models import partitioning
+from imixer_jax.models.partitioning import MODEL, REPLICATED_VECTOR, split
 
 Array = jax.Array
 
@@ -31,10 +34,17 @@ LAYER_NORM_EPS = 1e-6
 
 
 def mlp_linear(
-    in_features: int, out_features: int, *, rngs: nnx.Rngs, use_bias: bool = True, dtype=None
+    in_features: int,
+    out_features: int,
+    *,
+    parallel: str,
+    rngs: nnx.Rngs,
+    use_bias: bool = True,
+    dtype=None,
 ) -> nnx.Linear:
     """Linear ``[..., in] -> [..., out]`` of a token or channel MLP: kernel ``[in, out]``
-    xavier_uniform, bias ``[out]`` normal(1e-6)."""
+    xavier_uniform, bias ``[out]`` normal(1e-6); ``parallel`` 'column' (first layer of the MLP)
+    or 'row' (second) declares its split on 'model' (``partitioning.linear_metadata``)."""
     return nnx.Linear(
         in_features,
         out_features,
@@ -43,11 +53,13 @@ def mlp_linear(
         bias_init=MLP_BIAS_INIT,
         dtype=dtype,
         rngs=rngs,
+        **partitioning.linear_metadata(parallel),
     )
 
 
 def head_linear(in_features: int, num_classes: int, *, rngs: nnx.Rngs, dtype=None) -> nnx.Linear:
-    """Classifier head ``[..., D] -> [..., num_classes]`` with zero kernel and zero bias."""
+    """Classifier head ``[..., D] -> [..., num_classes]`` with zero kernel and zero bias; the
+    kernel split over D on 'model' (D divides any model axis, a class count may not)."""
     return nnx.Linear(
         in_features,
         num_classes,
@@ -55,17 +67,28 @@ def head_linear(in_features: int, num_classes: int, *, rngs: nnx.Rngs, dtype=Non
         bias_init=jax.nn.initializers.zeros,
         dtype=dtype,
         rngs=rngs,
+        kernel_metadata=split(MODEL, None),
+        bias_metadata=REPLICATED_VECTOR,
     )
 
 
 def layer_norm(dim: int, *, rngs: nnx.Rngs, dtype=None) -> nnx.LayerNorm:
-    """LayerNorm over the last axis ``[..., dim]``: eps 1e-6, scale ``[dim]`` = 1, bias = 0."""
-    return nnx.LayerNorm(dim, epsilon=LAYER_NORM_EPS, dtype=dtype, rngs=rngs)
+    """LayerNorm over the last axis ``[..., dim]``: eps 1e-6, scale ``[dim]`` = 1, bias = 0;
+    replicated."""
+    return nnx.LayerNorm(
+        dim,
+        epsilon=LAYER_NORM_EPS,
+        dtype=dtype,
+        rngs=rngs,
+        scale_metadata=REPLICATED_VECTOR,
+        bias_metadata=REPLICATED_VECTOR,
+    )
 
 
 def patch_stem(patch_size: int, dim: int, *, rngs: nnx.Rngs, dtype=None) -> nnx.Conv:
     """Patch embedding: ``[B, H, W, 3] -> [B, H/P, W/P, D]`` (Conv PxP, stride P, VALID);
-    kernel ``[P, P, 3, D]`` lecun_normal (timm form), bias ``[D]`` zero."""
+    kernel ``[P, P, 3, D]`` lecun_normal (timm form), bias ``[D]`` zero; both split over D on
+    'model'."""
     return nnx.Conv(
         3,
         dim,
@@ -76,6 +99,8 @@ def patch_stem(patch_size: int, dim: int, *, rngs: nnx.Rngs, dtype=None) -> nnx.
         bias_init=jax.nn.initializers.zeros,
         dtype=dtype,
         rngs=rngs,
+        kernel_metadata=split(None, None, None, MODEL),
+        bias_metadata=split(MODEL),
     )
 
 
@@ -103,8 +128,8 @@ class ChannelMLP(nnx.Module):
     def __init__(
         self, dim: int, mlp_dim: int, *, approximate_gelu: bool = False, dtype=None, rngs: nnx.Rngs
     ):
-        self.fc_c1 = mlp_linear(dim, mlp_dim, dtype=dtype, rngs=rngs)
-        self.fc_c2 = mlp_linear(mlp_dim, dim, dtype=dtype, rngs=rngs)
+        self.fc_c1 = mlp_linear(dim, mlp_dim, parallel="column", dtype=dtype, rngs=rngs)
+        self.fc_c2 = mlp_linear(mlp_dim, dim, parallel="row", dtype=dtype, rngs=rngs)
         self.approximate_gelu = approximate_gelu
 
     def __call__(self, x: Array) -> Array:

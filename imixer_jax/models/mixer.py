@@ -33,6 +33,7 @@ from flax import nnx
 from imixer_jax.models import layers
 from imixer_jax.models.backbone import SAVE_NOTHING, Backbone
 from imixer_jax.models.configs import MixerConfig
+from imixer_jax.models.partitioning import shard_residual
 from imixer_jax.models.token_mixers import IMLP, TokenMLP
 
 Array = jax.Array
@@ -74,7 +75,7 @@ class MixerBlock(nnx.Module):
             y = nnx.remat(_mix_tokens, policy=SAVE_NOTHING)(self.token_mixer, x)
         else:
             y = self.token_mixer(x)
-        x = x + self.drop_path(y, rngs=rngs)
+        x = shard_residual(x + self.drop_path(y, rngs=rngs), "tokens")
         return x + self.drop_path(self.channel_mlp(self.norm(x)), rngs=rngs)
 
 

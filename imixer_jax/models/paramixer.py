@@ -55,6 +55,7 @@ from imixer_jax.hopfield import Dense, Directed, Layer, Network, lagrangians, re
 from imixer_jax.models import layers
 from imixer_jax.models.backbone import Backbone
 from imixer_jax.models.configs import ParaMixerConfig
+from imixer_jax.models.partitioning import shard_residual, split
 
 Array = jax.Array
 
@@ -73,13 +74,17 @@ class TokenMatrixNorm(nnx.Module):
     """LayerNorm over the whole token matrix ``[B, S, D]`` (statistics over S and D together),
     eps 1e-6: the gradient of the visible layer's LayerNorm Lagrangian.
 
-    Params: ``scale`` ``[S, D]`` (``[]`` when ``scalar_scale``) = 1, ``bias`` ``[S, D]`` = 0.
+    Params: ``scale`` ``[S, D]`` (``[]`` when ``scalar_scale``) = 1, ``bias`` ``[S, D]`` = 0;
+    replicated.
     """
 
     def __init__(self, num_tokens: int, dim: int, *, scalar_scale: bool = False):
         shape = (num_tokens, dim)
-        self.scale = nnx.Param(jnp.ones(() if scalar_scale else shape, jnp.float32))
-        self.bias = nnx.Param(jnp.zeros(shape, jnp.float32))
+        scale_shape = () if scalar_scale else shape
+        self.scale = nnx.Param(
+            jnp.ones(scale_shape, jnp.float32), **split(*(None,) * len(scale_shape))
+        )
+        self.bias = nnx.Param(jnp.zeros(shape, jnp.float32), **split(None, None))
 
     def layer(self, dtype=None) -> Layer:
         """The visible layer ``[S, D]``: LayerNorm Lagrangian over the whole matrix (a
@@ -95,14 +100,15 @@ class TokenMatrixNorm(nnx.Module):
         return self.layer().activation(x.astype(jnp.float32))
 
 
-def _linear(n_in: int, n_out: int, dtype, rngs: nnx.Rngs) -> nnx.Linear:
-    return layers.mlp_linear(n_in, n_out, use_bias=False, dtype=dtype, rngs=rngs)
+def _linear(n_in: int, n_out: int, parallel: str, dtype, rngs: nnx.Rngs) -> nnx.Linear:
+    return layers.mlp_linear(n_in, n_out, parallel=parallel, use_bias=False, dtype=dtype, rngs=rngs)
 
 
 class _MLP(nnx.Module):
     """Parameters of one hidden layer of ``hidden`` neurons coupled to an axis of ``features``
     visible neurons, with activation g = grad L_h; ``synapses`` turns them into the core's
-    synapses."""
+    synapses. ``fc1`` ``[N, K]`` and a second kernel ``fc2`` ``[K, N]`` are a Megatron pair, both
+    split over K on 'model' (``partitioning``)."""
 
     def __init__(
         self,
@@ -114,7 +120,7 @@ class _MLP(nnx.Module):
         dtype=None,
         rngs: nnx.Rngs,
     ):
-        self.fc1 = _linear(features, hidden, dtype, rngs)
+        self.fc1 = _linear(features, hidden, "column", dtype, rngs)
         self.activation = activation
         self.approximate_gelu = approximate_gelu
 
@@ -135,7 +141,7 @@ class VanillaMLP(_MLP):
 
     def __init__(self, features: int, hidden: int, *, dtype=None, rngs: nnx.Rngs, **kwargs):
         super().__init__(features, hidden, dtype=dtype, rngs=rngs, **kwargs)
-        self.fc2 = _linear(hidden, features, dtype, rngs)
+        self.fc2 = _linear(hidden, features, "row", dtype, rngs)
 
     def synapses(self, hidden: str, spec: str, back: str, dtype=None) -> dict:
         weight, feedback = self.fc1.kernel[...], self.fc2.kernel[...]
@@ -159,7 +165,7 @@ class AsymmetricMLP(SymmetricMLP):
 
     def __init__(self, features: int, hidden: int, *, dtype=None, rngs: nnx.Rngs, **kwargs):
         super().__init__(features, hidden, dtype=dtype, rngs=rngs, **kwargs)
-        self.fc2 = _linear(hidden, features, dtype, rngs)
+        self.fc2 = _linear(hidden, features, "row", dtype, rngs)
 
     def synapses(self, hidden: str, spec: str, back: str, dtype=None) -> dict:
         w2 = Directed(self.fc2.kernel[...], pre=hidden, post=VISIBLE, spec=back, dtype=dtype)
@@ -273,6 +279,7 @@ class SerialBlock(_Block):
         token_net, channel_net = self.networks(self.dtype)
         (token,) = drives(token_net, x)
         x = self._step(x, token, rngs)
+        x = shard_residual(x, "tokens")
         (channel,) = drives(channel_net, x)
         return self._step(x, channel, rngs)
 

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from imixer_jax.models import partitioning
 from imixer_jax.models.layers import MLP_BIAS_INIT, MLP_KERNEL_INIT
 
 Array = jax.Array
@@ -49,7 +50,9 @@ class SpectralNormLinear(nnx.Module):
     """Linear layer ``y = x @ W_sn + b`` with soft spectral normalisation of its kernel.
 
     Attributes:
-      kernel: Param ``[in, out]``; bias: Param ``[out]``; u: ``[out]``, v: ``[in]`` SpectralVectors.
+      kernel: Param ``[in, out]``; bias: Param ``[out]``; u: ``[out]``, v: ``[in]`` SpectralVectors
+        (replicated); kernel and bias split on 'model' as ``parallel`` says ('column', 'row';
+        ``partitioning.linear_metadata``).
       deterministic: False (training) runs the power iteration; toggled by ``train()``/``eval()``
         and by ``nnx.view(model, deterministic=...)`` (``set_view``).
     """
@@ -64,16 +67,27 @@ class SpectralNormLinear(nnx.Module):
         kernel_init=MLP_KERNEL_INIT,
         bias_init=MLP_BIAS_INIT,
         deterministic: bool = False,
+        parallel: str = "column",
         rngs: nnx.Rngs,
     ):
         if coeff <= 0:
             raise ValueError(f"sn_coeff must be > 0, got {coeff}")
         if n_power < 1:
             raise ValueError(f"n_power must be >= 1, got {n_power}")
-        self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, out_features)))
-        self.bias = nnx.Param(bias_init(rngs.params(), (out_features,)))
-        self.u = SpectralVectors(_normalize(jax.random.normal(rngs.params(), (out_features,))))
-        self.v = SpectralVectors(_normalize(jax.random.normal(rngs.params(), (in_features,))))
+        metadata = partitioning.linear_metadata(parallel)
+        self.kernel = nnx.Param(
+            kernel_init(rngs.params(), (in_features, out_features)), **metadata["kernel_metadata"]
+        )
+        self.bias = nnx.Param(
+            bias_init(rngs.params(), (out_features,)), **metadata["bias_metadata"]
+        )
+        vector = partitioning.REPLICATED_VECTOR
+        self.u = SpectralVectors(
+            _normalize(jax.random.normal(rngs.params(), (out_features,))), **vector
+        )
+        self.v = SpectralVectors(
+            _normalize(jax.random.normal(rngs.params(), (in_features,))), **vector
+        )
         self.coeff = coeff
         self.n_power = n_power
         self.deterministic = deterministic

@@ -30,6 +30,7 @@ from flax import nnx
 
 from imixer_jax.hopfield import HierarchicalNetwork, Layer, Synapse, lagrangians
 from imixer_jax.models.layers import MLP_BIAS_INIT, hidden_lagrangian, mlp_linear
+from imixer_jax.models.partitioning import REPLICATED_VECTOR, split
 from imixer_jax.models.spectral_norm import SpectralNormLinear
 
 Array = jax.Array
@@ -41,11 +42,14 @@ ACTIVATIONS = ("gelu", "relu", "softplus", "identity")
 
 class VisibleNorm(nnx.Module):
     """Parameters of the visible layer's LayerNorm Lagrangian: scale ``[D]`` (``[]`` if scalar)
-    and bias ``[D]``; eps 1e-6 as the official LayerNorm."""
+    and bias ``[D]``; eps 1e-6 as the official LayerNorm. Replicated."""
 
     def __init__(self, dim: int, *, scalar_scale: bool = False):
-        self.scale = nnx.Param(jnp.ones(() if scalar_scale else (dim,), jnp.float32))
-        self.bias = nnx.Param(jnp.zeros((dim,), jnp.float32))
+        scale_shape = () if scalar_scale else (dim,)
+        self.scale = nnx.Param(
+            jnp.ones(scale_shape, jnp.float32), **split(*(None,) * len(scale_shape))
+        )
+        self.bias = nnx.Param(jnp.zeros((dim,), jnp.float32), **REPLICATED_VECTOR)
 
     def lagrangian(self) -> lagrangians.LayerNorm:
         """LayerNorm over the channel axis of a channels-first ``[..., D, S]`` state."""
@@ -59,14 +63,17 @@ class VisibleNorm(nnx.Module):
 
 
 class FeedbackBias(nnx.Module):
-    """The bias of a tied feedback synapse (its kernel is the transposed feedforward kernel)."""
+    """The bias of a tied feedback synapse (its kernel is the transposed feedforward kernel), the
+    second layer's bias: replicated."""
 
     def __init__(self, features: int, *, rngs: nnx.Rngs):
-        self.bias = nnx.Param(MLP_BIAS_INIT(rngs.params(), (features,)))
+        self.bias = nnx.Param(MLP_BIAS_INIT(rngs.params(), (features,)), **REPLICATED_VECTOR)
 
 
 def _feedback(n_in: int, n_out: int, tied: bool, rngs: nnx.Rngs) -> nnx.Linear | FeedbackBias:
-    return FeedbackBias(n_out, rngs=rngs) if tied else mlp_linear(n_in, n_out, rngs=rngs)
+    if tied:
+        return FeedbackBias(n_out, rngs=rngs)
+    return mlp_linear(n_in, n_out, parallel="row", rngs=rngs)
 
 
 def check_arguments(
@@ -192,7 +199,7 @@ class TokenMLP(_HopfieldTokenMixer):
             token_dim=token_dim, activation=activation, update_rule=update_rule, step_size=step_size
         )
         self._init_visible(dim, activation, approximate_gelu, tied, update_rule, step_size, dtype)
-        self.fc1 = mlp_linear(num_tokens, token_dim, rngs=rngs)
+        self.fc1 = mlp_linear(num_tokens, token_dim, parallel="column", rngs=rngs)
         self.fc2 = _feedback(token_dim, num_tokens, tied, rngs)
 
     def _networks(self, visible_shape):
@@ -263,19 +270,24 @@ class IMLP(_HopfieldTokenMixer):
         self.n_iter = n_iter
         self.tol = tol
         self.adjoint = adjoint
-        self.fc1 = mlp_linear(num_tokens, token_dim, rngs=rngs)
+        self.fc1 = mlp_linear(num_tokens, token_dim, parallel="column", rngs=rngs)
         self.fc2 = _feedback(token_dim, num_tokens, tied, rngs)
         if spectral_norm:
 
-            def linear(n_in, n_out):
-                return SpectralNormLinear(n_in, n_out, coeff=sn_coeff, n_power=n_power, rngs=rngs)
+            def linear(n_in, n_out, parallel):
+                return SpectralNormLinear(
+                    n_in, n_out, coeff=sn_coeff, n_power=n_power, parallel=parallel, rngs=rngs
+                )
         else:
 
-            def linear(n_in, n_out):
-                return mlp_linear(n_in, n_out, rngs=rngs)
+            def linear(n_in, n_out, parallel):
+                return mlp_linear(n_in, n_out, parallel=parallel, rngs=rngs)
 
-        self.fc_sn1 = linear(token_dim, hidden_dim)
-        self.fc_sn2 = FeedbackBias(token_dim, rngs=rngs) if tied else linear(hidden_dim, token_dim)
+        self.fc_sn1 = linear(token_dim, hidden_dim, "column")
+        if tied:
+            self.fc_sn2 = FeedbackBias(token_dim, rngs=rngs)
+        else:
+            self.fc_sn2 = linear(hidden_dim, token_dim, "row")
         self.spectral_norm = spectral_norm
 
     def _networks(self, visible_shape):

@@ -31,6 +31,8 @@ Schema (defaults in ``base_config``):
     schedule               unit ('epochs' | 'steps'); length (warm-up + cosine, timm --epochs),
                            warmup, cooldown (extra, at min_lr) in that unit; init_lr, min_lr
     mesh.shape, mesh.axes  device mesh, e.g. (-1, 1) over ('data', 'model'); one -1 at most
+    mesh.fsdp              also split parameters, optimiser and EMA state over 'data' (ZeRO-3 /
+                           FSDP; arrays of at least sharding.FSDP_MIN_BYTES); False by default
     checkpoint             every_steps (0 = only at the end), keep (newest kept)
     log_every_steps, eval_every_steps (0 = only at the end)
     profile_steps          trace this many steps (after the first, compiling one) into
@@ -104,7 +106,7 @@ def base_config(model: str = "imixer_s16", **model_overrides) -> ml_collections.
     c.schedule = ml_collections.ConfigDict(
         dict(unit="epochs", length=300.0, warmup=20.0, cooldown=10.0, init_lr=1e-6, min_lr=1e-6)
     )
-    c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1), axes=("data", "model")))
+    c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1), axes=("data", "model"), fsdp=False))
     c.init_from = weights_formats.init_from_config()
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3))
     c.log_every_steps = 100
@@ -246,6 +248,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(len(shape) == len(axes), "mesh.shape", f"{shape} does not match mesh.axes {axes}")
     _check("data" in axes, "mesh.axes", f"must contain 'data' (the batch axis), got {axes}")
     _check(len(set(axes)) == len(axes), "mesh.axes", f"names must be distinct, got {axes}")
+    fsdp = config.mesh.fsdp
+    _check(isinstance(fsdp, bool), "mesh.fsdp", f"must be True or False, got {fsdp!r}")
 
     _check(config.checkpoint.every_steps >= 0, "checkpoint.every_steps", "must be >= 0")
     _check(config.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")

@@ -24,6 +24,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from imixer_jax import data
 from imixer_jax.training import checkpoint, sharding
@@ -33,12 +34,15 @@ from imixer_jax.training.checkpoint.lock import WorkdirLock
 from imixer_jax.training.checkpoint.preemption import StopRequest
 from imixer_jax.training.errors import TrainingError
 from imixer_jax.training.evaluation import evaluate_state
-from imixer_jax.training.logging.writer import MetricWriter
+from imixer_jax.training.logging.writer import METRICS_FILE, MetricWriter
 from imixer_jax.training.progress import Progress
 from imixer_jax.training.state import Setup, TrainState, init_state, prepare
 from imixer_jax.training.steps import make_eval_step, make_sigma_fn, make_train_step
 from imixer_jax.training.summary import parameter_overview
 from imixer_jax.weights import formats as weights_formats
+
+CONFIG_FILE = workdir_lib.CONFIG_FILE
+PARAMETERS_FILE = "parameters.txt"
 
 
 def _train_batches(setup: Setup, start_step: int) -> Iterator[dict]:
@@ -107,6 +111,50 @@ def _closing(ckpt: checkpoint.Checkpointer):
     return close
 
 
+def _write_file(workdir: str, name: str, text: str) -> str:
+    """Write ``workdir/name`` atomically (a full disk leaves the previous one); returns its
+    path."""
+    path = os.path.join(workdir, name)
+    try:
+        with os.fdopen(workdir_lib.open_for_writing(path + ".tmp"), "w") as f:
+            f.write(text if text.endswith("\n") else text + "\n")
+        os.replace(path + ".tmp", path)
+    except OSError as e:
+        raise TrainingError(
+            f"writing {path} failed ({e.strerror}); free disk space or fix the workdir's "
+            f"permissions and rerun"
+        ) from e
+    return path
+
+
+def _outputs(workdir: str, ckpt: checkpoint.Checkpointer) -> str:
+    """Where a run's files are and how to look at them (logged at its end)."""
+    steps = ", ".join(str(s) for s in ckpt.all_steps()) or "none"
+    rows = [
+        (CONFIG_FILE, "the config of this run"),
+        (METRICS_FILE, "train and test metrics, one JSON object per logged step"),
+        (
+            "tensorboard/",
+            f"view with: tensorboard --logdir {os.path.join(workdir, 'tensorboard')} "
+            "(pip install -e '.[tensorboard]')",
+        ),
+        (
+            "checkpoints/",
+            f"steps {steps}; evaluate with: python -m imixer_jax.evaluate --workdir {workdir}",
+        ),
+        (PARAMETERS_FILE, "every parameter array: path, shape, size, sharding"),
+        (
+            "analysis/",
+            f"plots (training curves, residuals, energies) with: python -m imixer_jax.analyze "
+            f"--workdir {workdir} (pip install -e '.[plot]')",
+        ),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return f"outputs in {workdir}:\n" + "\n".join(
+        f"  {name.ljust(width)}  {what}" for name, what in rows
+    )
+
+
 def _fresh_start(workdir: str, restart_damaged: bool) -> str:
     """Allow a start from step 0 (returns the reason recorded in the config history): refused
     while the checkpoints of a damaged run are set aside in the workdir, unless
@@ -145,8 +193,10 @@ def train_and_evaluate(
 ) -> dict[str, float]:
     """Train ``config`` in ``workdir`` (resuming from its newest checkpoint) and evaluate.
 
-    Writes ``workdir/config.json`` (and ``config_history.jsonl``), ``metrics.jsonl``,
-    ``tensorboard/`` and ``checkpoints/``.
+    Writes ``workdir/config.json`` (and ``config_history.jsonl``), ``parameters.txt``,
+    ``metrics.jsonl``, ``tensorboard/`` and ``checkpoints/``, and logs where they are at the end.
+    A run whose last step is trained and evaluated already says so and returns its logged final
+    metrics.
 
     Args:
       allow_config_change: keys (or sections, e.g. ``'schedule'``) whose values may differ from
@@ -209,23 +259,30 @@ def train_and_evaluate(
             plan.accum_steps,
             dict(setup.mesh.shape),
         )
-        logging.info("parameters:\n%s", parameter_overview(state.params))
+        table = parameter_overview(state.params)
+        if is_main:
+            path = _write_file(workdir, PARAMETERS_FILE, table)
+            logging.info("%s (table: %s)", table.rsplit("\n", 1)[-1], path)
         config_text = config.to_json_best_effort(indent=2, sort_keys=True)
         writer.write_text("config", config_text, step=start + 1)  # the config from this step on
         window = _uncarry(carried.get("window", []))
         result = _Loop(setup, ckpt, writer, workdir).run(state, start, batches, window)
         ckpt.wait()
+        outputs = _outputs(workdir, ckpt)
     result["wall_time_s"] = time.time() - start_time
     if "preempted" in result:
         return result
-    logging.info(
-        "final: step %d, test top-1 %.2f%%, top-5 %.2f%%, loss %.4f, %.1f s",
-        result["step"],
-        100 * result["test/top1"],
-        100 * result["test/top5"],
-        result["test/loss"],
-        result["wall_time_s"],
-    )
+    if "test/top1" in result:
+        logging.info(
+            "final: step %d, test top-1 %.2f%%, top-5 %.2f%%, loss %.4f, %.1f s",
+            result["step"],
+            100 * result["test/top1"],
+            100 * result["test/top5"],
+            result["test/loss"],
+            result["wall_time_s"],
+        )
+    if is_main:
+        logging.info("%s", outputs)
     return result
 
 
@@ -331,10 +388,29 @@ class _Loop:
                 if eval_now:
                     result.update(self._evaluate(state, step))
                     progress.restart()  # evaluation time is not training time
-        if start >= total:  # already complete: evaluate the final checkpoint again
-            result.update(self._evaluate(state, total, write=not self.writer.logged(total)))
+        if start >= total:
+            result.update(self._complete(state))
         result["step"] = total
         return result
+
+    def _complete(self, state: TrainState) -> dict[str, float]:
+        """A run restarted after its last step: its logged final metrics, or (final save done,
+        final evaluation not logged) the evaluation of the last checkpoint."""
+        total = self.setup.plan.total_steps
+        final = self.writer.final(total)
+        if jax.process_count() > 1:  # every process must take the same branch (collectives)
+            logged = multihost_utils.broadcast_one_to_all(np.asarray(final is not None))
+            final = (final or {}) if bool(logged) else None
+        if final is None:
+            logging.info("all %d steps trained; evaluating the final checkpoint", total)
+            return self._evaluate(state, total)
+        logging.info(
+            "run complete: all %d steps trained and evaluated in %s; nothing to do (delete the "
+            "workdir or pass another one to train again)",
+            total,
+            os.path.dirname(self.ckpt.directory),
+        )
+        return final
 
     def _log(self, state: TrainState, step: int, window: list[dict]) -> float:
         """Write and log the scalars of a window; returns its mean loss."""

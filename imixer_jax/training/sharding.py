@@ -5,11 +5,10 @@
 * ``mesh_shape`` resolves the -1 of a configured mesh shape; ``create_mesh``: a
   ``jax.sharding.Mesh`` of that shape and the axis names (``('data', 'model')`` by default) with
   ``Auto`` axes, i.e. GSPMD propagates shardings inside ``jit``.
-* ``PARTITION_RULES``: parameter path (regex) -> ``PartitionSpec``. Megatron-style pairs on
-  ``'model'``: the first Linear of an MLP splits its output features, the second its input features
-  (channel MLP fc_c1/fc_c2 over C, token MLP fc1/fc2 over T, iMLP fc_sn1/fc_sn2 over H). Every other
-  array is replicated. A rule also matches the same parameter inside optimiser or EMA state (the
-  path ends the same), and a dimension whose size the mesh axis does not divide is replicated.
+* ``tree_shardings``: a ``NamedSharding`` for every array of a train state. The models declare
+  how their parameters split (``models.partitioning``: Megatron-style pairs on ``'model'``); this
+  module knows no parameter: it resolves the declared specs against the mesh (an axis that does not
+  divide a dimension is dropped) and, with ``fsdp``, splits each large array over ``'data'`` too.
 * ``global_batch``: this process's rows -> a global ``jax.Array`` sharded on ``'data'``
   (``jax.make_array_from_process_local_data``).
 """
@@ -18,33 +17,21 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Mapping
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from flax import nnx
+from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec
 
 P = PartitionSpec
 _CLUSTER_ENV = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "MEGASCALE_NUM_SLICES")
 
-_PER_BLOCK_RULES: tuple[tuple[str, PartitionSpec], ...] = (
-    (r"channel_mlp/fc_c1/kernel$", P(None, "model")),
-    (r"channel_mlp/fc_c1/bias$", P("model")),
-    (r"channel_mlp/fc_c2/kernel$", P("model", None)),
-    (r"token_mixer/fc1/kernel$", P(None, "model")),
-    (r"token_mixer/fc1/bias$", P("model")),
-    (r"token_mixer/fc2/kernel$", P("model", None)),
-    (r"token_mixer/fc_sn1/kernel$", P(None, "model")),
-    (r"token_mixer/fc_sn1/bias$", P("model")),
-    (r"token_mixer/fc_sn2/kernel$", P("model", None)),
-)
-# scan_blocks: every block variable has a leading [num_blocks] axis, kept replicated.
-PARTITION_RULES: tuple[tuple[str, PartitionSpec], ...] = _PER_BLOCK_RULES + tuple(
-    (pattern, P(None, *spec)) for pattern, spec in _PER_BLOCK_RULES
-)
+# FSDP leaves arrays below this size whole: gathering them would cost more latency than their
+# memory is worth (big_vision's fsdp tactic uses 4 MiB as well).
+FSDP_MIN_BYTES = 4 * 2**20
 
 
 def wants_distributed(dist: ml_collections.ConfigDict) -> bool:
@@ -95,34 +82,50 @@ def create_mesh(shape: tuple[int, ...], axes: tuple[str, ...]) -> Mesh:
     return jax.make_mesh(tuple(shape), tuple(axes), axis_types=(AxisType.Auto,) * len(axes))
 
 
-def path_str(path: tuple) -> str:
-    """``jax.tree_util`` key path -> 'blocks/0/channel_mlp/fc_c1/kernel' (nnx's trailing
-    ``.value`` of a Variable dropped)."""
-    if path and path[-1] == jax.tree_util.GetAttrKey("value"):
-        path = path[:-1]
-    return jax.tree_util.keystr(path, simple=True, separator="/")
+def partition_spec(
+    declared: PartitionSpec,
+    shape: tuple[int, ...],
+    mesh_shape: Mapping[str, int],
+    *,
+    fsdp: bool = False,
+    itemsize: int = 4,
+) -> PartitionSpec:
+    """The spec the mesh gives an array of ``shape`` whose model declared ``declared``: every
+    axis the mesh cannot use there (absent, of size 1, or not dividing the dimension) dropped.
+
+    ``fsdp``: in addition, an array of at least ``FSDP_MIN_BYTES`` gets its largest dimension
+    that is still whole and divisible by the 'data' axis split over 'data' (ZeRO-3 / FSDP, as
+    big_vision's fsdp tactic; GSPMD gathers it where it is used)."""
+    axes = [*declared, *(None,) * (len(shape) - len(declared))]
+    axes = [
+        axis
+        if axis is not None and mesh_shape.get(axis, 1) > 1 and size % mesh_shape[axis] == 0
+        else None
+        for axis, size in zip(axes, shape)
+    ]
+    data = mesh_shape.get("data", 1)
+    if fsdp and data > 1 and "data" not in axes and math.prod(shape) * itemsize >= FSDP_MIN_BYTES:
+        free = [i for i, (a, n) in enumerate(zip(axes, shape)) if a is None and n % data == 0]
+        if free:
+            axes[max(free, key=lambda i: shape[i])] = "data"
+    return P(*axes)
 
 
-def partition_spec(path: str, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
-    """Spec of the array at ``path``: the first matching rule, with every dimension that the mesh
-    cannot split (axis absent, or size not divisible) replicated; no rule = replicated."""
-    for pattern, spec in PARTITION_RULES:
-        if re.search(pattern, path) and len(spec) == len(shape):
-            return P(
-                *(
-                    axis
-                    if axis in mesh.shape and size % mesh.shape[axis] == 0 and mesh.shape[axis] > 1
-                    else None
-                    for axis, size in zip(spec, shape)
-                )
-            )
-    return P()
-
-
-def tree_shardings(mesh: Mesh, tree):
-    """``NamedSharding`` for every leaf (array or ``ShapeDtypeStruct``) of ``tree``."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, x: NamedSharding(mesh, partition_spec(path_str(path), np.shape(x), mesh)),
+def tree_shardings(mesh: Mesh | AbstractMesh, tree, *, fsdp: bool = False):
+    """``NamedSharding`` for every leaf (array or ``ShapeDtypeStruct``) of ``tree``: the split
+    its model declared (``nnx.get_partition_spec`` of the ``nnx.Variable`` holding it; a leaf
+    outside any Variable, or one that declares nothing, is replicated) resolved by
+    ``partition_spec``. Optimiser and EMA states hold the parameters' Variables, so they
+    follow the parameters."""
+    mesh_shape = dict(mesh.shape)
+    return jax.tree.map(
+        lambda declared, x: NamedSharding(
+            mesh,
+            partition_spec(
+                declared, np.shape(x), mesh_shape, fsdp=fsdp, itemsize=np.dtype(x.dtype).itemsize
+            ),
+        ),
+        nnx.get_partition_spec(tree),
         tree,
     )
 

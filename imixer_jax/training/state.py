@@ -144,7 +144,7 @@ def prepare(config: ml_collections.ConfigDict) -> Setup:
         weights_formats.check(config, abstract.params, abstract.rest)
     except weights_formats.PretrainedError as e:
         raise config_lib.ConfigError(f"config.init_from.path: {e}") from e
-    shardings = sharding.tree_shardings(mesh, abstract)
+    shardings = sharding.tree_shardings(mesh, abstract, fsdp=config.mesh.fsdp)
     abstract = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings
     )

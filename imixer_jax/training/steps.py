@@ -2,7 +2,9 @@
 
 Every random draw of step s uses ``fold_in(root key, s)`` and the data pipeline yields batch s for
 any restart point, so a resumed run repeats an uninterrupted one exactly. Evaluation merges the
-state into the graphdef of ``model.eval()``.
+state into the graphdef of ``model.eval()``. The model runs under the mesh
+(``jax.sharding.use_abstract_mesh``), so that its own sharding constraints
+(``models.partitioning.shard_residual``) see it.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ def make_train_step(setup: Setup) -> Callable[[TrainState, dict], tuple[TrainSta
 
         def loss_fn(params):
             model = nnx.merge(graphdef, params, state.rest, copy=True)
-            logits = model(images, rngs=nnx.Rngs(dropout=drop_key))  # [B, classes] float32
+            with jax.sharding.use_abstract_mesh(setup.mesh.abstract_mesh):
+                logits = model(images, rngs=nnx.Rngs(dropout=drop_key))  # [B, classes] float32
             loss = optax.softmax_cross_entropy(logits, targets).mean()
             loss = loss + model.penalty()  # e.g. the asymmetric parallel Mixer's L2 on W2
             return loss, (logits, nnx.state(model, nnx.Not(nnx.Param)))
@@ -95,7 +98,8 @@ def make_eval_step(setup: Setup) -> Callable[[nnx.State, nnx.State, dict], dict]
     k = min(5, setup.config.model.num_classes)
 
     def eval_fn(params, rest, batch):
-        logits = nnx.merge(setup.eval_graphdef, params, rest)(batch["image"])
+        with jax.sharding.use_abstract_mesh(setup.mesh.abstract_mesh):
+            logits = nnx.merge(setup.eval_graphdef, params, rest)(batch["image"])
         labels, mask = batch["label"], batch["mask"]
         top = jax.lax.top_k(logits, k)[1]  # [B, k]
         per_example = dict(

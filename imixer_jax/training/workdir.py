@@ -40,6 +40,8 @@ WRITTEN = (
     CONFIG_FILE,
     f"{CONFIG_FILE}.tmp",
     HISTORY_FILE,
+    "parameters.txt",
+    "parameters.txt.tmp",
     "tensorboard",
     "checkpoints",
     DAMAGED_DIR,

@@ -1,8 +1,8 @@
 r"""Official PyTorch checkpoints (timm ``state_dict``) <-> our models: iMixer / MLP-Mixer here, the
 parallelized Mixer family through ``torch_paramixer``.
 
-    python -m imixer_jax.weights.torch_imixer --in checkpoint.pth.tar --out w.npz [--model NAME]
-    python -m imixer_jax.weights.torch_imixer --in w.npz --out checkpoint.pth
+    python -m imixer_jax.weights --in checkpoint.pth.tar --out w.npz [--model NAME]
+    python -m imixer_jax.weights --in w.npz --out checkpoint.pth
 
 The first reads a checkpoint of github.com/Toshihiro-Ota/imixer or .../paramixer (a bare
 ``state_dict``, or timm's training checkpoint holding one under ``'state_dict'``; ``--ema``
@@ -41,7 +41,6 @@ import argparse
 import math
 import os
 import re
-import sys
 import zipfile
 from collections.abc import Mapping
 
@@ -378,28 +377,3 @@ def convert(in_path: str, out_path: str, *, ema: bool = False, model: str | None
     config = model_config(sd, name)
     state = from_torch(sd, abstract_state(config))
     ours.save(out_path, state, config, name=name)
-
-
-def main(argv: list[str] | None = None) -> None:
-    from imixer_jax import cli  # the command layer, above this one
-
-    parser = cli.ArgumentParser(
-        prog="python -m imixer_jax.weights.torch_imixer",
-        description=__doc__.split("\n")[0],
-    )
-    parser.add_argument("--in", dest="in_path", required=True, help=".pth/.pt/.tar or our .npz")
-    parser.add_argument("--out", dest="out_path", required=True, help=".npz or .pth")
-    parser.add_argument("--ema", action="store_true", help="take timm's 'state_dict_ema'")
-    parser.add_argument(
-        "--model",
-        help="registered variant the checkpoint was trained as (n_iter, MLP kind)",
-    )
-    args = parser.parse_args(argv)
-    convert(args.in_path, args.out_path, ema=args.ema, model=args.model)
-    print(f"wrote {args.out_path}", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    from imixer_jax import cli
-
-    cli.run_argparse(main)

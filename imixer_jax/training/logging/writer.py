@@ -116,12 +116,19 @@ class MetricWriter:
         except tf.errors.OpError as e:
             raise _write_error(os.path.join(os.path.dirname(self.path), "tensorboard"), e) from e
 
-    def logged(self, step: int) -> bool:
-        """Whether ``metrics.jsonl`` holds test metrics of ``step`` (a finished run restarted
-        evaluates again but writes no second row)."""
+    def final(self, step: int) -> dict[str, float] | None:
+        """The test metrics logged at ``step`` with the last ``train/loss`` logged, or None if
+        ``metrics.jsonl`` holds no test metrics of ``step``; ``{}`` when not ``enabled`` (only
+        the first process reads the file)."""
         if not self.enabled:
-            return True
-        return any(r["step"] == step and "test/top1" in r for r in metrics.read_jsonl(self.path))
+            return {}
+        rows = metrics.read_jsonl(self.path)
+        tests = [r for r in rows if r["step"] == step and "test/top1" in r]
+        if not tests:
+            return None
+        final = {k: v for k, v in tests[-1].items() if k.startswith("test")}
+        losses = [r["train/loss"] for r in rows if "train/loss" in r]
+        return {**final, "train/loss": losses[-1]} if losses else final
 
     def _append(self, line: bytes) -> None:
         end = os.lseek(self._fd, 0, os.SEEK_END)
