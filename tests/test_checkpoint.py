@@ -176,6 +176,59 @@ def test_only_closed_loop_callbacks_are_dropped_from_unraisable_exceptions(monke
     assert seen == [other, owned]
 
 
+class _Pending:
+    def __await__(self):
+        yield  # suspends the awaiting coroutine until it is closed
+
+
+async def _read_of_ours():
+    try:
+        await _Pending()
+    except BaseException as e:  # as orbax's reads do: the close becomes an Exception
+        raise Exception("a read of this package") from e
+
+
+def test_abandoned_orbax_reads_are_dropped_from_unraisable_exceptions(monkeypatch):
+    """A failed restore leaves orbax's other reads suspended; collected, each printed 'Exception
+    ignored in: <coroutine object _read_array_index_and_device_put>' with the TensorStore spec
+    (thousands of lines for a damaged checkpoint). Here a real one, suspended in its TensorStore
+    read, is collected; a coroutine of any other code is still reported."""
+
+    import jax.numpy as jnp
+    import tensorstore as ts
+    from orbax.checkpoint._src.serialization import limits, serialization
+
+    from imixer_jax.training.checkpoint import log_filter
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    monkeypatch.setattr(sys, "unraisablehook", log_filter._DropClosedLoopCallbacks())
+    spec = {"driver": "zarr", "kvstore": {"driver": "memory"}}
+    array = ts.open(spec, dtype=ts.float32, shape=[4], create=True).result()
+    orbax_read = serialization._read_array_index_and_device_put(
+        jax.devices()[:1],
+        (slice(None),),
+        array,
+        global_shape=(4,),
+        new_shard_shape=(4,),
+        dtype=jnp.float32,
+        byte_limiter=limits.get_byte_limiter(None),
+        strict=True,
+        dll=None,
+        memory_kind=None,
+    )
+    ours = _read_of_ours()
+    for coroutine in (orbax_read, ours):
+        coroutine.send(None)  # suspended in its read
+    del coroutine
+    del orbax_read
+    gc.collect()
+    assert seen == []
+    del ours
+    gc.collect()
+    assert [str(u.exc_value) for u in seen] == ["a read of this package"]
+
+
 def _orphaned_gather_record(filename, monkeypatch):
     """The record asyncio logs for a gathered future that failed and was collected unread (what a
     failed orbax save leaves behind), its error raised in code compiled as ``filename``. The

@@ -166,7 +166,7 @@ def test_mixer_takes_its_config():
         (dict(token_mixer="attention"), "token_mixer"),
         (dict(adjoint="backprop"), "adjoint"),
         (dict(activation="tanh"), "activation"),
-        (dict(update="momentum"), "update"),
+        (dict(update_rule="momentum"), "update_rule"),
         (dict(sn_coeff=0.0), "sn_coeff"),
         (dict(hidden_ratio=0.01), "hidden_ratio"),
         (dict(step_size=-1.0), "step_size"),
@@ -262,7 +262,7 @@ def test_capture_intermediates_returns_logits_and_per_block_intermediates():
 
 
 def test_capture_intermediates_under_jit_matches_eager():
-    model = _tiny(tied=True, update="euler", step_size=0.5)
+    model = _tiny(tied=True, update_rule="euler", step_size=0.5)
     model.eval()
     images = _images(2)
     eager = nnx.to_pure_dict(capture_intermediates(model, images)[1])

@@ -303,7 +303,7 @@ def test_energy_gradient_is_the_derivation(activation):
 @pytest.mark.parametrize("activation", ["relu", "softplus"])
 def test_energy_descends_under_the_euler_update(activation):
     """Tied weights, convex hidden Lagrangian, small step: E~ never increases."""
-    block = _energy_block(activation, update="euler", step_size=0.1)
+    block = _energy_block(activation, update_rule="euler", step_size=0.1)
     x = _x(batch=4)
     energies = [reduced_energy(block, x)]
     for _ in range(30):

@@ -118,7 +118,7 @@ def _token_mixer(config: MixerConfig, rngs: nnx.Rngs) -> TokenMLP | IMLP:
         activation=c.activation,
         approximate_gelu=c.approximate_gelu,
         tied=c.tied,
-        update=c.update,
+        update_rule=c.update_rule,
         step_size=c.step_size,
         dtype=c.compute_dtype,
         rngs=rngs,

@@ -46,6 +46,8 @@ schedule (defined in optimiser updates) spans ``steps / k`` updates.
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -177,9 +179,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
     _check(bool(config.data.name), "data.name", "must name a TFDS dataset")
     _check(0 < config.data.crop_ratio <= 1, "data.crop_ratio", "must be in (0, 1]")
+    data_dir = config.data.data_dir
+    _check(
+        data_dir is None or os.path.isdir(data_dir),
+        "data.data_dir",
+        f"{data_dir} is not a directory; give the TFDS data_dir that holds the prepared dataset "
+        "(create it first to prepare a dataset there)",
+    )
     aug = config.data.augment
     for key in sorted(set(aug.keys()) ^ set(data.AUGMENT_DEFAULTS)):
         _fail(f"data.augment.{key}", "keys must be those of data.AUGMENT_DEFAULTS")
+    try:
+        data.augment_config(aug.to_dict())
+    except ValueError as e:
+        raise ConfigError(f"config.data.{e}") from e
     for key in ("mixup_alpha", "cutmix_alpha"):
         _check(aug[key] >= 0, f"data.augment.{key}", f"must be >= 0, got {aug[key]}")
     for key in ("switch_prob", "random_erasing"):
@@ -221,12 +234,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _check(0 <= sch[key] <= opt.lr, f"schedule.{key}", "must be in [0, optimizer.lr]")
 
     shape, axes = tuple(config.mesh.shape), tuple(config.mesh.axes)
-    _check(len(shape) == len(axes), "mesh.shape", f"{shape} does not match mesh.axes {axes}")
     _check(
         all(isinstance(n, int) and (n >= 1 or n == -1) for n in shape) and shape.count(-1) <= 1,
         "mesh.shape",
         f"entries must be positive integers with at most one -1, got {shape}",
     )
+    _check(
+        all(isinstance(a, str) and a.isidentifier() for a in axes),
+        "mesh.axes",
+        f"must be a tuple of axis names, got {axes}; on the command line quote each name: "
+        "--config.mesh.axes=\"('data','model')\"",
+    )
+    _check(len(shape) == len(axes), "mesh.shape", f"{shape} does not match mesh.axes {axes}")
     _check("data" in axes, "mesh.axes", f"must contain 'data' (the batch axis), got {axes}")
     _check(len(set(axes)) == len(axes), "mesh.axes", f"names must be distinct, got {axes}")
     fsdp = config.mesh.fsdp

@@ -87,20 +87,31 @@ class _DropOrphanedOrbaxFutures(py_logging.Filter):
 
 
 class _DropClosedLoopCallbacks:
-    """``sys.unraisablehook``. When a save fails, orbax closes the asyncio loop of the save
-    while TensorStore writes of it are still running; each that completes later calls
-    ``loop.call_soon_threadsafe`` on the closed loop from a TensorStore thread, and TensorStore
-    reports the ``RuntimeError('Event loop is closed')`` as unraisable (``PyErr_WriteUnraisable``
-    without an object: a bare 6-line traceback). Exactly those are dropped (the failure itself
-    is reported as one line); every other unraisable exception goes to the previous hook."""
+    """``sys.unraisablehook`` for two echoes of a failed save or restore:
+
+    * When a save fails, orbax closes the asyncio loop of the save while TensorStore writes of it
+      are still running; each that completes later calls ``loop.call_soon_threadsafe`` on the
+      closed loop from a TensorStore thread, and TensorStore reports the
+      ``RuntimeError('Event loop is closed')`` as unraisable (``PyErr_WriteUnraisable`` without
+      an object: a bare 6-line traceback).
+    * When a restore fails (a damaged checkpoint), orbax abandons the reads still in flight; each
+      coroutine (``_read_array_index_and_device_put``) turns the ``GeneratorExit`` of its
+      collection into an ``Exception`` naming the whole TensorStore spec, which Python reports
+      as 'Exception ignored in: <coroutine object ...>' (dozens of lines per array).
+
+    Exactly those are dropped (the failure itself is reported as one line); every other
+    unraisable exception goes to the previous hook."""
 
     def __init__(self) -> None:
         self.previous = sys.unraisablehook
 
     def __call__(self, unraisable) -> None:
-        exc = unraisable.exc_value
+        exc, obj = unraisable.exc_value, unraisable.object
         closed_loop = isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
-        if unraisable.object is None and closed_loop:
+        if obj is None and closed_loop:
+            return
+        code = getattr(obj, "cr_code", None)  # a coroutine's
+        if code is not None and _in_orbax(code.co_filename) and isinstance(exc, Exception):
             return
         self.previous(unraisable)
 
