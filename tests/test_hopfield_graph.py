@@ -19,7 +19,6 @@ from imixer_jax.hopfield import (
     Implicit,
     Layer,
     Network,
-    Synapse,
     lagrangians,
     reduction,
 )
@@ -136,7 +135,7 @@ def test_layer_bias_and_chain_length_are_checked():
         Network({"x": Layer(lagrangians.ReLU(), (3,), bias=jnp.ones(4))}, {})
     with pytest.raises(ValueError, match="needs 1 synapses, got 2"):
         layers = (Layer(lagrangians.ReLU(), (3,)), Layer(lagrangians.ReLU(), (2,)))
-        HierarchicalNetwork(layers, (Synapse(jnp.ones((3, 2))), Synapse(jnp.ones((3, 2)))))
+        HierarchicalNetwork(layers, (Dense(jnp.ones((3, 2))), Dense(jnp.ones((3, 2)))))
 
 
 # ---------------------------------------------------------------------------------------------

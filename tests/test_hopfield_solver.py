@@ -10,11 +10,11 @@ from jax.experimental import checkify
 
 from imixer_jax.hopfield import (
     Anderson,
+    Dense,
     HierarchicalNetwork,
     Implicit,
     Layer,
     Picard,
-    Synapse,
     Unrolled,
     fixed_point,
     lagrangians,
@@ -37,8 +37,8 @@ def _imlp_like_network(key, dtype=jnp.float32, scale=0.8):
         Layer(lagrangians.GELU(), (d, h)),
     )
     synapses = (
-        Synapse(mat(k[0], s, t), mat(k[1], t, s), jnp.full((t,), 0.1, dtype), None),
-        Synapse(mat(k[2], t, h, scale), mat(k[3], h, t, scale), jnp.full((h,), -0.1, dtype)),
+        Dense(mat(k[0], s, t), mat(k[1], t, s), jnp.full((t,), 0.1, dtype), None),
+        Dense(mat(k[2], t, h, scale), mat(k[3], h, t, scale), jnp.full((h,), -0.1, dtype)),
     )
     net = HierarchicalNetwork(layers, synapses)
     x0 = random_draws.normal(k[4], (2, d, s), dtype)
@@ -159,7 +159,7 @@ def test_options_are_values_and_a_wrong_one_is_a_one_line_error():
 def test_two_layer_network_is_closed_form():
     layers = (Layer(lagrangians.ReLU(), (4,)), Layer(lagrangians.GELU(), (3,)))
     w = random_draws.normal(jax.random.PRNGKey(5), (4, 3))
-    net = HierarchicalNetwork(layers, (Synapse(w, None, jnp.ones(3), jnp.ones(4)),))
+    net = HierarchicalNetwork(layers, (Dense(w, None, jnp.ones(3), jnp.ones(4)),))
     x0 = random_draws.normal(jax.random.PRNGKey(6), (2, 4))
     fast, sol = net.solve_fast_layers(x0, max_steps=0)
     assert sol is None
@@ -400,8 +400,8 @@ def _chain(key, gain=2.0):
         Layer(lagrangians.Softplus(), (n[2],)),
     )
     synapses = (
-        Synapse(w1, forward_bias=jnp.full((n[1],), 0.1)),
-        Synapse(w2, forward_bias=jnp.full((n[2],), -0.2)),
+        Dense(w1, forward_bias=jnp.full((n[1],), 0.1)),
+        Dense(w2, forward_bias=jnp.full((n[2],), -0.2)),
     )
     x0 = random_draws.normal(k[2], (3, n[0])) * jnp.array([0.05, 1.0, 20.0])[:, None]
     return HierarchicalNetwork(layers, synapses), x0

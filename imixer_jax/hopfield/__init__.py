@@ -5,7 +5,7 @@ from imixer_jax.hopfield import lagrangians, reduction, solver, synapses
 from imixer_jax.hopfield.conv import Conv
 from imixer_jax.hopfield.graph import Layer, Network
 from imixer_jax.hopfield.lagrangians import Lagrangian, from_fn
-from imixer_jax.hopfield.network import HierarchicalNetwork, Synapse
+from imixer_jax.hopfield.network import HierarchicalNetwork
 from imixer_jax.hopfield.pytree import dataclass
 from imixer_jax.hopfield.solver import (
     Anderson,
@@ -30,7 +30,6 @@ __all__ = [
     "Network",
     "Picard",
     "Solution",
-    "Synapse",
     "Unrolled",
     "dataclass",
     "fixed_point",

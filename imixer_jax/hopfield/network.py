@@ -4,9 +4,9 @@ Layer A (0-based; layer 0 is the visible layer) and synapse A between layers A a
 graph's layers ``layer_A`` and ``Dense`` synapses ``synapse_A``; every method converts the
 tuple-of-states interface to the graph's ``{name: state}`` and back. Synapses default to acting on
 the **last axis**, shared over the others (``spec='...i,io->...o'``): a token-matrix layer stored
-channels-first, ``shape = (D, S)``, is then mixed along S for every channel. ``Synapse(weight,
-feedback, forward_bias, feedback_bias)`` is the chain's name for ``Dense`` (weight ``[n_A,
-n_{A+1}]``, feedback ``[n_{A+1}, n_A]`` or None for tied).
+channels-first, ``shape = (D, S)``, is then mixed along S for every channel. Synapse A is a
+``Dense(weight, feedback, forward_bias, feedback_bias)`` (weight ``[n_A, n_{A+1}]``, feedback
+``[n_{A+1}, n_A]`` or None for tied).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from imixer_jax.hopfield.synapses import Dense
 
 Array = jax.Array
 States = tuple[Array, ...]
-Synapse = Dense
 
 
 def _names(n: int) -> tuple[str, ...]:

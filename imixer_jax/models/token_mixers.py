@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from imixer_jax.hopfield import HierarchicalNetwork, Implicit, Layer, Synapse, Unrolled, lagrangians
+from imixer_jax.hopfield import Dense, HierarchicalNetwork, Implicit, Layer, Unrolled, lagrangians
 from imixer_jax.models.layers import MLP_BIAS_INIT, hidden_lagrangian, mlp_linear
 from imixer_jax.models.partitioning import REPLICATED_VECTOR, split
 from imixer_jax.models.spectral_norm import SpectralNormLinear
@@ -338,7 +338,7 @@ class IMLP(_HopfieldTokenMixer):
         )
 
 
-def _synapse(forward, feedback, weight: Array | None = None, feedback_weight=None) -> Synapse:
+def _synapse(forward, feedback, weight: Array | None = None, feedback_weight=None) -> Dense:
     """Synapse from a forward Linear and a feedback module (Linear, or FeedbackBias when tied).
 
     ``weight``/``feedback_weight`` override the modules' raw kernels (spectrally normalised ones).
@@ -347,7 +347,7 @@ def _synapse(forward, feedback, weight: Array | None = None, feedback_weight=Non
         weight = forward.kernel[...]
     if feedback_weight is None and not isinstance(feedback, FeedbackBias):
         feedback_weight = feedback.kernel[...]
-    return Synapse(
+    return Dense(
         weight=weight,
         feedback=feedback_weight,
         forward_bias=forward.bias[...],

@@ -37,7 +37,7 @@ from imixer_jax.training.evaluation import evaluate_state
 from imixer_jax.training.logging.writer import METRICS_FILE, MetricWriter
 from imixer_jax.training.progress import Progress
 from imixer_jax.training.state import Setup, TrainState, init_state, prepare
-from imixer_jax.training.steps import make_eval_step, make_sigma_fn, make_train_step
+from imixer_jax.training.steps import make_eval_step, make_metrics_fn, make_train_step
 from imixer_jax.training.summary import parameter_overview
 from imixer_jax.weights import formats as weights_formats
 
@@ -318,7 +318,7 @@ class _Loop:
     ) -> None:
         self.setup, self.ckpt, self.writer = setup, ckpt, writer
         self.train_step, self.eval_step = make_train_step(setup), make_eval_step(setup)
-        self.sigma_fn = make_sigma_fn(setup)
+        self.metrics_fn = make_metrics_fn(setup)
         self.progress = Progress(setup.plan.total_steps, setup.config.batch_size)
         self.profile_dir = os.path.join(workdir, "profile")
 
@@ -415,8 +415,8 @@ class _Loop:
     def _log(self, state: TrainState, step: int, window: list[dict]) -> float:
         """Write and log the scalars of a window; returns its mean loss."""
         scalars = {**_train_scalars(window), **self.progress.report(step)}
-        sigmas = jax.device_get(self.sigma_fn(state.params, state.rest))
-        self.writer.write(step, {**scalars, **{k: float(v) for k, v in sigmas.items()}})
+        reported = jax.device_get(self.metrics_fn(state.params, state.rest))
+        self.writer.write(step, {**scalars, **{k: float(v) for k, v in reported.items()}})
         if "train/step_time_s" in scalars:
             timing = (
                 f"{scalars['train/images_per_s']:.0f} img/s  "
