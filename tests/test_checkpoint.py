@@ -8,6 +8,7 @@ import gc
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,9 @@ import textwrap
 import time
 import types
 
+import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -284,3 +287,20 @@ def test_failed_save_names_the_operating_system_cause():
     assert _save_cause(tensorstore).startswith("File too large: ValueError: OUT_OF_RANGE")
     assert _save_cause(OSError(28, os.strerror(28))).startswith(os.strerror(28))
     assert _save_cause(KeyError("x")) == "KeyError: 'x'"
+
+
+def test_a_checkpoint_without_its_integrity_record_is_damaged(tmp_path):
+    # The integrity record is written with every checkpoint, so one without it was cut short:
+    # it is not restored unverified.
+    from imixer_jax.training import checkpoint
+
+    state = {"w": jnp.arange(4.0)}
+    ckpt = checkpoint.Checkpointer(str(tmp_path))
+    ckpt.save(1, state)
+    ckpt.wait()
+    abstract = jax.eval_shape(lambda: state)
+    chex.assert_trees_all_equal(ckpt.restore(abstract), state)
+    shutil.rmtree(tmp_path / "checkpoints" / "1" / "integrity")
+    with pytest.raises(checkpoint.DamagedCheckpointError, match="no integrity record"):
+        ckpt.restore(abstract, step=1)
+    ckpt.close()

@@ -226,10 +226,14 @@ class Checkpointer:
 
     def _restore_verified(self, step: int, abstract_state):
         self._check_fits(step, abstract_state)
-        has_integrity = os.path.isdir(os.path.join(self.directory, str(step), _INTEGRITY))
-        items = {_STATE: ocp.args.StandardRestore(abstract_state)}
-        if has_integrity:
-            items[_INTEGRITY] = ocp.args.JsonRestore()
+        if not os.path.isdir(os.path.join(self.directory, str(step), _INTEGRITY)):
+            raise DamagedCheckpointError(
+                f"checkpoint {step} in {self.directory} is damaged (no integrity record)"
+            )
+        items = {
+            _STATE: ocp.args.StandardRestore(abstract_state),
+            _INTEGRITY: ocp.args.JsonRestore(),
+        }
         if os.path.isdir(os.path.join(self.directory, str(step), _CARRIED)):
             items[_CARRIED] = ocp.args.JsonRestore()
         try:
@@ -239,9 +243,6 @@ class Checkpointer:
                 f"checkpoint {step} in {self.directory} is damaged ({_one_line(e)})"
             ) from e
         state, carried = restored[_STATE], restored.get(_CARRIED) or {}
-        if not has_integrity:
-            logging.warning("checkpoint %d has no integrity record (older format)", step)
-            return state, carried
         saved, now = restored[_INTEGRITY], fingerprints(state)
         bad = [path for path in now if saved.get(path) != now[path]]
         if bad or set(saved) != set(now):
