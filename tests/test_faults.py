@@ -57,7 +57,7 @@ from imixer_jax.training import config as config_lib
 
 def get_config():
     c = default.get_config()
-    c.model = config_lib.model_config("imixer_s16", num_classes=10, **{tiny})
+    c.model = config_lib.model_section("imixer_s16", num_classes=10, **{tiny})
     c.data.data_dir = {data_dir!r}
     c.batch_size, c.eval_batch_size = 16, 360
     c.schedule.update(unit="steps", length={steps}.0, warmup=1.0)

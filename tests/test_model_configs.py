@@ -178,7 +178,7 @@ def test_train_step_adds_the_model_penalty():
     for lam in (0.0, 0.5):
         c = default.get_config()
         c.arch = "paramixer"
-        c.model = config_lib.model_config(
+        c.model = config_lib.model_section(
             "asymmixer_s16_224_l00", **tiny, drop_path_rate=0.0, asym_penalty=lam
         )
         c.data.name, c.batch_size = "synthetic/10", 8

@@ -475,7 +475,7 @@ from imixer_jax.training import config as config_lib
 from imixer_jax import training
 
 c = default.get_config()
-c.model = config_lib.model_config(
+c.model = config_lib.model_section(
     "imixer_s16", num_classes=10, img_size=16, patch_size=4, num_blocks=2, hidden_dim=16,
     tokens_mlp_dim=8, channels_mlp_dim=32, n_power=2, drop_path_rate=0.2, scan_blocks=True,
     remat="token_mixer")

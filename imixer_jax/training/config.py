@@ -11,7 +11,8 @@ Schema (defaults in ``base_config``):
     arch                   'mixer' (``Mixer``: MLP-Mixer, iMixer) or 'paramixer' (``ParaMixer``: the
                            parallelized Mixer family); ``registry.model_arch(name)``
     model                  the fields of that architecture's typed model config
-                           (``models.configs.MixerConfig`` / ``ParaMixerConfig``; ``model_config``);
+                           (``models.configs.MixerConfig`` / ``ParaMixerConfig``;
+                           ``model_section``);
                            ``model.dtype``: None (float32) or a compute dtype name ('bfloat16').
                            ``typed_model_config(config)`` converts it (validated once)
     data.name              TFDS dataset name, or 'synthetic' / 'synthetic/K' (numpy batches, no
@@ -76,7 +77,7 @@ def base_config(model: str = "imixer_s16", **model_overrides) -> ml_collections.
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.arch = registry.model_arch(model)  # the architecture whose config fields ``c.model`` holds
-    c.model = model_config(model, **{"num_classes": 10, **model_overrides})
+    c.model = model_section(model, **{"num_classes": 10, **model_overrides})
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "cifar10"
@@ -124,7 +125,7 @@ def base_config(model: str = "imixer_s16", **model_overrides) -> ml_collections.
     return c
 
 
-def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
+def model_section(name: str, **overrides) -> ml_collections.ConfigDict:
     """The fields of ``registry.model_config(name, **overrides)`` as a ConfigDict whose ``dtype`` is
     a str field (None = float32), so that ``--config.model.dtype=bfloat16`` works on the command
     line.
