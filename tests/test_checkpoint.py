@@ -278,6 +278,48 @@ def test_only_orbax_futures_are_dropped_when_collected_unread(monkeypatch):
     assert drop.filter(_orbax_record(logging.ERROR, "an orbax error, not a collected future"))
 
 
+def _orphaned_future_record(message, monkeypatch):
+    """The record asyncio logs for a plain future whose exception was set from outside Python
+    code (no traceback; how TensorStore completes a write's future) and which was collected
+    unread."""
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("asyncio")
+    monkeypatch.setattr(logger, "filters", [])
+    logger.addHandler(handler)
+    loop = asyncio.new_event_loop()
+    try:
+        future = loop.create_future()
+        future.set_exception(ValueError(message))
+        del future
+        gc.collect()
+    finally:
+        loop.close()
+        logger.removeHandler(handler)
+    (record,) = records
+    return record
+
+
+def test_tensorstore_write_futures_of_an_orbax_save_are_dropped(monkeypatch):
+    # CI printed 'Future exception was never retrieved' after the one-line report of a full disk:
+    # a TensorStore write's future, its error set from C++ (no Python frame of orbax's), naming a
+    # file under the checkpoint's <step>.orbax-checkpoint-tmp directory.
+    from imixer_jax.training.checkpoint import log_filter
+
+    drop = log_filter._DropOrphanedOrbaxFutures()
+    orbax_write = (
+        'OUT_OF_RANGE: Error writing "x" in OCDBT database at local file '
+        '"/run/checkpoints/4.orbax-checkpoint-tmp/default.orbax-checkpoint-tmp/": File too large'
+    )
+    record = _orphaned_future_record(orbax_write, monkeypatch)
+    assert record.getMessage().startswith("Future exception was never retrieved")
+    assert not drop.filter(record)
+    assert drop.filter(
+        _orphaned_future_record("OUT_OF_RANGE: /data/mine: File too large", monkeypatch)
+    )
+
+
 def test_failed_save_names_the_operating_system_cause():
     from imixer_jax.training.checkpoint.manager import _save_cause
 

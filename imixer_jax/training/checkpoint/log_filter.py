@@ -21,6 +21,9 @@ from absl import logging
 __all__ = ["ORBAX_ERRORS", "quiet_orbax_logging", "without_read_only_note"]
 
 
+_ORBAX_TMP = ".orbax-checkpoint-tmp"  # orbax writes a checkpoint under <step>.orbax-checkpoint-tmp
+
+
 def _in_orbax(path: str) -> bool:
     """Whether source file ``path`` is part of orbax (where a log record or a frame comes from)."""
     return "/orbax/" in path
@@ -76,13 +79,17 @@ class _DropOrphanedOrbaxFutures(py_logging.Filter):
     the failed reads of a damaged checkpoint, and the gathered writes of a failed save, as futures
     whose errors asyncio logs when they are collected, at a time set by the garbage collector; the
     restore or save has already raised the same error, reported as one line. Only futures whose
-    error was raised through orbax's code are dropped; any other orphaned future is still logged.
+    error was raised through orbax's code, or (a TensorStore write's future, set from C++ with no
+    Python traceback) names a file inside an orbax checkpoint's temporary directory, are dropped;
+    any other orphaned future is still logged.
     """
 
     def filter(self, record: py_logging.LogRecord) -> bool:
         if not record.getMessage().split("\n", 1)[0].endswith(" exception was never retrieved"):
             return True
-        tb = record.exc_info[2] if record.exc_info else None
+        error, tb = record.exc_info[1:] if record.exc_info else (None, None)
+        if _ORBAX_TMP in str(error):
+            return False
         return not any(_in_orbax(f.f_code.co_filename) for f, _ in traceback.walk_tb(tb))
 
 
