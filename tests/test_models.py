@@ -469,7 +469,7 @@ def test_layout_arguments_are_checked(bad):
 
 
 _SHARDED_SCANNED_RUN = """
-import json, sys
+import json, os, sys
 from configs import default
 from imixer_jax.training import config as config_lib
 from imixer_jax import training
@@ -480,6 +480,7 @@ c.model = config_lib.model_section(
     tokens_mlp_dim=8, channels_mlp_dim=32, n_power=2, drop_path_rate=0.2, scan_blocks=True,
     remat="token_mixer")
 c.data.data_dir = sys.argv[1] + "/tfds"
+os.makedirs(c.data.data_dir, exist_ok=True)
 c.mesh.shape = (4, 2)
 c.batch_size, c.eval_batch_size = 16, 120
 c.schedule.update(unit="steps", length=3.0, warmup=1.0)

@@ -175,9 +175,10 @@ def check_resume(
         shown = ",".join(refused[:4]) + (f" (and {len(refused) - 4} more)" if refused[4:] else "")
         key, (old, new) = refused[0], changes[refused[0]]
         raise ConfigChangedError(
-            f"the checkpoints in {workdir} were trained with other values of {shown} (e.g. "
-            f"{key} {old!r:.20} -> {new!r:.20}); rerun with the config of config.json, or "
-            f"pass --allow_config_change={','.join(refused)} to continue with it (recorded)"
+            f"the checkpoints were trained with other values of {shown} (e.g. {key} "
+            f"{old!r:.20} -> {new!r:.20}); rerun with the config of config.json, or pass "
+            f"--allow_config_change={','.join(refused[:4])}{',...' if refused[4:] else ''} to "
+            "continue with it (recorded)"
         )
     return changes
 
