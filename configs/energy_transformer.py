@@ -31,7 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         raise ValueError(f"configs/energy_transformer.py takes no argument, got {arg!r}")
     c = default.get_config()
     c.arch = "energy_transformer"
-    c.model = config_lib.model_config(
+    c.model = config_lib.model_section(
         "energy_transformer_s16",
         num_classes=10,
         img_size=16,

@@ -8,6 +8,7 @@ import gc
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,9 @@ import textwrap
 import time
 import types
 
+import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -31,7 +34,7 @@ from imixer_jax.training import config as config_lib
 
 def get_config():
     c = default.get_config()
-    c.model = config_lib.model_config(
+    c.model = config_lib.model_section(
         "imixer_s16", num_classes=10, img_size=16, patch_size=4, num_blocks=1, hidden_dim=16,
         tokens_mlp_dim=8, channels_mlp_dim=32, n_power=2, drop_path_rate=0.2)
     c.data.augment.update(mixup_alpha=0.8, cutmix_alpha=1.0)
@@ -176,6 +179,59 @@ def test_only_closed_loop_callbacks_are_dropped_from_unraisable_exceptions(monke
     assert seen == [other, owned]
 
 
+class _Pending:
+    def __await__(self):
+        yield  # suspends the awaiting coroutine until it is closed
+
+
+async def _read_of_ours():
+    try:
+        await _Pending()
+    except BaseException as e:  # as orbax's reads do: the close becomes an Exception
+        raise Exception("a read of this package") from e
+
+
+def test_abandoned_orbax_reads_are_dropped_from_unraisable_exceptions(monkeypatch):
+    """A failed restore leaves orbax's other reads suspended; collected, each printed 'Exception
+    ignored in: <coroutine object _read_array_index_and_device_put>' with the TensorStore spec
+    (thousands of lines for a damaged checkpoint). Here a real one, suspended in its TensorStore
+    read, is collected; a coroutine of any other code is still reported."""
+
+    import jax.numpy as jnp
+    import tensorstore as ts
+    from orbax.checkpoint._src.serialization import limits, serialization
+
+    from imixer_jax.training.checkpoint import log_filter
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    monkeypatch.setattr(sys, "unraisablehook", log_filter._DropClosedLoopCallbacks())
+    spec = {"driver": "zarr", "kvstore": {"driver": "memory"}}
+    array = ts.open(spec, dtype=ts.float32, shape=[4], create=True).result()
+    orbax_read = serialization._read_array_index_and_device_put(
+        jax.devices()[:1],
+        (slice(None),),
+        array,
+        global_shape=(4,),
+        new_shard_shape=(4,),
+        dtype=jnp.float32,
+        byte_limiter=limits.get_byte_limiter(None),
+        strict=True,
+        dll=None,
+        memory_kind=None,
+    )
+    ours = _read_of_ours()
+    for coroutine in (orbax_read, ours):
+        coroutine.send(None)  # suspended in its read
+    del coroutine
+    del orbax_read
+    gc.collect()
+    assert seen == []
+    del ours
+    gc.collect()
+    assert [str(u.exc_value) for u in seen] == ["a read of this package"]
+
+
 def _orphaned_gather_record(filename, monkeypatch):
     """The record asyncio logs for a gathered future that failed and was collected unread (what a
     failed orbax save leaves behind), its error raised in code compiled as ``filename``. The
@@ -222,6 +278,48 @@ def test_only_orbax_futures_are_dropped_when_collected_unread(monkeypatch):
     assert drop.filter(_orbax_record(logging.ERROR, "an orbax error, not a collected future"))
 
 
+def _orphaned_future_record(message, monkeypatch):
+    """The record asyncio logs for a plain future whose exception was set from outside Python
+    code (no traceback; how TensorStore completes a write's future) and which was collected
+    unread."""
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("asyncio")
+    monkeypatch.setattr(logger, "filters", [])
+    logger.addHandler(handler)
+    loop = asyncio.new_event_loop()
+    try:
+        future = loop.create_future()
+        future.set_exception(ValueError(message))
+        del future
+        gc.collect()
+    finally:
+        loop.close()
+        logger.removeHandler(handler)
+    (record,) = records
+    return record
+
+
+def test_tensorstore_write_futures_of_an_orbax_save_are_dropped(monkeypatch):
+    # CI printed 'Future exception was never retrieved' after the one-line report of a full disk:
+    # a TensorStore write's future, its error set from C++ (no Python frame of orbax's), naming a
+    # file under the checkpoint's <step>.orbax-checkpoint-tmp directory.
+    from imixer_jax.training.checkpoint import log_filter
+
+    drop = log_filter._DropOrphanedOrbaxFutures()
+    orbax_write = (
+        'OUT_OF_RANGE: Error writing "x" in OCDBT database at local file '
+        '"/run/checkpoints/4.orbax-checkpoint-tmp/default.orbax-checkpoint-tmp/": File too large'
+    )
+    record = _orphaned_future_record(orbax_write, monkeypatch)
+    assert record.getMessage().startswith("Future exception was never retrieved")
+    assert not drop.filter(record)
+    assert drop.filter(
+        _orphaned_future_record("OUT_OF_RANGE: /data/mine: File too large", monkeypatch)
+    )
+
+
 def test_failed_save_names_the_operating_system_cause():
     from imixer_jax.training.checkpoint.manager import _save_cause
 
@@ -231,3 +329,20 @@ def test_failed_save_names_the_operating_system_cause():
     assert _save_cause(tensorstore).startswith("File too large: ValueError: OUT_OF_RANGE")
     assert _save_cause(OSError(28, os.strerror(28))).startswith(os.strerror(28))
     assert _save_cause(KeyError("x")) == "KeyError: 'x'"
+
+
+def test_a_checkpoint_without_its_integrity_record_is_damaged(tmp_path):
+    # The integrity record is written with every checkpoint, so one without it was cut short:
+    # it is not restored unverified.
+    from imixer_jax.training import checkpoint
+
+    state = {"w": jnp.arange(4.0)}
+    ckpt = checkpoint.Checkpointer(str(tmp_path))
+    ckpt.save(1, state)
+    ckpt.wait()
+    abstract = jax.eval_shape(lambda: state)
+    chex.assert_trees_all_equal(ckpt.restore(abstract), state)
+    shutil.rmtree(tmp_path / "checkpoints" / "1" / "integrity")
+    with pytest.raises(checkpoint.DamagedCheckpointError, match="no integrity record"):
+        ckpt.restore(abstract, step=1)
+    ckpt.close()

@@ -62,6 +62,10 @@ def _check_one_line(name: str, process: subprocess.Popen, expected: str) -> None
 def test_every_bad_input_is_one_line_before_any_compilation(tmp_path):
     bad_syntax = tmp_path / "bad_syntax.py"
     bad_syntax.write_text("def get_config(:\n")
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(os.urandom(4096))
+    no_function = tmp_path / "constants.py"
+    no_function.write_text("BATCH = 128\n")
     a_file = tmp_path / "a_file"
     a_file.write_text("")
     w = str(tmp_path / "w")
@@ -78,6 +82,12 @@ def test_every_bad_input_is_one_line_before_any_compilation(tmp_path):
             ["--config", str(bad_syntax), "--workdir", w],
             None,
             f"{bad_syntax}:1: invalid syntax",
+        ),
+        "config without get_config": (
+            "imixer_jax.train",
+            ["--config", str(no_function), "--workdir", w],
+            None,
+            f"config file {no_function} defines no get_config()",
         ),
         "workdir is a file": (
             "imixer_jax.train",
@@ -103,6 +113,30 @@ def test_every_bad_input_is_one_line_before_any_compilation(tmp_path):
             [*train, w, "--config.data.name=cifar11"],
             None,
             "TFDS has no dataset 'cifar11'; did you mean",
+        ),
+        "augmentation": (
+            "imixer_jax.train",
+            [*train, w, "--config.data.augment.scale=(0.5,)"],
+            None,
+            "config.data.augment.scale: got (0.5,); give a pair (low, high)",
+        ),
+        "RandAugment typo": (
+            "imixer_jax.train",
+            [*train, w, "--config.data.augment.randaugment=rand-zz"],
+            None,
+            "config.data.augment.randaugment: RandAugment section 'zz'",
+        ),
+        "mesh axes unquoted": (
+            "imixer_jax.train",
+            [*train, w, "--config.mesh.axes=(data,model)"],
+            None,
+            "config.mesh.axes: must be a tuple of axis names",
+        ),
+        "init_from random bytes": (
+            "imixer_jax.train",
+            [*train, w, "--config.data.name=synthetic/10", f"--config.init_from.path={junk}"],
+            None,
+            f"config.init_from.path: '{junk}' is neither an .npz nor a PyTorch file",
         ),
         "stray argument": ("imixer_jax.train", [*train, w, "extra"], None, "extra"),
         "evaluate: no workdir": (
@@ -184,6 +218,13 @@ def test_config_file_errors_name_the_file_and_the_cause(monkeypatch, tmp_path):
     assert line == (
         f"config file failed at {raising}:2: NameError: name 'undefined_name' is not defined"
     )
+
+
+def test_unknown_variant_line_names_the_closest_not_all(monkeypatch):
+    monkeypatch.chdir(REPO)
+    argv = ["train", "--config=configs/cifar10.py:imixer_s17"]  # 26 variants: not all listed
+    line = cli.flag_error_line(_parse_error(argv), argv)
+    assert "did you mean imixer_s16" in line and len(line) < 300, line
 
 
 def test_dataset_suggestion_from_the_real_tfds_exception():

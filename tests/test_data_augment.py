@@ -140,6 +140,8 @@ def test_randaugment_string_parsing():
     assert augment.RandAugment.from_string("rand-m5").magnitude_std == 0.0
     with pytest.raises(ValueError, match="w0"):
         augment.RandAugment.from_string("rand-m9-w0")
+    with pytest.raises(ValueError, match="'zz'"):  # a typo must not train the default policy
+        augment.RandAugment.from_string("rand-zz")
     with pytest.raises(ValueError, match="rand-"):
         augment.RandAugment.from_string("original-mstd0.5")
 

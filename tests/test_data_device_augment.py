@@ -307,7 +307,7 @@ def test_trainer_runs_with_on_device_augmentation_on_synthetic_data(tmp_path):
 
     c = default.get_config()
     tiny = dict(img_size=16, patch_size=4, num_blocks=1, hidden_dim=16, tokens_mlp_dim=8)
-    c.model = config_lib.model_config("imixer_s16", num_classes=10, channels_mlp_dim=32, **tiny)
+    c.model = config_lib.model_section("imixer_s16", num_classes=10, channels_mlp_dim=32, **tiny)
     c.data.name = "synthetic/10"
     c.data.augment.on_device = True
     c.data.augment.randaugment = "rand-n1-m9-mstd0.5-inc1"  # one layer: half the compile time

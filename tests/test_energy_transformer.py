@@ -85,6 +85,7 @@ def test_config_fields_and_variants():
 def test_learns_the_digits_with_the_trainer(tmp_path):
     c = et_config.get_config()
     c.model.update(TINY)
+    (tmp_path / "tfds").mkdir()  # a data_dir must exist (digits is prepared into it)
     c.data.data_dir = str(tmp_path / "tfds")
     c.batch_size, c.eval_batch_size = 32, 120
     c.optimizer.lr = 5e-3

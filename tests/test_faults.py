@@ -11,7 +11,12 @@ What each fault must leave:
 * SIGTERM / SIGINT: the current step saved, one line, exit status 0;
 * a full disk (file-size limit): one line, exit status 1, the previous checkpoint and a valid
   metrics.jsonl kept;
-* a resume that the config does not fit: one line, config.json untouched.
+* a resume that the config does not fit: one line, config.json untouched;
+* every checkpoint damaged: one line, nothing moved, no silent restart from step 0;
+* a resume with a changed setting: one line naming the keys unless they are allowed (recorded);
+* a symbolic link among the trainer's files: one line naming it, nothing written through it;
+* a signal between two logs: the resumed run's metrics equal the uninterrupted run's;
+* a disk filled during a run (a real 1 MiB filesystem): one line naming cause, path and fix.
 """
 
 import glob
@@ -22,6 +27,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import jax
@@ -51,7 +57,7 @@ from imixer_jax.training import config as config_lib
 
 def get_config():
     c = default.get_config()
-    c.model = config_lib.model_config("imixer_s16", num_classes=10, **{tiny})
+    c.model = config_lib.model_section("imixer_s16", num_classes=10, **{tiny})
     c.data.data_dir = {data_dir!r}
     c.batch_size, c.eval_batch_size = 16, 360
     c.schedule.update(unit="steps", length={steps}.0, warmup=1.0)
@@ -205,6 +211,132 @@ def test_cut_metrics_row_is_dropped_on_read_and_on_resume(data_dir, trained, tmp
     assert metrics.read_jsonl(path) == rows  # no second row for the same evaluation
 
 
+def _damage_all(workdir):
+    for path in glob.glob(os.path.join(workdir, "checkpoints", "*", "default", "d", "*")):
+        os.truncate(path, os.path.getsize(path) // 2)
+
+
+def test_all_damaged_checkpoints_are_never_restarted_from_scratch_silently(
+    data_dir, trained, tmp_path
+):
+    source, _ = trained
+    config, workdir = tiny_config(data_dir), _copy(source, tmp_path)
+    _damage_all(workdir)
+    before = _files(workdir)
+    for _ in range(2):  # rerunning the same command: refused again, not a fresh run
+        with pytest.raises(checkpoint.CheckpointError, match="every checkpoint") as info:
+            training.train_and_evaluate(config, workdir)
+        assert "\n" not in str(info.value) and "--restart_damaged" in str(info.value)
+        assert _files(workdir) == before  # nothing moved, metrics.jsonl not cut
+    # A workdir whose damaged checkpoints were set aside earlier (checkpoints/ empty) too.
+    aside = os.path.join(workdir, checkpoint.DAMAGED_DIR)
+    shutil.move(os.path.join(workdir, "checkpoints"), aside)
+    os.makedirs(os.path.join(workdir, "checkpoints"))
+    with pytest.raises(checkpoint.CheckpointError, match="--restart_damaged"):
+        training.train_and_evaluate(config, workdir)
+    rows = metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    # Asked for: step 0 again, the old metrics kept beside the damaged checkpoints.
+    training.train_and_evaluate(config, workdir, restart_damaged=True)
+    assert metrics.read_jsonl(os.path.join(aside, "metrics.jsonl")) == rows
+    for a, b in zip(_params(config, workdir), _params(config, source), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with open(os.path.join(workdir, "config_history.jsonl")) as f:
+        assert json.loads(f.readlines()[-1])["reason"].startswith("restart")
+
+
+def test_resume_with_a_changed_setting_is_refused_unless_allowed(data_dir, trained, tmp_path):
+    source, _ = trained
+    workdir = _copy(source, tmp_path)
+    before = _files(workdir)
+    reseeded = tiny_config(data_dir)
+    before_lr = reseeded.optimizer.lr
+    reseeded.seed = 1
+    reseeded.optimizer.lr = 1e-3
+    with pytest.raises(training.ConfigChangedError) as info:
+        training.train_and_evaluate(reseeded, workdir)
+    line = str(info.value)
+    assert "\n" not in line and len(line) < 300, line
+    assert "optimizer.lr,seed" in line and "--allow_config_change=optimizer.lr,seed" in line
+    assert _files(workdir) == before
+    with pytest.raises(training.ConfigChangedError, match="seed"):  # both must be allowed
+        training.train_and_evaluate(reseeded, workdir, allow_config_change=["optimizer"])
+    # Reporting and hardware settings may change freely; allowed changes are recorded.
+    reseeded.log_every_steps, reseeded.checkpoint.keep = 2, 1
+    training.train_and_evaluate(reseeded, workdir, allow_config_change=["optimizer", "seed"])
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["seed"] == 1
+    with open(os.path.join(workdir, "config_history.jsonl")) as f:
+        history = [json.loads(line) for line in f]
+    assert history[-1]["changed"] == {"optimizer.lr": [before_lr, 1e-3], "seed": [0, 1]}
+    assert history[-1]["step"] == STEPS and history[-2]["config"]["seed"] == 0
+
+
+@pytest.mark.parametrize(
+    "name", ["lock", "metrics.jsonl", "config.json", "tensorboard", "damaged_checkpoints"]
+)
+def test_nothing_is_written_through_a_symbolic_link(data_dir, trained, tmp_path, name):
+    source, _ = trained
+    workdir = _copy(source, tmp_path)
+    _flip_byte(workdir, STEPS)  # a resume would move checkpoint 4 to damaged_checkpoints/
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = outside / "target"
+    path = os.path.join(workdir, name)
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.remove(path)
+    if name in ("tensorboard", "damaged_checkpoints"):
+        target.mkdir()
+    else:
+        target.write_text("someone else's file\n")
+    os.symlink(target, path)
+    with pytest.raises(training.TrainingError, match="is a symbolic link") as info:
+        training.train_and_evaluate(tiny_config(data_dir), workdir)
+    assert str(info.value).startswith(f"{path} is a symbolic link") and "\n" not in str(info.value)
+    assert sorted(os.listdir(outside)) == ["target"]
+    if target.is_file():
+        assert target.read_text() == "someone else's file\n"
+    else:
+        assert os.listdir(target) == []
+    # A link made after that check is not followed either (O_NOFOLLOW).
+    if name in ("lock", "metrics.jsonl"):
+        from imixer_jax.training import workdir as workdir_lib
+
+        with pytest.raises(training.TrainingError, match="is a symbolic link"):
+            if name == "lock":
+                WorkdirLock(workdir).__enter__()
+            else:
+                os.close(workdir_lib.open_for_writing(path, os.O_APPEND))
+        assert target.read_text() == "someone else's file\n"
+
+
+def _train_rows(workdir):
+    """The train rows of metrics.jsonl without the timings (which no two runs share)."""
+    rows = metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    return [
+        {k: v for k, v in r.items() if not k.endswith(("_s", "_per_s"))}
+        for r in rows
+        if "train/loss" in r
+    ]
+
+
+def test_resume_between_logs_repeats_the_uninterrupted_metrics(data_dir, trained, tmp_path):
+    """Logs at steps 3 and 4, checkpoints at 2 and 4: resumed from checkpoint 2, step 3's row
+    must average steps 1-3, as the uninterrupted run's does (steps 1-2 carried by the
+    checkpoint)."""
+    config = tiny_config(data_dir)
+    config.log_every_steps = 3
+    whole = str(tmp_path / "whole")
+    training.train_and_evaluate(config, whole)  # the programs of ``trained``: no compilation
+    resumed = str(tmp_path / "resumed")
+    shutil.copytree(whole, resumed)
+    shutil.rmtree(os.path.join(resumed, "checkpoints", str(STEPS)))
+    training.train_and_evaluate(config, resumed)
+    assert [r["step"] for r in _train_rows(whole)] == [3, 4]
+    assert _train_rows(resumed) == _train_rows(whole)
+
+
 # Trainer processes, started as a user would.
 
 
@@ -310,7 +442,8 @@ def test_full_disk_stops_with_one_line_and_keeps_checkpoint_and_metrics(
     assert os.path.getsize(metadata) > limit_kib * 1024
     # --verbosity=-1: the trainer's INFO progress lines off, every warning and error kept. The
     # JAX cache read-only: writing an entry would fail too (JAX's warning about a full cache).
-    flags = ["--verbosity=-1"]
+    # The 4-step run resumed as a 1000-step one: a schedule change, allowed explicitly.
+    flags = ["--verbosity=-1", "--allow_config_change=schedule.length"]
     trainer = _trainer(
         config_path, workdir, jax_cache, file_size_limit=limit_kib, flags=flags, read_only=True
     )
@@ -342,3 +475,73 @@ def test_reading_a_missing_workdir_creates_nothing(data_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint directory") as info:
         training.evaluate_checkpoint(tiny_config(data_dir), str(workdir))
     assert "\n" not in str(info.value) and not (tmp_path / "no").exists()
+
+
+def _signal_once_logged(workdir, step, sig):
+    """A thread that sends ``sig`` to this process (the trainer's loop runs in it) once
+    ``workdir/metrics.jsonl`` has a row of ``step`` or later."""
+
+    def watch():
+        while not any(s >= step for s in _logged_steps(workdir)):
+            time.sleep(0.01)
+        os.kill(os.getpid(), sig)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def test_signal_between_logs_resumes_with_the_uninterrupted_metrics(data_dir, tmp_path):
+    """Logs every 5 steps; Ctrl-C after the row of step 5 stops the run at step 6-9. The resumed
+    run's row of step 10 must average steps 6-10, as the uninterrupted run's does: the stopped
+    run's unlogged steps travel in its checkpoint."""
+    config = tiny_config(data_dir, steps=1000, every=0)
+    config.log_every_steps = 5
+    whole, stopped = str(tmp_path / "whole"), str(tmp_path / "stopped")
+    _signal_once_logged(whole, 10, signal.SIGTERM)
+    assert training.train_and_evaluate(config, whole)["preempted"]
+    _signal_once_logged(stopped, 5, signal.SIGINT)
+    assert training.train_and_evaluate(config, stopped)["step"] >= 6
+    _signal_once_logged(stopped, 10, signal.SIGTERM)
+    training.train_and_evaluate(config, stopped)
+    want = [r for r in _train_rows(whole) if r["step"] <= 10]
+    assert [r["step"] for r in want] == [5, 10]
+    assert [r for r in _train_rows(stopped) if r["step"] <= 10] == want
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB filesystem (tmpfs; mounting one needs root)."""
+    path = tmp_path / "small_disk"
+    path.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)]
+    if subprocess.run(mount, capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield str(path)
+    subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def _fill(directory):
+    fd = os.open(os.path.join(directory, "filler"), os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, bytes(1 << 16))
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def test_disk_filled_during_a_run_stops_it_with_one_line(data_dir, jax_cache, tmp_path, small_disk):
+    """Whatever write fails first (metrics, TensorBoard, a checkpoint), the line names the
+    cause, the path and the fix; the checkpointer's close, failing on the same full disk, does
+    not replace it, and no orbax line precedes it."""
+    config_path = _config_file(tmp_path, data_dir, steps=1000, every=2)
+    workdir = os.path.join(small_disk, "run")
+    trainer = _trainer(config_path, workdir, jax_cache, flags=["--verbosity=-1"])
+    _wait_for(lambda: os.path.isdir(os.path.join(workdir, "checkpoints", "2")), trainer)
+    _fill(small_disk)
+    _, err = trainer.communicate(timeout=600)
+    assert trainer.returncode == 1, err[-3000:]
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err[-3000:]
+    assert "No space left on device" in lines[0] and workdir in lines[0], lines[0]
+    assert "free disk space" in lines[0].lower() and len(lines[0]) < 300, lines[0]

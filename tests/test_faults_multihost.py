@@ -30,7 +30,7 @@ from imixer_jax.training import config as config_lib
 
 def get_config():
     c = default.get_config()
-    c.model = config_lib.model_config(
+    c.model = config_lib.model_section(
         "imixer_s16", num_classes=10, img_size=16, patch_size=4, num_blocks=1, hidden_dim=16,
         tokens_mlp_dim=8, channels_mlp_dim=32, n_power=2, drop_path_rate=0.1)
     c.data.data_dir = {data_dir!r}

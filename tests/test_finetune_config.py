@@ -45,7 +45,7 @@ def _tiny_finetune(tmp_path, path):
     from tests.test_pretrained import TINY, TINY_MLP
 
     c = finetune.get_config("mixer_b16")
-    c.model = config_lib.model_config(
+    c.model = config_lib.model_section(
         "mixer_s16", num_classes=10, channels_mlp_dim=TINY_MLP, drop_path_rate=0.0, **TINY
     )
     c.data.name, c.data.train_split, c.data.eval_split = "synthetic/10", "train", "validation"
@@ -102,7 +102,7 @@ def test_trainer_starts_from_our_imixer_file_with_its_u_and_v(tmp_path):
     ours.save(path, _loaded_state(seed=3), torch_imixer.model_config(sd))
     c = _tiny_finetune(tmp_path, path)
     c.arch = "mixer"
-    c.model = config_lib.model_config(
+    c.model = config_lib.model_section(
         "imixer_s16", **{**torch_imixer.model_config(sd, num_classes=10).to_dict(), "dtype": None}
     )
     c.init_from.format = "auto"

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from imixer_jax.hopfield import Layer, Network, attention, lagrangians
+from imixer_jax.hopfield import Layer, Network, attention, lagrangians, reduction
 from tests import random_draws
 
 F32_EPS = float(jnp.finfo(jnp.float32).eps)
@@ -108,8 +108,10 @@ def test_block_reduced_energy_is_the_energy_transformers():
     net = attention.block(N, query, key, memory, gamma=1.3, delta=0.1 * jnp.arange(D), eps=1e-5)
     x = 2.0 * random_draws.normal(jax.random.PRNGKey(7), (3, N, D))
     visible = {attention.TOKENS: x}
-    assert net.solve_fast(visible)[1] is None  # the memories read only the tokens: closed form
-    reduced = jax.jit(lambda v: net.reduced_energy(v, net.solve_fast(v)[0]))(visible)
+    assert (
+        reduction.solve_fast(net, visible)[1] is None
+    )  # the memories read only the tokens: closed form
+    reduced = jax.jit(lambda v: net.reduced_energy(v, reduction.solve_fast(net, v)[0]))(visible)
     xc = x - x.mean(-1, keepdims=True)
     var = jnp.mean(xc * xc, -1)
     g = 1.3 * xc / jnp.sqrt(var[..., None] + 1e-5) + 0.1 * jnp.arange(D)
@@ -128,7 +130,7 @@ def test_block_descends_its_energy(self_mask):
     query, key, memory = _kernels(8, scale=2.0)
     net = attention.block(N, query, key, memory, self_mask=self_mask)
     x = 2.0 * random_draws.normal(jax.random.PRNGKey(9), (3, N, D))
-    energies, _, _ = net.reduced_descend({attention.TOKENS: x}, dt=0.05, num_steps=200)
+    energies, _, _ = reduction.reduced_descend(net, {attention.TOKENS: x}, dt=0.05, num_steps=200)
     # Monotone up to the float32 rounding of the energy itself (a sum of O(H N + N K) terms).
     slack = 256 * F32_EPS * (1.0 + jnp.abs(energies[1:]))
     assert bool(jnp.all(jnp.diff(energies, axis=0) <= slack))
@@ -143,9 +145,9 @@ def test_energy_transformer_step_descends_too():
     x = 2.0 * random_draws.normal(jax.random.PRNGKey(11), (3, N, D))
 
     def step(x, _):
-        fast, _ = net.solve_fast({attention.TOKENS: x})
+        fast, _ = reduction.solve_fast(net, {attention.TOKENS: x})
         energy = net.reduced_energy({attention.TOKENS: x}, fast)
-        current = net.reduced_currents({attention.TOKENS: x}, fast)[attention.TOKENS]
+        current = reduction.reduced_currents(net, {attention.TOKENS: x}, fast)[attention.TOKENS]
         return x + 0.02 * current, energy
 
     _, energies = jax.jit(lambda x: jax.lax.scan(step, x, None, length=200))(x)

@@ -16,10 +16,11 @@ from imixer_jax.hopfield import (
     Dense,
     EnergySynapse,
     HierarchicalNetwork,
+    Implicit,
     Layer,
     Network,
-    Synapse,
     lagrangians,
+    reduction,
 )
 from tests import random_draws
 
@@ -69,9 +70,9 @@ def test_token_and_channel_synapses_contract_their_axis():
 def test_reduced_update_is_token_mlp_plus_channel_mlp():
     net = parallel_mixer_block(jax.random.PRNGKey(3))
     x = 2.0 * random_draws.normal(jax.random.PRNGKey(4), (3, S, D))
-    fast, solution = net.solve_fast({"x": x})
+    fast, solution = reduction.solve_fast(net, {"x": x})
     assert solution is None  # both hidden layers read only the visible one: closed form
-    y = net.reduced_currents({"x": x}, fast)["x"]
+    y = reduction.reduced_currents(net, {"x": x}, fast)["x"]
     g = (x - x.mean((1, 2), keepdims=True)) / jnp.sqrt(x.var((1, 2), keepdims=True) + 1e-6)
     w_tok, w_chn = net.synapses["token"].weight, net.synapses["channel"].weight
     token_mlp = jnp.einsum(
@@ -85,7 +86,7 @@ def test_reduced_update_is_token_mlp_plus_channel_mlp():
 def test_parallel_mixer_block_descends_its_reduced_energy(hidden):
     net = parallel_mixer_block(jax.random.PRNGKey(5), hidden=hidden)
     x = 2.0 * random_draws.normal(jax.random.PRNGKey(6), (4, S, D))
-    energies, stats, final = net.reduced_descend({"x": x}, dt=0.05, num_steps=200)
+    energies, stats, final = reduction.reduced_descend(net, {"x": x}, dt=0.05, num_steps=200)
     chex.assert_shape(energies, (201, 4))
     assert stats == {}  # closed form: no solver statistics
     scale = 1.0 + jnp.abs(energies)
@@ -98,11 +99,11 @@ def test_parallel_mixer_block_descends_its_reduced_energy(hidden):
 def test_untied_block_has_dynamics_but_no_energy():
     net = parallel_mixer_block(jax.random.PRNGKey(7), tied=False)
     x = random_draws.normal(jax.random.PRNGKey(8), (2, S, D))
-    energies, _, final = net.reduced_descend({"x": x}, dt=0.1, num_steps=3)
+    energies, _, final = reduction.reduced_descend(net, {"x": x}, dt=0.1, num_steps=3)
     assert energies is None
     assert bool(jnp.all(jnp.isfinite(final["x"])))
     with pytest.raises(ValueError, match="tied"):
-        net.energy(net.init_states({"x": x}))
+        net.energy(reduction.init_states(net, {"x": x}))
 
 
 @pytest.mark.parametrize(
@@ -134,7 +135,7 @@ def test_layer_bias_and_chain_length_are_checked():
         Network({"x": Layer(lagrangians.ReLU(), (3,), bias=jnp.ones(4))}, {})
     with pytest.raises(ValueError, match="needs 1 synapses, got 2"):
         layers = (Layer(lagrangians.ReLU(), (3,)), Layer(lagrangians.ReLU(), (2,)))
-        HierarchicalNetwork(layers, (Synapse(jnp.ones((3, 2))), Synapse(jnp.ones((3, 2)))))
+        HierarchicalNetwork(layers, (Dense(jnp.ones((3, 2))), Dense(jnp.ones((3, 2)))))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,7 +254,7 @@ def star_network(key) -> Network:
 def test_init_states_is_a_feedforward_pass():
     net = star_network(jax.random.PRNGKey(14))
     v = random_draws.normal(jax.random.PRNGKey(15), (2, 5))
-    xs = net.init_states({"v": v})
+    xs = reduction.init_states(net, {"v": v})
     g = net.layers["v"].lagrangian.activation(v)
     a = net.synapses["va"].forward(g) + net.layers["a"].bias
     c = net.synapses["ac"].forward(jax.nn.sigmoid(a)) + net.layers["c"].bias
@@ -274,7 +275,7 @@ def test_fast_fixed_point_is_stationary_for_the_energy(visible):
     @jax.jit  # one program: eagerly the solver's loop and each gradient op compile on their own
     def energy_gradients(net, xs):
         vis = {n: xs[n] for n in visible}
-        fast, solution = net.solve_fast(vis, max_steps=300, tol=1e-7, adjoint="implicit")
+        fast, solution = reduction.solve_fast(net, vis, max_steps=300, tol=1e-7, adjoint=Implicit())
         energy_grad = jax.grad(lambda f: jnp.sum(net.energy({**vis, **f})))
         return energy_grad(fast), energy_grad({n: xs[n] for n in fast}), solution
 
@@ -289,14 +290,14 @@ def test_fast_fixed_point_is_stationary_for_the_energy(visible):
 def test_unknown_visible_layer_is_a_one_line_error():
     net = star_network(jax.random.PRNGKey(17))
     with pytest.raises(ValueError, match="visible layers must be a non-empty subset"):
-        net.solve_fast({"w": jnp.ones((1, 5))})
+        reduction.solve_fast(net, {"w": jnp.ones((1, 5))})
 
 
 def test_reduced_descend_reports_energies_and_solver_statistics():
     net = star_network(jax.random.PRNGKey(18))
     v = 2.0 * random_draws.normal(jax.random.PRNGKey(19), (4, 5))
-    energies, stats, _ = net.reduced_descend(
-        {"v": v}, dt=0.05, num_steps=60, max_steps=100, tol=1e-6, per_sample=True
+    energies, stats, _ = reduction.reduced_descend(
+        net, {"v": v}, dt=0.05, num_steps=60, max_steps=100, tol=1e-6, per_sample=True
     )
     chex.assert_shape(energies, (61, 4))
     chex.assert_shape((stats["steps"], stats["residual"], stats["status"]), ((61, 4),) * 3)
@@ -321,12 +322,14 @@ def test_reduced_dynamics_equal_full_dynamics_in_the_adiabatic_limit_on_a_star()
         num_steps = round(1.0 / dt)
 
         def solve(v, net=net):
-            return net.solve_fast({"v": v}, max_steps=200, tol=1e-7, adjoint="implicit")[0]
+            return reduction.solve_fast(net, {"v": v}, max_steps=200, tol=1e-7, adjoint=Implicit())[
+                0
+            ]
 
         full = net.integrate({"v": v0, **solve(v0)}, dt=dt, num_steps=num_steps)
 
         def reduced_step(v, _, net=net, dt=dt, solve=solve):
-            return v + dt * (net.reduced_currents({"v": v}, solve(v))["v"] - v), None
+            return v + dt * (reduction.reduced_currents(net, {"v": v}, solve(v))["v"] - v), None
 
         reduced, _ = jax.lax.scan(reduced_step, v0, None, length=num_steps)
         moved = float(jnp.max(jnp.abs(reduced - v0)))
@@ -369,3 +372,68 @@ def test_core_dataclass_has_static_fields_keys_and_replace():
     assert jax.tree.unflatten(treedef, [jnp.zeros(2)]).name == "a"
     with pytest.raises(dataclasses.FrozenInstanceError):
         pair.w = jnp.zeros(2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks that speak the core's language; one synapse on several layer pairs.
+
+
+@pytest.mark.parametrize(
+    "states, match",
+    [
+        ({"x": jnp.ones((2, D, S))}, r"state 'x' has shape \(2, 4, 6\), but layer 'x' is \(6, 4\)"),
+        ({"x": jnp.ones((2, S, D)), "tok": jnp.ones((3, T, D))}, "batch shape"),
+        (
+            {"y": jnp.ones((2, S, D))},
+            r"unknown layer 'y'|subset of \['x', 'tok', 'chn'\]; got \['y'\]",
+        ),
+    ],
+)
+def test_states_of_the_wrong_shape_are_a_one_line_error(states, match):
+    net = parallel_mixer_block(jax.random.PRNGKey(0))
+    for call in (net.currents, lambda xs: reduction.solve_fast(net, xs)):
+        with pytest.raises(ValueError, match=match) as info:
+            call(states)
+        assert "\n" not in str(info.value)
+
+
+def test_a_synapse_class_that_is_not_a_pytree_is_caught_at_construction():
+    class Unregistered(Bilinear):  # a subclass without @hopfield.dataclass: one leaf to jax
+        pass
+
+    layers = {
+        "x": Layer(lagrangians.LayerNorm(axis=None), (S, D)),
+        "tok": Layer(lagrangians.Softplus(), (T, D)),
+    }
+    w = _normal(jax.random.PRNGKey(9), (S, T))
+    with pytest.raises(ValueError, match=r"not a registered pytree.*@hopfield.dataclass") as info:
+        Network(layers, {"s": Unregistered(w)})
+    assert "\n" not in str(info.value)
+
+
+def test_one_synapse_couples_several_layer_pairs():
+    keys = random_draws.split(jax.random.PRNGKey(30), 4)
+    w = _normal(keys[0], (4, 4))
+    layers = {n: Layer(lagrangians.Tanh(), (4,)) for n in "abc"}
+    shared = Network(
+        layers,
+        {"w": Dense(w)},
+        connections={"ab": ("w", ("a", "b")), "bc": ("w", ("b", "c"))},
+    )
+    copies = Network(layers, {"ab": Dense(w, pre="a", post="b"), "bc": Dense(w, pre="b", post="c")})
+    xs = {n: random_draws.normal(k, (2, 4)) for n, k in zip("abc", keys[1:])}
+    # The same sums in the same order: bit for bit.
+    chex.assert_trees_all_equal(shared.currents(xs), copies.currents(xs))
+    chex.assert_trees_all_equal(shared.energy_terms(xs), copies.energy_terms(xs))
+    # The shared kernel's gradient is the sum of the two copies' gradients.
+    grad = jax.grad(lambda net: jnp.sum(net.energy(xs)))
+    g_shared, g_copies = grad(shared).synapses, grad(copies).synapses
+    np.testing.assert_allclose(
+        g_shared["w"].weight, g_copies["ab"].weight + g_copies["bc"].weight, rtol=1e-6, atol=1e-6
+    )
+    solve = dict(max_steps=50, tol=1e-6)
+    fast_shared, _ = reduction.solve_fast(shared, {"a": xs["a"]}, **solve)
+    fast_copies, _ = reduction.solve_fast(copies, {"a": xs["a"]}, **solve)
+    chex.assert_trees_all_equal(fast_shared, fast_copies)
+    with pytest.raises(ValueError, match="gives 3 layers to synapse 'w', which couples 2"):
+        Network(layers, {"w": Dense(w)}, connections={"abc": ("w", ("a", "b", "c"))})

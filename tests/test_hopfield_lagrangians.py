@@ -25,6 +25,8 @@ LAGRANGIANS = {
     "layernorm_all": lagrangians.LayerNorm(gamma=0.7, delta=0.1, axis=None),
     "layernorm_tuple": lagrangians.LayerNorm(gamma=1.1, axis=(0, 1)),
     "gelu": lagrangians.GELU(),
+    "exp": lagrangians.Exp(beta=0.7),
+    "rectified_exp": lagrangians.RectifiedExp(beta=1.3),
     "from_fn_logcosh": from_fn(lambda x: jnp.log(jnp.cosh(x)), convex=True),
     "from_fn_sin": from_fn(jnp.sin),
 }
@@ -91,9 +93,9 @@ def test_layernorm_over_a_whole_matrix_normalises_all_its_elements():
 
 def test_layernorm_with_per_channel_gain_has_no_lagrangian():
     lag = lagrangians.LayerNorm(gamma=jnp.ones((7,)))
-    with pytest.raises(ValueError, match="scalar gain"):
+    with pytest.raises(ValueError, match="only for a scalar gamma"):
         lag(jnp.ones((3, 7)))
-    with pytest.raises(ValueError, match="scalar gain"):
+    with pytest.raises(ValueError, match="only for a scalar gamma"):
         lag.neuron_energy(jnp.ones((3, 7)))
 
 
@@ -102,3 +104,16 @@ def test_get_by_name():
     assert lagrangians.get("relu_power", power=4.0).power == 4.0
     with pytest.raises(ValueError, match="unknown Lagrangian 'swish'"):
         lagrangians.get("swish")
+
+
+def test_exponential_lagrangians_are_hamuxs():
+    x = random_draws.normal(jax.random.PRNGKey(40), (3, 5))
+    beta = 1.3
+    r = jnp.maximum(x, 0)
+    # hamux's lagr_exp and lagr_rexp, written out.
+    np.testing.assert_allclose(lagrangians.Exp(beta)(x), jnp.sum(jnp.exp(beta * x)) / beta, 1e-6)
+    np.testing.assert_allclose(
+        lagrangians.RectifiedExp(beta)(x), jnp.sum(jnp.exp(beta * r) / beta - r), rtol=1e-6
+    )
+    np.testing.assert_array_equal(lagrangians.RectifiedExp(beta).activation(-jnp.abs(x)), 0.0)
+    assert lagrangians.get("exp", beta=2.0) == lagrangians.Exp(2.0)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from imixer_jax.hopfield import HierarchicalNetwork, Layer, Synapse, lagrangians
+from imixer_jax.hopfield import Dense, HierarchicalNetwork, Implicit, Layer, lagrangians
 from tests import random_draws
 
 F32_EPS = float(jnp.finfo(jnp.float32).eps)
@@ -54,7 +54,7 @@ def random_network(key, names, sizes, *, tied=True, biases=True) -> Hierarchical
         w = random_draws.normal(next(keys), (a, b)) / np.sqrt(a)
         fb = None if tied else random_draws.normal(next(keys), (b, a)) / np.sqrt(b)
         synapses.append(
-            Synapse(
+            Dense(
                 w,
                 fb,
                 forward_bias=0.1 * random_draws.normal(next(keys), (b,)) if biases else None,
@@ -166,7 +166,7 @@ def test_synapse_contracts_last_axis_shared_over_channels():
     d, s, t = 3, 5, 4
     w = random_draws.normal(jax.random.PRNGKey(0), (s, t))
     g = random_draws.normal(jax.random.PRNGKey(1), (d, s))
-    out = Synapse(w).forward(g)
+    out = Dense(w).forward(g)
     for c in range(d):
         np.testing.assert_allclose(out[c], g[c] @ w, rtol=1e-6)
 
@@ -188,7 +188,7 @@ def test_reduced_dynamics_equal_full_dynamics_in_the_adiabatic_limit(names):
         num_steps = round(1.0 / dt)  # integrate to t = 1 = tau_visible
 
         def solve(x, net=net):
-            return net.solve_fast_layers(x, max_steps=200, tol=1e-7, adjoint="implicit")[0]
+            return net.solve_fast_layers(x, max_steps=200, tol=1e-7, adjoint=Implicit())[0]
 
         full = net.integrate((x0, *solve(x0)), dt=dt, num_steps=num_steps)
 

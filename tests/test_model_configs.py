@@ -28,7 +28,7 @@ SHARED_RULES = [
     (dict(tokens_mlp_dim=-8), "tokens_mlp_dim", "tokens_mlp_dim must be a positive integer"),
     (dict(channels_mlp_dim=None), "channels_mlp_dim", "channels_mlp_dim must be a positive"),
     (dict(activation="tanh"), "activation", "activation must be one of gelu, relu"),
-    (dict(update="momentum"), "update", "update must be one of residual, euler"),
+    (dict(update_rule="momentum"), "update_rule", "update_rule must be one of residual, euler"),
     (dict(step_size=0.0), "step_size", "step_size must be > 0"),
     (dict(step_size="1"), "step_size", "step_size must be a number"),
     (dict(drop_path_rate=1.0), "drop_path_rate", r"drop_path_rate must be in \[0, 1\)"),
@@ -178,7 +178,7 @@ def test_train_step_adds_the_model_penalty():
     for lam in (0.0, 0.5):
         c = default.get_config()
         c.arch = "paramixer"
-        c.model = config_lib.model_config(
+        c.model = config_lib.model_section(
             "asymmixer_s16_224_l00", **tiny, drop_path_rate=0.0, asym_penalty=lam
         )
         c.data.name, c.batch_size = "synthetic/10", 8

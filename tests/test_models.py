@@ -166,7 +166,7 @@ def test_mixer_takes_its_config():
         (dict(token_mixer="attention"), "token_mixer"),
         (dict(adjoint="backprop"), "adjoint"),
         (dict(activation="tanh"), "activation"),
-        (dict(update="momentum"), "update"),
+        (dict(update_rule="momentum"), "update_rule"),
         (dict(sn_coeff=0.0), "sn_coeff"),
         (dict(hidden_ratio=0.01), "hidden_ratio"),
         (dict(step_size=-1.0), "step_size"),
@@ -262,7 +262,7 @@ def test_capture_intermediates_returns_logits_and_per_block_intermediates():
 
 
 def test_capture_intermediates_under_jit_matches_eager():
-    model = _tiny(tied=True, update="euler", step_size=0.5)
+    model = _tiny(tied=True, update_rule="euler", step_size=0.5)
     model.eval()
     images = _images(2)
     eager = nnx.to_pure_dict(capture_intermediates(model, images)[1])
@@ -469,17 +469,18 @@ def test_layout_arguments_are_checked(bad):
 
 
 _SHARDED_SCANNED_RUN = """
-import json, sys
+import json, os, sys
 from configs import default
 from imixer_jax.training import config as config_lib
 from imixer_jax import training
 
 c = default.get_config()
-c.model = config_lib.model_config(
+c.model = config_lib.model_section(
     "imixer_s16", num_classes=10, img_size=16, patch_size=4, num_blocks=2, hidden_dim=16,
     tokens_mlp_dim=8, channels_mlp_dim=32, n_power=2, drop_path_rate=0.2, scan_blocks=True,
     remat="token_mixer")
 c.data.data_dir = sys.argv[1] + "/tfds"
+os.makedirs(c.data.data_dir, exist_ok=True)
 c.mesh.shape = (4, 2)
 c.batch_size, c.eval_batch_size = 16, 120
 c.schedule.update(unit="steps", length=3.0, warmup=1.0)

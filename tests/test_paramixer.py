@@ -303,7 +303,7 @@ def test_energy_gradient_is_the_derivation(activation):
 @pytest.mark.parametrize("activation", ["relu", "softplus"])
 def test_energy_descends_under_the_euler_update(activation):
     """Tied weights, convex hidden Lagrangian, small step: E~ never increases."""
-    block = _energy_block(activation, update="euler", step_size=0.1)
+    block = _energy_block(activation, update_rule="euler", step_size=0.1)
     x = _x(batch=4)
     energies = [reduced_energy(block, x)]
     for _ in range(30):
@@ -450,3 +450,21 @@ def test_sweeps_name_registered_variants():
         for r in PARAMIXER_SWEEPS["symmetry_breaking"]
     ]
     assert penalties == sorted(penalties) and penalties[0] == 0.0 and penalties[-1] == 1.0
+
+
+def test_parallel_block_computes_in_float64_end_to_end():
+    """With float64 parameters and inputs nothing is cast to float32: the block equals a float64
+    reference to float64 round-off, where float32 would miss by ~1e-7."""
+    with jax.enable_x64(True):
+        block = _block()
+        state = nnx.state(block)
+        nnx.update(block, jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), state))
+        x = jnp.asarray(np.asarray(_x()), jnp.float64)
+        y = block(x)
+        assert y.dtype == jnp.float64
+        (t1, t2), (c1, c2) = _kernels(block.mlp_tokens), _kernels(block.mlp_channels)
+        g = _ln(np.asarray(x))
+        hidden_t = _gelu(jnp.einsum("bsd,sk->bkd", g, t1))
+        expected = x + jnp.einsum("bkd,ks->bsd", hidden_t, t2) + _gelu(g @ c1) @ c2
+        # float64 sums of <= 32 terms of size O(1): ~1e-15; 1e-12 is far below float32's 1e-7.
+        np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)

@@ -35,7 +35,7 @@ CASES = {
     "parallel": dict(),
     "symmetric": dict(mlp="symmetric"),
     "symmetric_euler_scalar": dict(
-        mlp="symmetric", update="euler", step_size=0.5, scalar_scale=True, n_iter=2
+        mlp="symmetric", update_rule="euler", step_size=0.5, scalar_scale=True, n_iter=2
     ),
     "asymmetric_penalty": dict(mlp="asymmetric", asym_penalty=0.01, activation="relu"),
     "asymmetric_bf16_ni2": dict(mlp="asymmetric", n_iter=2, dtype="bfloat16"),

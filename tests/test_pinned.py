@@ -48,7 +48,7 @@ TINY = {**tiny.PINNED, "n_power": 2}
 CASES = {
     "mixer": dict(token_mixer="mlp"),
     "imixer": dict(),
-    "imixer_tied_euler": dict(tied=True, update="euler", step_size=0.5),
+    "imixer_tied_euler": dict(tied=True, update_rule="euler", step_size=0.5),
     "imixer_implicit": dict(adjoint="implicit", tol=1e-4, n_iter=8),
     "imixer_bf16": dict(dtype="bfloat16"),
     "imixer_relu_nosn": dict(spectral_norm=False, activation="relu", n_iter=3),
@@ -129,6 +129,7 @@ def test_model_outputs_pinned(name, golden_models):
 def test_default_run_pinned(tmp_path):
     with open(RUN_FILE) as f:
         golden = json.load(f)
+    (tmp_path / "tfds").mkdir()  # a data_dir must exist (digits is prepared into it)
     got = default_run(str(tmp_path / "run"), str(tmp_path / "tfds"))
     if same_jaxlib(golden["jaxlib"]):
         assert got["losses"] == golden["losses"]

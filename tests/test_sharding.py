@@ -41,9 +41,9 @@ args = json.loads(sys.argv[1])
 TINY = dict(num_classes=10, img_size=16, patch_size=4, num_blocks=1, hidden_dim=16,
     tokens_mlp_dim=8, channels_mlp_dim=32, drop_path_rate=0.2)
 MODELS = {  # name: (arch, model config)
-    "imixer": ("mixer", config_lib.model_config("imixer_s16", n_power=2, **TINY)),
-    "mixer": ("mixer", config_lib.model_config("mixer_s16", **TINY)),
-    "asymmixer": ("paramixer", config_lib.model_config("asymmixer_s16_224_l01", **TINY)),
+    "imixer": ("mixer", config_lib.model_section("imixer_s16", n_power=2, **TINY)),
+    "mixer": ("mixer", config_lib.model_section("mixer_s16", **TINY)),
+    "asymmixer": ("paramixer", config_lib.model_section("asymmixer_s16_224_l01", **TINY)),
 }
 c = default.get_config()
 c.arch, c.model = MODELS["imixer"]

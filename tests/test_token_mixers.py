@@ -132,7 +132,7 @@ def _tied_energy_change(activation, seed, step_size=0.05):
         adjoint="implicit",
         tied=True,
         activation=activation,
-        update="euler",
+        update_rule="euler",
         step_size=step_size,
         rngs=nnx.Rngs(seed),
     )
@@ -237,7 +237,7 @@ def test_bfloat16_compute_is_close_to_float32():
         (dict(tol=-1.0), "tol"),
         (dict(adjoint="broyden"), "adjoint"),
         (dict(activation="tanh"), "activation"),
-        (dict(update="rk4"), "update"),
+        (dict(update_rule="rk4"), "update_rule"),
         (dict(step_size=0.0), "step_size"),
         (dict(sn_coeff=0.0), "sn_coeff"),
         (dict(n_power=0), "n_power"),

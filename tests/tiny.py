@@ -49,7 +49,7 @@ def trainer_config(
     from imixer_jax.training import config as config_lib
 
     c = default.get_config()
-    c.model = config_lib.model_config(model, num_classes=10, **{**TRAINER, **model_overrides})
+    c.model = config_lib.model_section(model, num_classes=10, **{**TRAINER, **model_overrides})
     c.data.data_dir = data_dir
     c.batch_size, c.eval_batch_size = 16, eval_batch_size
     c.schedule.unit, c.schedule.length, c.schedule.warmup = "steps", float(steps), warmup

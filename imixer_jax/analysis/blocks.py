@@ -26,10 +26,10 @@ Array = jax.Array
 
 def with_solver(model: Mixer, **solver) -> Mixer:
     """A copy of ``model`` (same arrays, evaluation mode) whose token mixers use other solver or
-    update settings, e.g. ``n_iter=50, tol=1e-5, adjoint='implicit'`` or ``update='euler'``
+    update settings, e.g. ``n_iter=50, tol=1e-5, adjoint='implicit'`` or ``update_rule='euler'``
     (fields of ``model.config``). Only fields that leave the parameter structure unchanged are
     allowed."""
-    allowed = {"n_iter", "tol", "adjoint", "update", "step_size"}
+    allowed = {"n_iter", "tol", "adjoint", "update_rule", "step_size"}
     if set(solver) - allowed:
         raise ValueError(f"with_solver changes only {sorted(allowed)}, got {sorted(solver)}")
     config = model.config.replace(**solver)
@@ -170,7 +170,7 @@ def block_energy_descent(
         raise ValueError("the energy exists only for tied models (model.config.tied=True)")
     euler = with_solver(
         model,
-        update="euler",
+        update_rule="euler",
         step_size=step_size,
         n_iter=n_iter,
         tol=tol,

@@ -50,7 +50,6 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         raise RunError(
             f"{path} is not valid JSON ({e.msg}, line {e.lineno}); restore it or retrain"
         ) from e
-    fields.setdefault("arch", "mixer")  # runs written before the parallel Mixer family
     return ml_collections.ConfigDict(fields)
 
 

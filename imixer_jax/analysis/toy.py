@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from imixer_jax.hopfield import HierarchicalNetwork, Layer, Synapse, lagrangians
+from imixer_jax.hopfield import Dense, HierarchicalNetwork, Layer, lagrangians
 
 Array = jax.Array
 F32_EPS = float(np.finfo(np.float32).eps)
@@ -43,7 +43,7 @@ def three_layer_network(
         Layer(lagrangians.get(name), (n,), bias=bias)
         for name, n, bias in zip(hidden, sizes[1:], biases)
     ]
-    return HierarchicalNetwork(tuple(layers), (Synapse(w0), Synapse(w1)))
+    return HierarchicalNetwork(tuple(layers), (Dense(w0), Dense(w1)))
 
 
 @partial(jax.jit, static_argnums=1)

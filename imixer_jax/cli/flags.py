@@ -97,8 +97,24 @@ def _config_file_frame(error: BaseException) -> str:
     return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "the config file"
 
 
+def _config_path(argv: Sequence[str]) -> str:
+    """The file of ``--config FILE[:ARG]`` in ``argv`` (as typed)."""
+    for i, arg in enumerate(argv):
+        if arg in ("--config", "-config") and i + 1 < len(argv):
+            return argv[i + 1].split(":")[0]
+        match = re.match(r"^--?config=([^:]*)", arg)
+        if match:
+            return match.group(1)
+    return "the config file"
+
+
 def flag_error_line(error: BaseException, argv: Sequence[str]) -> str:
     """One line ``<cause>; <fix>`` for a failed parse of ``argv``."""
+    if isinstance(error, AttributeError) and str(error).endswith("no attribute 'get_config'"):
+        return (
+            f"config file {_config_path(argv)} defines no get_config(); define "
+            "get_config() returning a ConfigDict, as configs/default.py does"
+        )
     if isinstance(error, KeyError | AttributeError):
         return _unknown_key_line(error, argv)
     if isinstance(error, SyntaxError):

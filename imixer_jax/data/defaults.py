@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+from imixer_jax.data.augment.policy import RandAugmentPolicy
+
 AUGMENT_DEFAULTS: Mapping[str, Any] = MappingProxyType(
     {
         # RandomResizedCrop to image_size; False = resize the shorter side and centre crop.
@@ -57,20 +59,44 @@ class DatasetInfo:
 
 
 def augment_config(augment: Mapping[str, Any]) -> dict[str, Any]:
-    """``AUGMENT_DEFAULTS`` updated by ``augment``, validated (ValueError naming the key)."""
+    """``AUGMENT_DEFAULTS`` updated by ``augment``, validated.
+
+    Raises:
+      ValueError: one line ``augment.<key>: <what is wrong>``.
+    """
     augment = dict(augment.items())
     unknown = sorted(set(augment) - set(AUGMENT_DEFAULTS))
     if unknown:
         raise ValueError(f"unknown augment keys {unknown}; known: {sorted(AUGMENT_DEFAULTS)}")
     config = {**AUGMENT_DEFAULTS, **augment}
     if config["interpolation"] not in INTERPOLATIONS:
-        raise ValueError(f"augment interpolation must be one of {INTERPOLATIONS}")
+        raise ValueError(
+            f"augment.interpolation: {config['interpolation']!r} is not supported; use one of "
+            f"{', '.join(INTERPOLATIONS)}"
+        )
     if not 0.0 <= config["random_erasing"] <= 1.0:
-        raise ValueError("augment random_erasing must be a probability")
-    for key in ("scale", "ratio"):
-        low, high = config[key]
-        if not 0.0 < low <= high:
-            raise ValueError(f"augment {key} must be (low, high) with 0 < low <= high")
+        raise ValueError(
+            f"augment.random_erasing: {config['random_erasing']} is not a probability; use a "
+            "value in [0, 1]"
+        )
+    for key, high in (("scale", 1.0), ("ratio", float("inf"))):
+        value = config[key]
+        pair = isinstance(value, tuple | list) and len(value) == 2
+        if not (pair and all(isinstance(v, int | float) for v in value)):
+            raise ValueError(f"augment.{key}: got {value!r}; give a pair (low, high)")
+        if not 0 < value[0] <= value[1] <= high:
+            bound = "" if high == float("inf") else f" <= {high:g}"
+            raise ValueError(
+                f"augment.{key}: got {value!r}; give (low, high) with 0 < low <= high{bound}"
+            )
+    if config["randaugment"]:
+        try:
+            RandAugmentPolicy.from_string(config["randaugment"])
+        except ValueError as e:
+            raise ValueError(
+                f"augment.randaugment: {e}; timm's sections m, n, mstd, mmax and inc are "
+                "supported, e.g. 'rand-m9-mstd0.5-inc1'"
+            ) from e
     return config
 
 

@@ -24,7 +24,6 @@ is in ``docs/theory.md#attention-energies``.
 from __future__ import annotations
 
 import math
-from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -57,7 +56,6 @@ class MultiHeadAttention(EnergySynapse):
     beta: float | Array | None = None
     self_mask: bool = struct.field(pytree_node=False, default=False)
     layer: str = struct.field(pytree_node=False, default=TOKENS)
-    batched: ClassVar[bool] = True
 
     @property
     def layers(self) -> tuple[str, ...]:
@@ -112,6 +110,10 @@ class MultiHeadAttention(EnergySynapse):
         current = jnp.einsum("...hny,hyd->...nd", grad_k, self.key)
         return (current + jnp.einsum("...hny,hyd->...nd", grad_q, self.query),)
 
+    def current(self, index, gs, shapes) -> Array:
+        """Closed form, any batch axes: ``currents`` of the batched tokens."""
+        return self.currents(gs[0])[0]
+
 
 def block(
     num_tokens: int,
@@ -135,9 +137,9 @@ def block(
     self_mask)`` on the tokens) and ``memory`` (``Dense`` ``memory [D, K]`` from the tokens to the
     memories, shared by the tokens).
 
-    With the memories fast (``Network.solve_fast``: closed form, they read only the tokens) the
+    With the memories fast (``reduction.solve_fast``: closed form, they read only the tokens) the
     reduced energy is the Energy Transformer's E_att - (1/2) sum relu(g Xi)^2 plus the LayerNorm's
-    neuron term, and ``Network.reduced_descend`` never raises it for a small step.
+    neuron term, and ``reduction.reduced_descend`` never raises it for a small step.
     """
     dim, num_memories = jnp.shape(memory)
     lagrangian = lagrangians.LayerNorm(gamma=gamma, delta=delta, eps=eps, axis=-1)

@@ -13,7 +13,6 @@ currents as minus its gradients. Strides, padding and dilation are those of
 from __future__ import annotations
 
 from math import prod
-from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -46,7 +45,6 @@ class Conv(EnergySynapse):
     strides: tuple[int, ...] | None = struct.field(pytree_node=False, default=None)
     padding: str | tuple[tuple[int, int], ...] = struct.field(pytree_node=False, default="SAME")
     dilation: tuple[int, ...] | None = struct.field(pytree_node=False, default=None)
-    batched: ClassVar[bool] = True
 
     @property
     def layers(self) -> tuple[str, ...]:
@@ -126,6 +124,15 @@ class Conv(EnergySynapse):
 
     def currents(self, g_pre: Array, g_post: Array) -> tuple[Array, Array]:
         return self.backward(g_post, g_pre.shape), self.forward(g_pre)
+
+    def current(self, index, gs, shapes) -> Array:
+        """Closed form, any batch axes: the transposed convolution into pre (0; strides make
+        its shape ambiguous, so it comes from ``shapes``), the convolution into post (1)."""
+        return self.backward(gs[1], shapes[0]) if index == 0 else self.forward(gs[0])
+
+    def reads(self, index: int) -> tuple[int, ...]:
+        """Bilinear: the current into one end reads the other end."""
+        return (1 - index,)
 
     def energy(self, g_pre: Array, g_post: Array) -> Array:
         out = -jnp.vdot(g_post, self.forward(g_pre))

@@ -17,9 +17,8 @@ and with convex Lagrangians dE/dt = -sum_A tau_A v_A^T Hess(L_A) v_A <= 0 (v_A =
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from functools import partial
-from math import prod
 
 import jax
 import jax.numpy as jnp
@@ -27,15 +26,13 @@ from flax import struct
 from jax.tree_util import GetAttrKey
 
 from imixer_jax.hopfield import lagrangians as lagrangians_lib
-from imixer_jax.hopfield import pytree, reduction
-from imixer_jax.hopfield.conv import Conv
+from imixer_jax.hopfield import pytree
 from imixer_jax.hopfield.lagrangians import Lagrangian
-from imixer_jax.hopfield.reduction import add
-from imixer_jax.hopfield.solver import Solution
-from imixer_jax.hopfield.synapses import Dense, Directed, EnergySynapse, broadcasts_to
+from imixer_jax.hopfield.synapses import EnergySynapse, broadcasts_to, per_sample
 
 Array = jax.Array
 States = dict[str, Array]
+Connections = Mapping[str, tuple[str, tuple[str, ...]]]
 
 
 @pytree.dataclass
@@ -55,6 +52,7 @@ class Layer:
     dtype: jnp.dtype | None = struct.field(pytree_node=False, default=None)
 
     def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(self.shape))
         object.__setattr__(
             self, "lagrangian", lagrangians_lib.bind(self.lagrangian, len(self.shape))
         )
@@ -69,27 +67,63 @@ def _has_shape(leaf) -> bool:
     return hasattr(leaf, "shape") and hasattr(leaf, "dtype")
 
 
+_LEAF = jax.tree.structure(0)
+
+
+def _is_pytree_node(obj) -> bool:
+    return jax.tree.structure(obj) != _LEAF
+
+
+def _not_a_pytree(what: str, obj) -> ValueError:
+    return ValueError(
+        f"{what} of class {type(obj).__name__} is not a registered pytree, so jax.jit would "
+        f"treat it as one opaque leaf; decorate the class with @hopfield.dataclass"
+    )
+
+
 @jax.tree_util.register_pytree_with_keys_class
 class Network:
     """Named layers coupled by named synapses. A pytree: arrays of layers and synapses are leaves.
 
-    Construction checks the graph (every synapse names existing layers) and the shapes (each
-    synapse's ``check``, each bias against its layer) and raises a one-line ValueError.
+    Each synapse couples the layers it names (``synapse.layers``), unless ``connections`` says
+    otherwise: ``{name: (synapse_name, layer_names)}`` applies one synapse to several tuples of
+    layers (its arrays shared, their gradients summed), e.g. one kernel between every pair of
+    neighbouring layers. The energy and currents are sums over connections.
+
+    Construction checks the graph (every connection names existing layers and synapses, every
+    synapse and Lagrangian is a pytree) and the shapes (each synapse's ``check``, each bias
+    against its layer) and raises a one-line ValueError; ``check_states`` checks states.
 
     Args:
       layers: ``{name: Layer}``; the order is kept (it fixes the order of sums).
-      synapses: ``{name: synapse}`` (``Dense`` or any ``EnergySynapse``).
+      synapses: ``{name: synapse}`` (``Dense``, ``Conv`` or any ``EnergySynapse``).
+      connections: optional ``{name: (synapse_name, layer_names)}``; None: every synapse on its
+        own ``layers``, named as the synapse.
     """
 
-    def __init__(self, layers: Mapping[str, Layer], synapses: Mapping[str, EnergySynapse]):
+    def __init__(
+        self,
+        layers: Mapping[str, Layer],
+        synapses: Mapping[str, EnergySynapse],
+        connections: Connections | None = None,
+    ):
         self.layers = dict(layers)
         self.synapses = dict(synapses)
+        self.connections = _connections(self.synapses, connections)
         self._check()
 
     # Pytree protocol: unflattening (inside jax transformations) skips the checks.
     def tree_flatten_with_keys(self):
-        children = ((GetAttrKey("layers"), self.layers), (GetAttrKey("synapses"), self.synapses))
-        return children, (tuple(self.layers), tuple(self.synapses))
+        children = (
+            (GetAttrKey("layers"), self.layers),
+            (GetAttrKey("synapses"), self.synapses),
+        )
+        aux = (
+            tuple(self.layers),
+            tuple(self.synapses),
+            tuple(self.connections.items()),
+        )
+        return children, aux
 
     @classmethod
     def tree_unflatten(cls, aux, children):
@@ -97,24 +131,54 @@ class Network:
         layers, synapses = children
         out.layers = {k: layers[k] for k in aux[0]}
         out.synapses = {k: synapses[k] for k in aux[1]}
+        out.connections = dict(aux[2])
         return out
 
+    @classmethod
+    def unchecked(cls, layers, synapses, connections: Connections | None = None) -> Network:
+        """A network built without the checks, e.g. a copy whose arrays carry extra leading
+        axes (a per-step schedule)."""
+        aux = (tuple(layers), tuple(synapses), tuple(_connections(synapses, connections).items()))
+        return cls.tree_unflatten(aux, (dict(layers), dict(synapses)))
+
     def replace(self, **updates) -> Network:
-        """A copy with ``layers`` and/or ``synapses`` replaced (checked again)."""
-        return Network(updates.get("layers", self.layers), updates.get("synapses", self.synapses))
+        """A copy with ``layers``, ``synapses`` and/or ``connections`` replaced (checked again;
+        replacing the synapses alone keeps the connections whose synapses remain)."""
+        synapses = updates.get("synapses", self.synapses)
+        connections = updates.get("connections")
+        if connections is None and self.connections != _connections(self.synapses, None):
+            connections = {k: c for k, c in self.connections.items() if c[0] in synapses}
+        return Network(updates.get("layers", self.layers), synapses, connections)
 
     def _check(self) -> None:
         if not self.layers:
             raise ValueError("a network needs at least one layer")
+        for name, layer in self.layers.items():
+            if not _is_pytree_node(layer.lagrangian):
+                raise _not_a_pytree(f"layer {name!r}: the Lagrangian", layer.lagrangian)
         for name, syn in self.synapses.items():
-            missing = [n for n in syn.layers if n not in self.layers]
+            if not _is_pytree_node(syn):
+                raise _not_a_pytree(f"synapse {name!r}", syn)
+        for name, (synapse, names) in self.connections.items():
+            if synapse not in self.synapses:
+                raise ValueError(
+                    f"connection {name!r} uses unknown synapse {synapse!r}; synapses are "
+                    f"{list(self.synapses)}"
+                )
+            missing = [n for n in names if n not in self.layers]
             if missing:
                 raise ValueError(
                     f"synapse {name!r} couples unknown layer(s) {missing}; layers are "
                     f"{list(self.layers)}"
                 )
+            syn = self.synapses[synapse]
+            if len(names) != len(syn.layers):
+                raise ValueError(
+                    f"connection {name!r} gives {len(names)} layers to synapse {synapse!r}, "
+                    f"which couples {len(syn.layers)}"
+                )
             if all(_has_shape(leaf) for leaf in jax.tree.leaves(syn)):
-                syn.check(tuple(self.layers[n].shape for n in syn.layers))
+                syn.check(tuple(self.layers[n].shape for n in names))
         for name, layer in self.layers.items():
             bias = layer.bias
             if _has_shape(bias) and not broadcasts_to(bias.shape, layer.shape):
@@ -123,15 +187,37 @@ class Network:
                     f"layer's shape {layer.shape}"
                 )
 
+    def check_states(self, xs: States) -> tuple[int, ...]:
+        """The states' common batch shape; one-line ValueError for an unknown layer, a state
+        whose trailing axes are not its layer's shape, or batch shapes that differ."""
+        batch = None
+        for name, x in xs.items():
+            if name not in self.layers:
+                raise ValueError(
+                    f"state for unknown layer {name!r}; layers are {list(self.layers)}"
+                )
+            shape, layer_shape = tuple(jnp.shape(x)), self.layers[name].shape
+            lead = len(shape) - len(layer_shape)
+            if lead < 0 or shape[lead:] != layer_shape:
+                raise ValueError(
+                    f"state {name!r} has shape {shape}, but layer {name!r} is {layer_shape}: "
+                    f"states are [*batch, *{layer_shape}]"
+                )
+            if batch is not None and shape[:lead] != batch:
+                raise ValueError(
+                    f"state {name!r} has batch shape {shape[:lead]}, the other states {batch}"
+                )
+            batch = shape[:lead]
+        return () if batch is None else batch
+
     @property
     def tied(self) -> bool:
         """True when every synapse is symmetric, i.e. the energy exists."""
-        return all(s.tied for s in self.synapses.values())
+        return all(self.synapses[s].tied for s, _ in self.connections.values())
 
     def batch_shape(self, xs: States) -> tuple[int, ...]:
-        """The leading batch axes of the states (those not in the layer shapes)."""
-        name, x = next(iter(xs.items()))
-        return x.shape[: x.ndim - len(self.layers[name].shape)]
+        """The leading batch axes of the states (checked: see ``check_states``)."""
+        return self.check_states(xs)
 
     # ----------------------------------------------------------------------------------------
     # Activations, currents, dynamics.
@@ -140,21 +226,34 @@ class Network:
         """``{name: g}`` for the layers in ``xs``."""
         return {n: self.layers[n].activation(x) for n, x in xs.items()}
 
-    def current(self, name: str, gs: States, synapses: Mapping | None = None) -> Array | None:
-        """Sum of the currents into layer ``name`` from ``synapses`` (default: all), in order.
+    def reads(self, connection: str, target: str) -> set[str]:
+        """Layers whose activations the current of ``connection`` into ``target`` reads."""
+        synapse, names = self.connections[connection]
+        syn = self.synapses[synapse]
+        return {names[r] for i, n in enumerate(names) if n == target for r in syn.reads(i)}
 
-        ``gs`` holds the activations the currents read (batched); None when no synapse touches
-        the layer. The layer's own bias is not included.
+    def current(self, name: str, gs: Mapping[str, Array], connections=None) -> Array | None:
+        """Sum of the currents into layer ``name`` from ``connections`` (names; default: all),
+        in order.
+
+        ``gs`` holds the activations the currents read (batched; only those read are looked
+        up); None when no connection touches the layer. The layer's own bias is not included.
         """
         total = None
-        for syn in (self.synapses if synapses is None else synapses).values():
-            for index, target in enumerate(syn.layers):
+        for key in self.connections if connections is None else connections:
+            synapse, names = self.connections[key]
+            syn = self.synapses[synapse]
+            shapes = tuple(self.layers[n].shape for n in names)
+            for index, target in enumerate(names):
                 if target == name:
-                    total = add(total, synapse_current(syn, index, gs, self))
+                    read = syn.reads(index)
+                    args = tuple(gs[n] if k in read else None for k, n in enumerate(names))
+                    total = add(total, syn.current(index, args, shapes))
         return total
 
     def currents(self, xs: States) -> States:
         """Total drive I_A into every layer (synapses in order, then bias), shaped like x_A."""
+        self.check_states(xs)
         gs = self.activations(xs)
         out = {}
         for name, layer in self.layers.items():
@@ -170,11 +269,15 @@ class Network:
     # ----------------------------------------------------------------------------------------
     # Energy.
 
-    def _sample_energy_terms(self, xs: States) -> dict[str, dict[str, Array]]:
-        """Energy terms of one sample (states without batch axes)."""
+    def _sample_energy_terms(self, *states: Array) -> dict[str, dict[str, Array]]:
+        """Energy terms of one sample (states without batch axes, in layer order)."""
+        xs = dict(zip(self.layers, states))
         gs = self.activations(xs)
         neurons = {n: self.layers[n].lagrangian.neuron_energy(x) for n, x in xs.items()}
-        synapses = {n: s.energy(*(gs[name] for name in s.layers)) for n, s in self.synapses.items()}
+        synapses = {
+            k: self.synapses[s].energy(*(gs[n] for n in names))
+            for k, (s, names) in self.connections.items()
+        }
         biases = {
             n: -jnp.sum(jnp.broadcast_to(layer.bias, gs[n].shape) * gs[n])
             for n, layer in self.layers.items()
@@ -185,19 +288,30 @@ class Network:
     def energy_terms(self, xs: States) -> dict[str, dict[str, Array]]:
         """Named tree of energy terms, each of shape ``batch`` (the states' leading axes).
 
-        ``{'neurons': {layer: <x, g> - L}, 'synapses': {synapse: E_s},
-        'biases': {layer: -<b, g>}}``. Defined only for tied synapses.
+        ``{'neurons': {layer: <x, g> - L}, 'synapses': {connection: E_s},
+        'biases': {layer: -<b, g>}}``. Defined only for tied synapses; ``xs`` holds every layer.
         """
         if not self.tied:
+            untied = sorted({s for s, _ in self.connections.values() if not self.synapses[s].tied})
             raise ValueError(
-                "the energy exists only for tied (symmetric) synapses; build the network with "
-                "tied=True to evaluate it"
+                f"the energy exists only for tied (symmetric) synapses, and {untied} are not; "
+                "integrate the dynamics instead, or leave them out"
             )
-        return per_sample(self._sample_energy_terms, self, xs)
+        self.check_states(xs)
+        missing = [n for n in self.layers if n not in xs]
+        if missing:
+            raise ValueError(f"the energy needs the state of every layer; missing {missing}")
+        states = tuple(xs[n] for n in self.layers)
+        shapes = tuple(self.layers[n].shape for n in self.layers)
+        return per_sample(self._sample_energy_terms, states, shapes)
 
     def energy(self, xs: States) -> Array:
         """Total energy, shape ``batch``."""
         return sum(jax.tree.leaves(self.energy_terms(xs)))
+
+    def reduced_energy(self, visible: States, fast: States) -> Array:
+        """E~ = E(visible, fast), shape ``batch`` (``fast`` from ``reduction.solve_fast``)."""
+        return self.energy({**visible, **fast})
 
     # ----------------------------------------------------------------------------------------
     # Energy descent.
@@ -212,60 +326,32 @@ class Network:
         ``[num_steps + 1, *batch, *shape]``) when ``return_states`` else None, and the final
         states. Use ``integrate`` for untied networks, which have no energy.
         """
+        self.check_states(xs0)
         final, (energies, states) = _euler_scan(self, xs0, dt, num_steps, True, return_states)
         return energies, states, final
 
     def integrate(self, xs0: States, *, dt: float, num_steps: int) -> States:
         """Explicit Euler integration without energies (valid for untied networks too)."""
+        self.check_states(xs0)
         final, _ = _euler_scan(self, xs0, dt, num_steps, False, False)
         return final
 
-    # ----------------------------------------------------------------------------------------
-    # Adiabatic reduction onto any set of visible layers (see ``reduction``).
 
-    def init_states(self, visible: States) -> States:
-        """All states from the visible ones: every other layer by one feedforward pass."""
-        return reduction.init_states(self, visible)
-
-    def solve_fast(self, visible: States, **solver) -> tuple[States, Solution | None]:
-        """Fast layers at their fixed point for the given visible states (see
-        ``reduction.solve_fast``); returns ``(fast_states, Solution | None)``."""
-        return reduction.solve_fast(self, visible, **solver)
-
-    def reduced_currents(self, visible: States, fast: States) -> States:
-        """Drive into every visible layer at the fast states (synapses in order, then bias)."""
-        return reduction.reduced_currents(self, visible, fast)
-
-    def reduced_energy(self, visible: States, fast: States) -> Array:
-        """E~ = E(visible, fast), shape ``batch``."""
-        return self.energy({**visible, **fast})
-
-    def reduced_descend(self, visible: States, **kwargs):
-        """Euler descent of the reduced visible dynamics (see ``reduction.reduced_descend``)."""
-        return reduction.reduced_descend(self, visible, **kwargs)
+def _connections(synapses: Mapping[str, EnergySynapse], connections: Connections | None) -> dict:
+    if connections is None:
+        return {k: (k, tuple(s.layers)) for k, s in synapses.items()}
+    return {k: (s, tuple(names)) for k, (s, names) in connections.items()}
 
 
-def synapse_current(syn: EnergySynapse, index: int, gs: States, net: Network) -> Array | None:
-    """Current of ``syn`` into its ``index``-th layer from the (batched) activations ``gs`` (None
-    into the pre layer of a ``Directed`` synapse)."""
-    if isinstance(syn, Directed) and index == 0:
+def add(*terms: Array | None) -> Array | None:
+    """Left-to-right sum of the terms that are not None (None if all are)."""
+    present = [t for t in terms if t is not None]
+    if not present:
         return None
-    if isinstance(syn, Dense):  # closed form, any batch axes
-        return syn.backward(gs[syn.post]) if index == 0 else syn.forward(gs[syn.pre])
-    if isinstance(syn, Conv):  # closed form; the transposed convolution needs the pre shape
-        if index == 0:
-            return syn.backward(gs[syn.post], net.layers[syn.pre].shape)
-        return syn.forward(gs[syn.pre])
-    args = {n: gs[n] for n in syn.layers}
-    return per_sample(lambda g: syn.currents(*(g[n] for n in syn.layers))[index], net, args)
-
-
-def per_sample(fn: Callable, net: Network, xs: States):
-    """Applies a per-sample function of the states over their (flattened) leading batch axes."""
-    batch = net.batch_shape(xs)
-    flat = {n: x.reshape((prod(batch), *net.layers[n].shape)) for n, x in xs.items()}
-    out = jax.vmap(fn)(flat)
-    return jax.tree.map(lambda t: t.reshape(batch + t.shape[1:]), out)
+    out = present[0]
+    for t in present[1:]:
+        out = out + t
+    return out
 
 
 @partial(jax.jit, static_argnums=(3, 4, 5))  # dt traced: one program for every step size

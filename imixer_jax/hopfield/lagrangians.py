@@ -138,6 +138,37 @@ Sigmoid = Softplus  # named by its activation
 
 
 @pytree.dataclass
+class Exp(_Generic):
+    """L = sum exp(beta x) / beta, g = exp(beta x) (hamux's ``lagr_exp``): the exponential
+    neurons of dense associative memories (Demircigil et al. 2017). Convex."""
+
+    beta: float | Array = 1.0
+    convex = True
+
+    def __call__(self, x: Array) -> Array:
+        return jnp.sum(jnp.exp(self.beta * x)) / self.beta
+
+    def activation(self, x: Array) -> Array:
+        return jnp.exp(self.beta * x)
+
+
+@pytree.dataclass
+class RectifiedExp(_Generic):
+    """L = sum [exp(beta r) / beta - r] with r = relu(x), g = exp(beta relu(x)) - 1 (hamux's
+    ``lagr_rexp``): zero for x <= 0, exponential above. Convex (g is non-decreasing)."""
+
+    beta: float | Array = 1.0
+    convex = True
+
+    def __call__(self, x: Array) -> Array:
+        r = jax.nn.relu(x)
+        return jnp.sum(jnp.exp(self.beta * r) / self.beta - r)
+
+    def activation(self, x: Array) -> Array:
+        return jnp.expm1(self.beta * jax.nn.relu(x))
+
+
+@pytree.dataclass
 class Tanh(_Generic):
     """L = sum log cosh(x), g = tanh(x). Convex (g' = 1 - tanh^2 > 0)."""
 
@@ -236,8 +267,8 @@ class LayerNorm:
     def _check_scalar_gain(self) -> None:
         if jnp.size(self.gamma) != 1:
             raise ValueError(
-                "LayerNorm Lagrangian exists only for a scalar gain; build the layer with "
-                "scalar_scale=True (tied/energy-faithful mode) to evaluate its energy."
+                f"the LayerNorm Lagrangian exists only for a scalar gamma, got shape "
+                f"{jnp.shape(self.gamma)}; use a scalar gamma to evaluate the energy"
             )
 
     def __call__(self, x: Array) -> Array:
@@ -306,6 +337,8 @@ _BY_NAME = {
     "softplus": Softplus,
     "sigmoid": Sigmoid,
     "tanh": Tanh,
+    "exp": Exp,
+    "rectified_exp": RectifiedExp,
     "softmax": Softmax,
     "spherical": Spherical,
     "layernorm": LayerNorm,

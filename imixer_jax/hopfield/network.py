@@ -4,23 +4,23 @@ Layer A (0-based; layer 0 is the visible layer) and synapse A between layers A a
 graph's layers ``layer_A`` and ``Dense`` synapses ``synapse_A``; every method converts the
 tuple-of-states interface to the graph's ``{name: state}`` and back. Synapses default to acting on
 the **last axis**, shared over the others (``spec='...i,io->...o'``): a token-matrix layer stored
-channels-first, ``shape = (D, S)``, is then mixed along S for every channel. ``Synapse(weight,
-feedback, forward_bias, feedback_bias)`` is the chain's name for ``Dense`` (weight ``[n_A,
-n_{A+1}]``, feedback ``[n_{A+1}, n_A]`` or None for tied).
+channels-first, ``shape = (D, S)``, is then mixed along S for every channel. Synapse A is a
+``Dense(weight, feedback, forward_bias, feedback_bias)`` (weight ``[n_A, n_{A+1}]``, feedback
+``[n_{A+1}, n_A]`` or None for tied).
 """
 
 from __future__ import annotations
 
 import jax
 
-from imixer_jax.hopfield import pytree
+from imixer_jax.hopfield import pytree, reduction
 from imixer_jax.hopfield import solver as solver_lib
 from imixer_jax.hopfield.graph import Layer, Network
+from imixer_jax.hopfield.solver import Adjoint, Unrolled
 from imixer_jax.hopfield.synapses import Dense
 
 Array = jax.Array
 States = tuple[Array, ...]
-Synapse = Dense
 
 
 def _names(n: int) -> tuple[str, ...]:
@@ -60,7 +60,7 @@ class HierarchicalNetwork:
         }
         if check:
             return Network(layers, synapses)
-        return Network.tree_unflatten((tuple(layers), tuple(synapses)), (layers, synapses))
+        return Network.unchecked(layers, synapses)
 
     def _dict(self, xs: States) -> dict[str, Array]:
         return dict(zip(_names(len(xs)), xs))
@@ -99,7 +99,11 @@ class HierarchicalNetwork:
         energies, states, final = self.graph().descend(
             self._dict(xs0), dt=dt, num_steps=num_steps, return_states=return_states
         )
-        return energies, None if states is None else self._tuple(states), self._tuple(final)
+        return (
+            energies,
+            None if states is None else self._tuple(states),
+            self._tuple(final),
+        )
 
     def integrate(self, xs0: States, *, dt: float, num_steps: int) -> States:
         """Explicit Euler integration without energies (valid for untied networks too)."""
@@ -109,37 +113,29 @@ class HierarchicalNetwork:
     # Adiabatic reduction: layer 0 slow, layers 1..N-1 fast.
 
     def solve_fast_layers(
-        self,
-        x0: Array,
-        *,
-        max_steps: int,
-        tol: float = 0.0,
-        adjoint: str = "unrolled",
-        per_step: HierarchicalNetwork | None = None,
-        **solver,
+        self, x0: Array, *, adjoint: Adjoint = Unrolled(), **solve
     ) -> tuple[States, solver_lib.Solution | None]:
         """States of layers 1..N-1 at their fixed point for the visible state x0, and the
         solver's ``Solution`` (None for N = 2, which is closed form).
 
         ``max_steps = n_iter`` with ``tol = 0`` is the official FPA z <- u + F(z) from z = u.
-        ``per_step`` is an optional copy of this network whose arrays carry a leading
-        ``[max_steps]`` axis (iteration k uses slice k), for the official per-call spectral norm.
-        Other keywords go to ``solver.fixed_point`` (method, unroll, per_sample, throw, ...).
+        ``adjoint=Unrolled(per_step=copy)`` takes a copy of this network whose arrays carry a
+        leading ``[max_steps]`` axis (iteration k uses slice k), for the official per-call
+        spectral norm. Other keywords go to ``reduction.solve_fast`` (max_steps, tol, method,
+        per_sample, throw).
         """
-        fast, solution = self.graph().solve_fast(
-            {"layer_0": x0},
-            max_steps=max_steps,
-            tol=tol,
-            adjoint=adjoint,
-            per_step=None if per_step is None else per_step.graph(check=False),
-            **solver,
+        if isinstance(adjoint, Unrolled) and adjoint.per_step is not None:
+            adjoint = adjoint.replace(per_step=adjoint.per_step.graph(check=False))
+        fast, solution = reduction.solve_fast(
+            self.graph(), {"layer_0": x0}, adjoint=adjoint, **solve
         )
         return self._tuple({"layer_0": x0, **fast})[1:], solution
 
     def reduced_current(self, x0: Array, fast: States) -> Array:
         """Visible-layer drive at the fast states: fb_0(g_1(x_1*)) + b_0 (shaped like x0)."""
         names = _names(self.num_layers)
-        return self.graph().reduced_currents({"layer_0": x0}, dict(zip(names[1:], fast)))["layer_0"]
+        visible, fast = {"layer_0": x0}, dict(zip(names[1:], fast))
+        return reduction.reduced_currents(self.graph(), visible, fast)["layer_0"]
 
     def reduced_energy(self, x0: Array, fast: States) -> Array:
         """E~(x0) = E(x0, x_1*, ..., x_{N-1}*), shape ``batch``."""

@@ -19,56 +19,32 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Collection, Mapping
 from functools import partial
-from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 
 from imixer_jax.hopfield import solver as solver_lib
-from imixer_jax.hopfield.conv import Conv
-from imixer_jax.hopfield.synapses import Dense, Directed
-
-if TYPE_CHECKING:
-    from imixer_jax.hopfield.graph import Network
+from imixer_jax.hopfield.graph import Network, add
+from imixer_jax.hopfield.solver import Adjoint, Method, Picard, Unrolled
 
 Array = jax.Array
 States = dict[str, Array]
 
 
-def add(*terms: Array | None) -> Array | None:
-    """Left-to-right sum of the terms that are not None (None if all are)."""
-    present = [t for t in terms if t is not None]
-    if not present:
-        return None
-    out = present[0]
-    for t in present[1:]:
-        out = out + t
-    return out
-
-
-def _reads(syn, target: str) -> set[str]:
-    """Layers whose activations the current of ``syn`` into ``target`` depends on."""
-    if isinstance(syn, Directed) and target == syn.pre:  # a one-way synapse: no current back
-        return set()
-    if isinstance(syn, (Dense, Conv)):  # bilinear: the current into one end reads the other
-        return {syn.post if target == syn.pre else syn.pre}
-    return set(syn.layers)
-
-
 @dataclasses.dataclass(frozen=True)
-class Plan:
-    """Static schedule of the reduction (layer and synapse names only)."""
+class Schedule:
+    """Static schedule of the reduction (layer and connection names only)."""
 
     visible: tuple[str, ...]
     fast: tuple[str, ...]  # network order
     init_order: tuple[str, ...]  # nearest to the visible set first
     sweep_order: tuple[str, ...]  # farthest first
     carried: tuple[str, ...]  # read before written in a sweep: the solver's state
-    constant: dict[str, tuple[str, ...]]  # synapses into a fast layer reading visible layers only
-    dynamic: dict[str, tuple[str, ...]]  # the other synapses into a fast layer
+    constant: dict[str, tuple[str, ...]]  # connections into a fast layer reading visible ones only
+    dynamic: dict[str, tuple[str, ...]]  # the other connections into a fast layer
 
 
-def plan(net: Network, visible: Collection[str]) -> Plan:
+def schedule(net: Network, visible: Collection[str]) -> Schedule:
     """The sweep schedule for ``visible``; one-line ValueError for unknown or no visible layers."""
     unknown = sorted(set(visible) - set(net.layers))
     visible = tuple(n for n in net.layers if n in set(visible))
@@ -79,9 +55,9 @@ def plan(net: Network, visible: Collection[str]) -> Plan:
         )
     fast = tuple(n for n in net.layers if n not in visible)
     neighbours = {n: set() for n in net.layers}
-    for syn in net.synapses.values():
-        for a in syn.layers:
-            neighbours[a] |= set(syn.layers) - {a}
+    for _, names in net.connections.values():
+        for a in names:
+            neighbours[a] |= set(names) - {a}
     distance = dict.fromkeys(visible, 0)
     frontier = list(visible)
     while frontier:
@@ -96,18 +72,18 @@ def plan(net: Network, visible: Collection[str]) -> Plan:
     sweep_order = tuple(reversed(init_order))
     constant, dynamic = {}, {}
     for f in fast:
-        touching = [(k, s) for k, s in net.synapses.items() if f in s.layers]
-        constant[f] = tuple(k for k, s in touching if _reads(s, f) <= set(visible))
-        dynamic[f] = tuple(k for k, s in touching if k not in constant[f])
+        touching = [k for k, (_, names) in net.connections.items() if f in names]
+        constant[f] = tuple(k for k in touching if net.reads(k, f) <= set(visible))
+        dynamic[f] = tuple(k for k in touching if k not in constant[f])
     written, carried = set(), []
     for f in sweep_order:
         for k in dynamic[f]:
-            for r in _reads(net.synapses[k], f):
+            for r in net.reads(k, f):
                 if r in fast and r not in written and r not in carried:
                     carried.append(r)
         written.add(f)
     carried = tuple(n for n in fast if n in carried)
-    return Plan(visible, fast, init_order, sweep_order, carried, constant, dynamic)
+    return Schedule(visible, fast, init_order, sweep_order, carried, constant, dynamic)
 
 
 class _Activations(Mapping):
@@ -128,22 +104,18 @@ class _Activations(Mapping):
         return len(self._states)
 
 
-def _select(net: Network, names: tuple[str, ...]) -> dict:
-    return {k: net.synapses[k] for k in names}
-
-
 def _zeros(net: Network, name: str, dtype, batch: tuple[int, ...]) -> Array:
     return jnp.zeros(batch + net.layers[name].shape, dtype)
 
 
 def _prepare(net: Network, visible: States):
-    """Plan, batch shape, dtype, visible activations and the constant drives of the fast layers
+    """Schedule, batch shape, dtype, visible activations and the constant drives of the fast layers
     (currents from the visible layers, computed once)."""
-    p = plan(net, visible)
-    batch = net.batch_shape(visible)
+    p = schedule(net, visible)
+    batch = net.check_states(visible)
     dtype = next(iter(visible.values())).dtype
     gs = _Activations(net, visible)
-    constant = {f: net.current(f, gs, _select(net, p.constant[f])) for f in p.fast}
+    constant = {f: net.current(f, gs, p.constant[f]) for f in p.fast}
     return p, batch, dtype, gs._cache, constant
 
 
@@ -152,8 +124,8 @@ def _init(net, p, visible, visible_gs, constant, batch, dtype) -> States:
     states = dict(visible)
     gs = _Activations(net, states, visible_gs)
     for f in p.init_order:
-        ready = tuple(k for k in p.dynamic[f] if _reads(net.synapses[k], f) <= set(states))
-        total = add(constant[f], net.current(f, gs, _select(net, ready)), net.layers[f].bias)
+        ready = tuple(k for k in p.dynamic[f] if net.reads(k, f) <= set(states))
+        total = add(constant[f], net.current(f, gs, ready), net.layers[f].bias)
         states[f] = _zeros(net, f, dtype, batch) if total is None else total
     return {f: states[f] for f in p.fast}
 
@@ -167,11 +139,11 @@ def init_states(net: Network, visible: States) -> States:
 
 
 def _update(net, p, f, gs, constant, batch, dtype) -> Array:
-    total = add(constant[f], net.current(f, gs, _select(net, p.dynamic[f])), net.layers[f].bias)
+    total = add(constant[f], net.current(f, gs, p.dynamic[f]), net.layers[f].bias)
     return _zeros(net, f, dtype, batch) if total is None else total
 
 
-def _sweep(carried: States, params, step_net=None, *, p: Plan, batch, dtype) -> States:
+def _sweep(carried: States, params, step_net=None, *, p: Schedule, batch, dtype) -> States:
     """One Gauss-Seidel sweep: new states of the carried layers. ``params`` is
     ``(net, constant drives, visible activations)``; ``step_net`` replaces ``net`` if given."""
     net, constant, visible_gs = params
@@ -198,12 +170,12 @@ def solve_fast(
     net: Network,
     visible: States,
     *,
-    max_steps: int = 0,
+    max_steps: int | None = None,
     tol: float = 0.0,
-    adjoint: str = "unrolled",
-    per_step: Network | None = None,
-    per_sample: bool = False,
-    **solver,
+    method: Method = Picard(),
+    adjoint: Adjoint = Unrolled(),
+    per_sample: bool = True,
+    throw: bool = False,
 ) -> tuple[States, solver_lib.Solution | None]:
     """Fast layers at their fixed point for the visible states.
 
@@ -213,11 +185,14 @@ def solve_fast(
     Args:
       net: the network.
       visible: ``{name: x}`` for the visible layers, each ``[*batch, *shape]``.
-      max_steps, tol, adjoint: as in ``solver.fixed_point``.
-      per_step: optional copy of ``net`` whose arrays carry a leading ``[max_steps]`` axis
-        (sweep k uses slice k; unrolled adjoint only), e.g. the official per-call spectral norm.
-      per_sample: every sample (index of the batch axes) stops on its own residual.
-      **solver: further options of ``solver.fixed_point`` (method, unroll, throw, ...).
+      max_steps: the step budget, required when the fast layers form a loop (0 keeps the
+        feedforward state); unused when they are closed form.
+      tol, method, throw: as in ``solver.fixed_point``.
+      adjoint: as in ``solver.fixed_point``; ``Unrolled(per_step=copy)`` takes a copy of ``net``
+        whose arrays carry a leading ``[max_steps]`` axis (sweep k uses slice k), e.g. the
+        official per-call spectral norm.
+      per_sample: every sample (index of the batch axes) stops on its own residual; False: the
+        whole batch stops together on one residual.
 
     Returns:
       ``({name: x*}`` for every fast layer, ``Solution`` or None when the fast layers are closed
@@ -226,6 +201,11 @@ def solve_fast(
     p, batch, dtype, visible_gs, constant = _prepare(net, visible)
     if not p.carried:
         return _complete(net, p, {}, constant, visible_gs, batch, dtype), None
+    if max_steps is None:
+        raise ValueError(
+            f"the fast layers {list(p.carried)} form a loop, so their fixed point is iterated: "
+            "pass max_steps (0 keeps the feedforward state)"
+        )
     x0 = _init(net, p, visible, visible_gs, constant, batch, dtype)
     solution = solver_lib.fixed_point(
         partial(_sweep, p=p, batch=batch, dtype=dtype),
@@ -233,16 +213,18 @@ def solve_fast(
         (net, constant, visible_gs),
         max_steps=max_steps,
         tol=tol,
+        method=method,
         adjoint=adjoint,
-        per_step_params=per_step,
-        batch_ndim=len(batch) if per_sample else 0,
-        **solver,
+        batch_ndim=len(batch),
+        per_sample=per_sample,
+        throw=throw,
     )
     return _complete(net, p, solution.value, constant, visible_gs, batch, dtype), solution
 
 
 def reduced_currents(net: Network, visible: States, fast: States) -> States:
     """Drive into every visible layer at the fast states (synapses in order, then bias)."""
+    net.check_states({**visible, **fast})
     gs = _Activations(net, {**visible, **fast})
     out = {}
     for v, x in visible.items():
@@ -259,8 +241,9 @@ def reduced_descend(
 
     Returns ``(energies, stats, final)``: the reduced energy ``[num_steps + 1, *batch]`` at every
     visited state (None if the network is untied); solver statistics at every visited state,
-    ``{'steps', 'residual', 'status'}`` each ``[num_steps + 1, *solver_shape]`` (empty when the fast
-    layers are closed form); and the final visible states.
+    ``{'steps', 'residual', 'status'}`` each ``[num_steps + 1, *batch]`` (``[num_steps + 1]``
+    with ``per_sample=False``; empty when the fast layers are closed form); and the final
+    visible states. ``solve`` must be hashable (no ``Unrolled(per_step=...)``).
     """
     return _reduced_descend(net, visible, dt, num_steps, tuple(sorted(solve.items())))
 

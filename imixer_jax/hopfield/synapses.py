@@ -25,6 +25,8 @@ post only), e.g. a symmetry-breaking term added next to a tied synapse.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from math import prod
 from typing import ClassVar
 
 import jax
@@ -42,23 +44,49 @@ class EnergySynapse:
     Subclasses set the static field ``layers`` and write ``energy``; ``currents`` follows by
     ``jax.grad``. ``tied`` is True when the currents are minus the gradient of ``energy`` (the
     network energy exists); a subclass that overrides ``currents`` with something else sets
-    ``tied = False``.
+    ``tied = False``. Layers are addressed by position (``index`` into the layers the synapse
+    couples), so one synapse can couple several tuples of layers of a network.
+
+    What a network asks of a synapse, each with a default here that closed-form synapses
+    override: ``energy`` (one sample), ``current`` (batched), ``reads`` (its dependencies, for
+    the reduction's schedule) and ``check`` (layer shapes, at construction).
     """
 
     layers: tuple[str, ...]
     tied: ClassVar[bool] = True
-    batched: ClassVar[bool] = False  # True: ``currents`` accepts leading batch axes
 
     def energy(self, *gs: Array) -> Array:
         """Energy of one sample (activations without batch axes): a scalar."""
         raise NotImplementedError(f"{type(self).__name__} must define energy(*gs)")
 
     def currents(self, *gs: Array) -> tuple[Array, ...]:
-        """Currents ``-dE/dg`` into each of ``layers``, shaped like ``gs`` (one sample)."""
+        """Currents ``-dE/dg`` into each of its layers, shaped like ``gs`` (one sample)."""
         return tuple(-c for c in jax.grad(self.energy, argnums=tuple(range(len(gs))))(*gs))
+
+    def current(
+        self, index: int, gs: tuple[Array, ...], shapes: tuple[tuple[int, ...], ...]
+    ) -> Array | None:
+        """Current into its ``index``-th layer from the batched activations ``gs`` (one per
+        layer, each ``[*batch, *shape]``; ``shapes`` the layers' shapes without batch axes);
+        None for no current. Default: ``currents`` mapped over the batch axes."""
+        return per_sample(lambda *g: self.currents(*g)[index], gs, shapes)
+
+    def reads(self, index: int) -> tuple[int, ...]:
+        """Positions of the layers whose activations the current into layer ``index`` reads
+        (default: all of them)."""
+        return tuple(range(len(self.layers)))
 
     def check(self, shapes: tuple[tuple[int, ...], ...]) -> None:
         """Raise a one-line ValueError if the synapse cannot couple layers of these shapes."""
+
+
+def per_sample(fn: Callable, xs: tuple[Array, ...], shapes: tuple[tuple[int, ...], ...]):
+    """``fn`` of one sample's arrays ``xs`` (each ``[*batch, *shape]``) mapped over their
+    (flattened) leading batch axes; the outputs get the batch axes back."""
+    batch = xs[0].shape[: xs[0].ndim - len(shapes[0])]
+    flat = tuple(x.reshape((prod(batch), *s)) for x, s in zip(xs, shapes))
+    out = jax.vmap(fn)(*flat)
+    return jax.tree.map(lambda t: t.reshape(batch + t.shape[1:]), out)
 
 
 def broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
@@ -139,7 +167,6 @@ class Dense(EnergySynapse):
     post: str = struct.field(pytree_node=False, default="")
     spec: str = struct.field(pytree_node=False, default="...i,io->...o")
     dtype: jnp.dtype | None = struct.field(pytree_node=False, default=None)
-    batched: ClassVar[bool] = True
 
     @property
     def layers(self) -> tuple[str, ...]:
@@ -152,7 +179,10 @@ class Dense(EnergySynapse):
     def check(self, shapes: tuple[tuple[int, ...], ...]) -> None:
         pre, kernel, post = _parse(self.spec)
         sizes: dict[str, int] = {}
-        named = [("pre layer", pre, shapes[0]), ("kernel", kernel, jnp.shape(self.weight))]
+        named = [
+            ("pre layer", pre, shapes[0]),
+            ("kernel", kernel, jnp.shape(self.weight)),
+        ]
         named.append(("post layer", post, shapes[1]))
         if self.feedback is not None:
             named.append(("feedback kernel", kernel[::-1], jnp.shape(self.feedback)))
@@ -211,6 +241,14 @@ class Dense(EnergySynapse):
     def currents(self, g_pre: Array, g_post: Array) -> tuple[Array, Array]:
         return self.backward(g_post), self.forward(g_pre)
 
+    def current(self, index, gs, shapes) -> Array | None:
+        """Closed form, any batch axes: ``backward`` into pre (0), ``forward`` into post (1)."""
+        return self.backward(gs[1]) if index == 0 else self.forward(gs[0])
+
+    def reads(self, index: int) -> tuple[int, ...]:
+        """Bilinear: the current into one end reads the other end."""
+        return (1 - index,)
+
     def energy(self, g_pre: Array, g_post: Array) -> Array:
         out = -jnp.vdot(g_post, self.forward(g_pre))
         if self.feedback_bias is None:
@@ -244,6 +282,10 @@ class Directed(Dense):
 
     def currents(self, g_pre: Array, g_post: Array) -> tuple[Array, Array]:
         return jnp.zeros_like(g_pre), self.forward(g_pre)
+
+    def reads(self, index: int) -> tuple[int, ...]:
+        """No current into pre; the current into post reads pre."""
+        return () if index == 0 else (0,)
 
     def energy(self, g_pre: Array, g_post: Array) -> Array:
         raise ValueError(

@@ -137,6 +137,10 @@ class Backbone(nnx.Module):
         """A regulariser the trainer adds to the loss, a float32 scalar; 0 here."""
         return jnp.zeros((), jnp.float32)
 
+    def training_metrics(self) -> dict[str, Array]:
+        """Scalars ``[]`` the trainer logs beside the loss, as ``train/<name>``; none here."""
+        return {}
+
 
 def _apply_block(block: nnx.Module, x: Array, rngs: nnx.Rngs | None) -> Array:
     return block(x, rngs=rngs)

@@ -48,16 +48,16 @@ class ModelConfig:
     """Backbone fields shared by every architecture: images ``[B, img_size, img_size, 3]`` ->
     S = (img_size / patch_size)^2 tokens of width ``hidden_dim`` -> ``num_blocks`` blocks ->
     logits ``[B, num_classes]``. ``activation`` is the blocks' hidden nonlinearity (the gradient
-    of their hidden layers' Lagrangian); ``update`` is ``'residual'`` (X + f) or ``'euler'`` (X +
-    step_size (f - X)). ``approximate_gelu`` makes every GELU the tanh approximation of flax's
-    ``nn.gelu`` default, as Google's vit_jax Mixer (its weights then give its logits exactly); the
-    default is the exact erf GELU of the official iMixer and paramixer code.
+    of their hidden layers' Lagrangian); ``update_rule`` is ``'residual'`` (X + f) or ``'euler'``
+    (X + step_size (f - X)). ``approximate_gelu`` makes every GELU the tanh approximation of
+    flax's ``nn.gelu`` default, as Google's vit_jax Mixer (its weights then give its logits
+    exactly); the default is the exact erf GELU of the official iMixer and paramixer code.
     """
 
     arch: ClassVar[str]  # the key of the model class in ``registry.ARCHITECTURES``
     choices: ClassVar[dict[str, tuple[str, ...]]] = {
         "activation": token_mixers.ACTIVATIONS,
-        "update": token_mixers.UPDATES,
+        "update_rule": token_mixers.UPDATE_RULES,
     }
 
     num_classes: int
@@ -66,7 +66,7 @@ class ModelConfig:
     num_blocks: int
     hidden_dim: int
     activation: str = "gelu"
-    update: str = "residual"
+    update_rule: str = "residual"
     step_size: float = 1.0
     approximate_gelu: bool = False
     drop_path_rate: float = 0.0
@@ -212,7 +212,7 @@ _TOKEN_MIXER_FIELDS = (
     "adjoint",
     "tol",
     "activation",
-    "update",
+    "update_rule",
     "step_size",
 )
 
@@ -261,7 +261,7 @@ class EnergyTransformerConfig(ModelConfig):
     ``num_memories`` (K) memory neurons per token, with Lagrangian gradient ``activation``
     (``'relu'``, the Energy Transformer's); ``self_mask`` leaves each token out of its own keys;
     ``n_iter`` descent steps per block with the same weights, each X + step_size I
-    (``update='residual'``, the Energy Transformer's) or X + step_size (I - X) (``'euler'``).
+    (``update_rule='residual'``, the Energy Transformer's) or X + step_size (I - X) (``'euler'``).
     The blocks compute in float32 whatever ``dtype`` (the stem's and head's) is.
     """
 

@@ -10,8 +10,8 @@ LayerNorm Lagrangian (scalar gain, bias ``[D]``), multi-head attention on them (
 (``memory`` ``[D, K]``, ``activation`` its Lagrangian's gradient, ReLU in the Energy Transformer).
 The memories are fast (closed form), and a descent step of the tokens is
 
-    X <- X + step_size I(X)          (update='residual': the Energy Transformer's x -= a dE/dg)
-    X <- X + step_size (I(X) - X)    (update='euler': the core's reduced dynamics)
+    X <- X + step_size I(X)          (update_rule='residual': the Energy Transformer's x -= a dE/dg)
+    X <- X + step_size (I(X) - X)    (update_rule='euler': the core's reduced dynamics)
 
 with I the attention and memory currents into the tokens (``Network.reduced_currents``); both
 lower the block's energy for a small step (docs/theory.md#attention-energies). The block's total
@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from imixer_jax.hopfield import Network, attention
+from imixer_jax.hopfield import Network, attention, reduction
 from imixer_jax.models import layers
 from imixer_jax.models.backbone import Backbone
 from imixer_jax.models.configs import EnergyTransformerConfig
@@ -63,7 +63,7 @@ class EnergyBlock(nnx.Module):
         self.num_tokens = c.num_tokens
         self.n_iter = c.n_iter
         self.step_size = c.step_size
-        self.update = c.update
+        self.update_rule = c.update_rule
         self.self_mask = c.self_mask
         self.memory_lagrangian = layers.hidden_lagrangian(c.activation, c.approximate_gelu)
 
@@ -86,9 +86,9 @@ class EnergyBlock(nnx.Module):
         net = self.network()
         x0 = x = x.astype(jnp.float32)
         for _ in range(self.n_iter):
-            fast, _ = net.solve_fast({attention.TOKENS: x})
-            current = net.reduced_currents({attention.TOKENS: x}, fast)[attention.TOKENS]
-            x = x + self.step_size * (current if self.update == "residual" else current - x)
+            fast, _ = reduction.solve_fast(net, {attention.TOKENS: x})
+            current = reduction.reduced_currents(net, {attention.TOKENS: x}, fast)[attention.TOKENS]
+            x = x + self.step_size * (current if self.update_rule == "residual" else current - x)
         return x0 + self.drop_path(x - x0, rngs=rngs)
 
 

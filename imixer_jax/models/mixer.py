@@ -34,6 +34,7 @@ from imixer_jax.models import layers
 from imixer_jax.models.backbone import Backbone
 from imixer_jax.models.configs import MixerConfig
 from imixer_jax.models.partitioning import shard_residual
+from imixer_jax.models.spectral_norm import spectral_sigmas
 from imixer_jax.models.token_mixers import IMLP, TokenMLP
 
 Array = jax.Array
@@ -97,6 +98,10 @@ class Mixer(Backbone):
         """``(scan_blocks, remat_blocks)``: ``config.scan_blocks``, ``config.remat == 'block'``."""
         return config.scan_blocks, config.remat == "block"
 
+    def training_metrics(self) -> dict[str, Array]:
+        """``sigma/<path>``: the spectral-norm sigma estimate ``[]`` of every iMLP layer."""
+        return {f"sigma/{path}": s for path, s in spectral_sigmas(self).items()}
+
     @staticmethod
     def make_block(config: MixerConfig, rngs: nnx.Rngs) -> MixerBlock:
         """One ``MixerBlock`` of ``config``; the token mixer draws its parameters first."""
@@ -118,7 +123,7 @@ def _token_mixer(config: MixerConfig, rngs: nnx.Rngs) -> TokenMLP | IMLP:
         activation=c.activation,
         approximate_gelu=c.approximate_gelu,
         tied=c.tied,
-        update=c.update,
+        update_rule=c.update_rule,
         step_size=c.step_size,
         dtype=c.compute_dtype,
         rngs=rngs,

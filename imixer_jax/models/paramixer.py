@@ -25,7 +25,7 @@ cancellation). One update of the drive is the parallel Mixer block
 with tied MLPs W^T g(W x) (``SymmetricMLP``, the pure Hopfield model). The -X leak can be dropped
 (the official residual update) because LN is invariant to X -> a X + b: the Hessian M_v of L_v
 satisfies M_v X = gamma eps X_c / (Var + eps)^{3/2}, so dE~/dt along the residual drift differs
-from -f^T M_v f <= 0 only by a term of order eps. ``update='euler'`` is the exact Euler step
+from -f^T M_v f <= 0 only by a term of order eps. ``update_rule='euler'`` is the exact Euler step
 X <- X + step_size (f - X) instead, which lowers E~ for a small step and convex L_h.
 
 Family (official names in ``registry``): ``block='serial'`` with plain MLPs is the vanilla Mixer
@@ -96,8 +96,13 @@ class TokenMatrixNorm(nnx.Module):
         return Layer(lagrangian, self.bias[...].shape, dtype=dtype)
 
     def __call__(self, x: Array) -> Array:
-        """``x: [B, S, D] -> LN(x) [B, S, D]`` in float32."""
-        return self.layer().activation(x.astype(jnp.float32))
+        """``x: [B, S, D] -> LN(x) [B, S, D]`` in float32 (float64 for float64 ``x``)."""
+        return self.layer().activation(_at_least_float32(x))
+
+
+def _at_least_float32(x: Array) -> Array:
+    """``x`` in float32, or float64 when it is (the visible layer's computation dtype)."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def _linear(n_in: int, n_out: int, parallel: str, dtype, rngs: nnx.Rngs) -> nnx.Linear:
@@ -193,7 +198,7 @@ class _Block(nnx.Module):
         activation: str = "gelu",
         approximate_gelu: bool = False,
         n_iter: int = 1,
-        update: str = "residual",
+        update_rule: str = "residual",
         step_size: float = 1.0,
         drop_path_rate: float = 0.0,
         dtype=None,
@@ -207,7 +212,7 @@ class _Block(nnx.Module):
         self.mlp_channels = mlp_class(dim, channels_mlp_dim, **common)
         self.drop_path = layers.drop_path(drop_path_rate)
         self.n_iter = n_iter
-        self.update = update
+        self.update_rule = update_rule
         self.step_size = step_size
         self.dtype = dtype
 
@@ -225,7 +230,7 @@ class _Block(nnx.Module):
         return Network(net_layers, synapses)
 
     def _step(self, x: Array, drive: Array, rngs: nnx.Rngs | None) -> Array:
-        increment = drive if self.update == "residual" else self.step_size * (drive - x)
+        increment = drive if self.update_rule == "residual" else self.step_size * (drive - x)
         return x + self.drop_path(increment.astype(x.dtype), rngs=rngs)
 
     def __call__(self, x: Array, *, rngs: nnx.Rngs | None = None) -> Array:
@@ -245,7 +250,7 @@ def drives(net: Network, x: Array) -> tuple[Array, ...]:
     form (x_h = W_h g_v); each drive ``[B, S, D]`` is the sum of the currents of the synapses
     touching that hidden layer, in network order (tied or feedback kernel, then W_2).
     """
-    fast, _ = reduction.solve_fast(net, {VISIBLE: x.astype(jnp.float32)})
+    fast, _ = reduction.solve_fast(net, {VISIBLE: _at_least_float32(x)})
     gs = net.activations(fast)
     return tuple(
         net.current(VISIBLE, gs, {k: s for k, s in net.synapses.items() if h in s.layers})
@@ -288,8 +293,8 @@ class ParallelBlock(_Block):
     """Parallelized Mixer block (official ``pMixerBlock``), the reduced update of the network
     (``network``)::
 
-        X <- X + TokenMLP(LN X) + ChannelMLP(LN X)     (update='residual', official)
-        X <- X + step_size (TokenMLP(LN X) + ChannelMLP(LN X) - X)      (update='euler')
+        X <- X + TokenMLP(LN X) + ChannelMLP(LN X)     (update_rule='residual', official)
+        X <- X + step_size (TokenMLP(LN X) + ChannelMLP(LN X) - X)      (update_rule='euler')
 
     Token and channel branches get independent drop-path masks, as the official block.
     Params: ``norm`` (``TokenMatrixNorm``), ``mlp_tokens``, ``mlp_channels``.
@@ -312,7 +317,7 @@ class ParallelBlock(_Block):
 
     def update_once(self, x: Array, *, rngs: nnx.Rngs | None = None) -> Array:
         """One parallel update ``[B, S, D] -> [B, S, D]``."""
-        if self.update == "euler":
+        if self.update_rule == "euler":
             return self._step(x, self.drive(x), rngs)
         token, channel = drives(self.network(self.dtype), x)
         x = x + self.drop_path(token.astype(x.dtype), rngs=rngs)
@@ -334,9 +339,14 @@ def reduced_energy(block: ParallelBlock, x: Array) -> Array:
             "reduced_energy needs a parallel block with mlp='symmetric' or 'asymmetric' "
             "(serial blocks and plain MLPs are not derived from one energy)"
         )
+    if jnp.ndim(block.norm.scale[...]) != 0:
+        raise ValueError(
+            "reduced_energy needs a scalar LayerNorm gain (the energy of a per-element gain does "
+            "not exist); build the block with scalar_scale=True"
+        )
     net = block.network()
     net = net.replace(synapses={k: s for k, s in net.synapses.items() if s.tied})
-    visible = {VISIBLE: x.astype(jnp.float32)}
+    visible = {VISIBLE: _at_least_float32(x)}
     fast, _ = reduction.solve_fast(net, visible)
     return net.reduced_energy(visible, fast)
 
@@ -366,7 +376,7 @@ class ParaMixer(Backbone):
             activation=config.activation,
             approximate_gelu=config.approximate_gelu,
             n_iter=config.n_iter,
-            update=config.update,
+            update_rule=config.update_rule,
             step_size=config.step_size,
             drop_path_rate=config.drop_path_rate,
             dtype=config.compute_dtype,

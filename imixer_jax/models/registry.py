@@ -42,6 +42,7 @@ config.
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import math
 
@@ -168,8 +169,13 @@ def model_config(name: str, **overrides) -> ModelConfig:
     """
     config = _ALL_VARIANTS.get(name)
     if config is None:
-        names = ", ".join(_ALL_VARIANTS)
-        raise ValueError(f"unknown model {name!r}; registered: {names}")
+        close = difflib.get_close_matches(name, list(_ALL_VARIANTS), n=3)
+        families = ", ".join(dict.fromkeys(n.split("_")[0] + "_*" for n in _ALL_VARIANTS))
+        hint = f"did you mean {' or '.join(close)}?" if close else f"the variants are {families}"
+        raise ValueError(
+            f"unknown model {name!r}; {hint} "
+            "(python -m imixer_jax.models --num-classes 10 lists them)"
+        )
     return config.replace(**overrides)
 
 

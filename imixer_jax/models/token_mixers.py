@@ -12,12 +12,12 @@ visible layer, i.e. the token-mixing output y:
   z* = (1 - F)^{-1}(fc1(LN X)), F = fc_sn2 . GELU . fc_sn1 . GELU, solved by ``n_iter`` fixed-point
   steps from z0 = fc1(LN X) (official FPA; n_iter = 0 is the vanilla token MLP).
 
-Both return the increment that the block adds to X: ``update='residual'`` gives y (the official
-MetaFormer skip X + y); ``update='euler'`` gives ``step_size * (y - X)``, an explicit Euler step of
-the reduced dynamics (energy-faithful: with tied weights and convex Lagrangians it lowers E~ for a
-small step). ``tied=True`` is the pure Hopfield model: feedback synapses reuse the transposed
-feedforward kernels (fc2 and fc_sn2 keep only their biases) and the LayerNorm gain is a scalar, so
-the energy exists.
+Both return the increment that the block adds to X: ``update_rule='residual'`` gives y (the
+official MetaFormer skip X + y); ``update_rule='euler'`` gives ``step_size * (y - X)``, an explicit
+Euler step of the reduced dynamics (energy-faithful: with tied weights and convex Lagrangians it
+lowers E~ for a small step). ``tied=True`` is the pure Hopfield model: feedback synapses reuse the
+transposed feedforward kernels (fc2 and fc_sn2 keep only their biases) and the LayerNorm gain is a
+scalar, so the energy exists.
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from imixer_jax.hopfield import HierarchicalNetwork, Layer, Synapse, lagrangians
+from imixer_jax.hopfield import Dense, HierarchicalNetwork, Implicit, Layer, Unrolled, lagrangians
 from imixer_jax.models.layers import MLP_BIAS_INIT, hidden_lagrangian, mlp_linear
 from imixer_jax.models.partitioning import REPLICATED_VECTOR, split
 from imixer_jax.models.spectral_norm import SpectralNormLinear
 
 Array = jax.Array
 
-UPDATES = ("residual", "euler")
+UPDATE_RULES = ("residual", "euler")
 ADJOINTS = ("unrolled", "implicit")
 ACTIVATIONS = ("gelu", "relu", "softplus", "identity")
 
@@ -86,7 +86,7 @@ def check_arguments(
     adjoint: str = "unrolled",
     tol: float = 0.0,
     activation: str = "gelu",
-    update: str = "residual",
+    update_rule: str = "residual",
     step_size: float = 1.0,
 ) -> None:
     """Raise a one-line ValueError naming the first invalid token-mixer argument (the single
@@ -94,7 +94,7 @@ def check_arguments(
     for name, value, allowed in (
         ("adjoint", adjoint, ADJOINTS),
         ("activation", activation, ACTIVATIONS),
-        ("update", update, UPDATES),
+        ("update_rule", update_rule, UPDATE_RULES),
     ):
         if value not in allowed:
             raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
@@ -126,12 +126,12 @@ class _HopfieldTokenMixer(nnx.Module):
     ``energy_before`` / ``energy_after`` ``[B]`` (reduced energy at X and at X + increment).
     """
 
-    def _init_visible(self, dim, activation, approximate_gelu, tied, update, step_size, dtype):
+    def _init_visible(self, dim, activation, approximate_gelu, tied, update_rule, step_size, dtype):
         self.norm = VisibleNorm(dim, scalar_scale=tied)
         self.activation = activation
         self.approximate_gelu = approximate_gelu
         self.tied = tied
-        self.update = update
+        self.update_rule = update_rule
         self.step_size = step_size
         self.dtype = dtype
         self.sow_intermediates = False
@@ -152,7 +152,7 @@ class _HopfieldTokenMixer(nnx.Module):
             x0, net, per_step = jax.tree.map(lambda a: a.astype(self.dtype), (x0, net, per_step))
         fast, solution = self._solve(net, x0, per_step)
         y = net.reduced_current(x0, fast)
-        increment = y if self.update == "residual" else self.step_size * (y - x0)
+        increment = y if self.update_rule == "residual" else self.step_size * (y - x0)
         if self.sow_intermediates:
             self._sow(net, x0, fast, increment, solution)
         return jnp.swapaxes(increment, 1, 2).astype(x.dtype)
@@ -190,15 +190,15 @@ class TokenMLP(_HopfieldTokenMixer):
         activation: str = "gelu",
         approximate_gelu: bool = False,
         tied: bool = False,
-        update: str = "residual",
+        update_rule: str = "residual",
         step_size: float = 1.0,
         dtype=None,
         rngs: nnx.Rngs,
     ):
         check_arguments(
-            token_dim=token_dim, activation=activation, update=update, step_size=step_size
+            token_dim=token_dim, activation=activation, update_rule=update_rule, step_size=step_size
         )
-        self._init_visible(dim, activation, approximate_gelu, tied, update, step_size, dtype)
+        self._init_visible(dim, activation, approximate_gelu, tied, update_rule, step_size, dtype)
         self.fc1 = mlp_linear(num_tokens, token_dim, parallel="column", rngs=rngs)
         self.fc2 = _feedback(token_dim, num_tokens, tied, rngs)
 
@@ -215,7 +215,7 @@ class TokenMLP(_HopfieldTokenMixer):
         return net, None
 
     def _solve(self, net, x0, per_step=None):
-        return net.solve_fast_layers(x0, max_steps=0)
+        return net.solve_fast_layers(x0)
 
 
 class IMLP(_HopfieldTokenMixer):
@@ -225,9 +225,10 @@ class IMLP(_HopfieldTokenMixer):
     ``[T, H]`` and ``fc_sn2`` ``[H, T]`` (tied: bias only), H = int(T * hidden_ratio); fc_sn1 and
     fc_sn2 are softly spectrally normalised (``spectral_norm=True``) with persistent u, v.
 
-    Solver: at most ``n_iter`` iterations, early stop at relative step ``tol`` (0: exactly
-    ``n_iter``, official). ``adjoint='unrolled'`` back-propagates through the iterations (official;
-    in training the spectral norm advances per iteration, as the official per-call hook);
+    Solver: at most ``n_iter`` iterations, early stop at relative step ``tol`` over the whole
+    batch (0: exactly ``n_iter``, official). ``adjoint='unrolled'`` back-propagates through the
+    iterations (official; in training the spectral norm advances per iteration, as the official
+    per-call hook);
     ``adjoint='implicit'`` uses implicit-function-theorem gradients (power iteration once per
     forward so that the map is stationary).
     """
@@ -248,7 +249,7 @@ class IMLP(_HopfieldTokenMixer):
         tol: float = 0.0,
         activation: str = "gelu",
         approximate_gelu: bool = False,
-        update: str = "residual",
+        update_rule: str = "residual",
         step_size: float = 1.0,
         dtype=None,
         rngs: nnx.Rngs,
@@ -262,11 +263,11 @@ class IMLP(_HopfieldTokenMixer):
             adjoint=adjoint,
             tol=tol,
             activation=activation,
-            update=update,
+            update_rule=update_rule,
             step_size=step_size,
         )
         hidden_dim = int(token_dim * hidden_ratio)
-        self._init_visible(dim, activation, approximate_gelu, tied, update, step_size, dtype)
+        self._init_visible(dim, activation, approximate_gelu, tied, update_rule, step_size, dtype)
         self.n_iter = n_iter
         self.tol = tol
         self.adjoint = adjoint
@@ -329,13 +330,15 @@ class IMLP(_HopfieldTokenMixer):
 
     def _solve(self, net, x0, per_step=None):
         # The solver fully unrolls small n_iter (solver.UNROLL_MAX): a rolled loop of two steps
-        # cost three times one step on a GPU.
+        # cost three times one step on a GPU. One residual over the batch: the sown residuals
+        # and steps are the block's, ``[n_iter]`` and ``[]``.
+        adjoint = Unrolled(per_step=per_step) if self.adjoint == "unrolled" else Implicit()
         return net.solve_fast_layers(
-            x0, max_steps=self.n_iter, tol=self.tol, adjoint=self.adjoint, per_step=per_step
+            x0, max_steps=self.n_iter, tol=self.tol, adjoint=adjoint, per_sample=False
         )
 
 
-def _synapse(forward, feedback, weight: Array | None = None, feedback_weight=None) -> Synapse:
+def _synapse(forward, feedback, weight: Array | None = None, feedback_weight=None) -> Dense:
     """Synapse from a forward Linear and a feedback module (Linear, or FeedbackBias when tied).
 
     ``weight``/``feedback_weight`` override the modules' raw kernels (spectrally normalised ones).
@@ -344,7 +347,7 @@ def _synapse(forward, feedback, weight: Array | None = None, feedback_weight=Non
         weight = forward.kernel[...]
     if feedback_weight is None and not isinstance(feedback, FeedbackBias):
         feedback_weight = feedback.kernel[...]
-    return Synapse(
+    return Dense(
         weight=weight,
         feedback=feedback_weight,
         forward_bias=forward.bias[...],

@@ -14,8 +14,10 @@ from imixer_jax.training.evaluation import evaluate, evaluate_checkpoint, restor
 from imixer_jax.training.loop import train_and_evaluate
 from imixer_jax.training.state import Setup, TrainState, init_state, prepare
 from imixer_jax.training.steps import make_eval_step, make_train_step
+from imixer_jax.training.workdir import ConfigChangedError
 
 __all__ = [
+    "ConfigChangedError",
     "Setup",
     "TrainState",
     "TrainingError",

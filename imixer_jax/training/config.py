@@ -11,7 +11,8 @@ Schema (defaults in ``base_config``):
     arch                   'mixer' (``Mixer``: MLP-Mixer, iMixer) or 'paramixer' (``ParaMixer``: the
                            parallelized Mixer family); ``registry.model_arch(name)``
     model                  the fields of that architecture's typed model config
-                           (``models.configs.MixerConfig`` / ``ParaMixerConfig``; ``model_config``);
+                           (``models.configs.MixerConfig`` / ``ParaMixerConfig``;
+                           ``model_section``);
                            ``model.dtype``: None (float32) or a compute dtype name ('bfloat16').
                            ``typed_model_config(config)`` converts it (validated once)
     data.name              TFDS dataset name, or 'synthetic' / 'synthetic/K' (numpy batches, no
@@ -46,6 +47,8 @@ schedule (defined in optimiser updates) spans ``steps / k`` updates.
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -74,7 +77,7 @@ def base_config(model: str = "imixer_s16", **model_overrides) -> ml_collections.
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.arch = registry.model_arch(model)  # the architecture whose config fields ``c.model`` holds
-    c.model = model_config(model, **{"num_classes": 10, **model_overrides})
+    c.model = model_section(model, **{"num_classes": 10, **model_overrides})
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "cifar10"
@@ -122,7 +125,7 @@ def base_config(model: str = "imixer_s16", **model_overrides) -> ml_collections.
     return c
 
 
-def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
+def model_section(name: str, **overrides) -> ml_collections.ConfigDict:
     """The fields of ``registry.model_config(name, **overrides)`` as a ConfigDict whose ``dtype`` is
     a str field (None = float32), so that ``--config.model.dtype=bfloat16`` works on the command
     line.
@@ -177,9 +180,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
     _check(bool(config.data.name), "data.name", "must name a TFDS dataset")
     _check(0 < config.data.crop_ratio <= 1, "data.crop_ratio", "must be in (0, 1]")
+    data_dir = config.data.data_dir
+    _check(
+        data_dir is None or os.path.isdir(data_dir),
+        "data.data_dir",
+        f"{data_dir} is not a directory; give the TFDS data_dir that holds the prepared dataset "
+        "(create it first to prepare a dataset there)",
+    )
     aug = config.data.augment
     for key in sorted(set(aug.keys()) ^ set(data.AUGMENT_DEFAULTS)):
         _fail(f"data.augment.{key}", "keys must be those of data.AUGMENT_DEFAULTS")
+    try:
+        data.augment_config(aug.to_dict())
+    except ValueError as e:
+        raise ConfigError(f"config.data.{e}") from e
     for key in ("mixup_alpha", "cutmix_alpha"):
         _check(aug[key] >= 0, f"data.augment.{key}", f"must be >= 0, got {aug[key]}")
     for key in ("switch_prob", "random_erasing"):
@@ -221,12 +235,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _check(0 <= sch[key] <= opt.lr, f"schedule.{key}", "must be in [0, optimizer.lr]")
 
     shape, axes = tuple(config.mesh.shape), tuple(config.mesh.axes)
-    _check(len(shape) == len(axes), "mesh.shape", f"{shape} does not match mesh.axes {axes}")
     _check(
         all(isinstance(n, int) and (n >= 1 or n == -1) for n in shape) and shape.count(-1) <= 1,
         "mesh.shape",
         f"entries must be positive integers with at most one -1, got {shape}",
     )
+    _check(
+        all(isinstance(a, str) and a.isidentifier() for a in axes),
+        "mesh.axes",
+        f"must be a tuple of axis names, got {axes}; on the command line quote each name: "
+        "--config.mesh.axes=\"('data','model')\"",
+    )
+    _check(len(shape) == len(axes), "mesh.shape", f"{shape} does not match mesh.axes {axes}")
     _check("data" in axes, "mesh.axes", f"must contain 'data' (the batch axis), got {axes}")
     _check(len(set(axes)) == len(axes), "mesh.axes", f"names must be distinct, got {axes}")
     fsdp = config.mesh.fsdp

@@ -57,7 +57,7 @@ def restore_state(setup: Setup, workdir: str, step: int | None = None) -> TrainS
     try:
         if step is not None:
             return ckpt.restore(setup.abstract_state, step)
-        _, state = ckpt.restore_newest_intact(setup.abstract_state, set_aside=False)
+        _, state, _ = ckpt.restore_newest_intact(setup.abstract_state, set_aside=False)
         if state is None:
             raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
         return state

@@ -1,10 +1,14 @@
 """``train_and_evaluate(config, workdir)``: the training loop with logging, checkpoints and
 evaluation; it resumes from the newest intact checkpoint in ``workdir``.
 
-What the loop guarantees: one trainer per workdir (``lock.py``); ``config.json`` is written only
-once the resume has been accepted; a state with a non-finite loss, gradient norm or parameter is
-never saved; a failed save or metrics write stops the run with one line and keeps the previous
-checkpoint; SIGTERM / SIGINT save and end the run normally (``preemption.py``).
+What the loop guarantees: one trainer per workdir (``lock.py``); nothing it writes is reached
+through a symbolic link, and a resume whose config changes the training is refused unless allowed
+(``workdir.py``; ``config.json`` is written only once the resume has been accepted, its history
+kept); a workdir whose checkpoints are all damaged is not restarted from step 0 unless asked; a
+state with a non-finite loss, gradient norm or parameter is never saved; a failed save or metrics
+write stops the run with one line and keeps the previous checkpoint; SIGTERM / SIGINT save and end
+the run normally (``preemption.py``), the metrics of the unlogged steps carried in the checkpoint,
+so that a resumed run logs what an uninterrupted one does.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import jax
 import ml_collections
@@ -24,6 +29,7 @@ from jax.experimental import multihost_utils
 from imixer_jax import data
 from imixer_jax.training import checkpoint, sharding
 from imixer_jax.training import config as config_lib
+from imixer_jax.training import workdir as workdir_lib
 from imixer_jax.training.checkpoint.lock import WorkdirLock
 from imixer_jax.training.checkpoint.preemption import StopRequest
 from imixer_jax.training.errors import TrainingError
@@ -31,11 +37,11 @@ from imixer_jax.training.evaluation import evaluate_state
 from imixer_jax.training.logging.writer import METRICS_FILE, MetricWriter
 from imixer_jax.training.progress import Progress
 from imixer_jax.training.state import Setup, TrainState, init_state, prepare
-from imixer_jax.training.steps import make_eval_step, make_sigma_fn, make_train_step
+from imixer_jax.training.steps import make_eval_step, make_metrics_fn, make_train_step
 from imixer_jax.training.summary import parameter_overview
 from imixer_jax.weights import formats as weights_formats
 
-CONFIG_FILE = "config.json"
+CONFIG_FILE = workdir_lib.CONFIG_FILE
 PARAMETERS_FILE = "parameters.txt"
 
 
@@ -90,12 +96,27 @@ def _format_eta(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def _closing(ckpt: checkpoint.Checkpointer):
+    """An ``ExitStack.push`` callback that closes ``ckpt``. When an error already ends the run,
+    a failure of the close (a pending save on the same full disk) does not replace it."""
+
+    def close(exc_type, exc, tb) -> bool:
+        try:
+            ckpt.close()
+        except checkpoint.CheckpointError:
+            if exc is None:
+                raise
+        return False
+
+    return close
+
+
 def _write_file(workdir: str, name: str, text: str) -> str:
     """Write ``workdir/name`` atomically (a full disk leaves the previous one); returns its
     path."""
     path = os.path.join(workdir, name)
     try:
-        with open(path + ".tmp", "w") as f:
+        with os.fdopen(workdir_lib.open_for_writing(path + ".tmp"), "w") as f:
             f.write(text if text.endswith("\n") else text + "\n")
         os.replace(path + ".tmp", path)
     except OSError as e:
@@ -134,12 +155,54 @@ def _outputs(workdir: str, ckpt: checkpoint.Checkpointer) -> str:
     )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def _fresh_start(workdir: str, restart_damaged: bool) -> str:
+    """Allow a start from step 0 (returns the reason recorded in the config history): refused
+    while the checkpoints of a damaged run are set aside in the workdir, unless
+    ``restart_damaged``, which sets the run's ``metrics.jsonl`` aside with them.
+
+    Raises:
+      checkpoint.CheckpointError: a damaged run and no ``restart_damaged``; one line.
+    """
+    damaged = os.path.join(workdir, workdir_lib.DAMAGED_DIR)
+    if not (os.path.isdir(damaged) and os.listdir(damaged)):
+        return "start"
+    if not restart_damaged:
+        raise checkpoint.CheckpointError(
+            f"{workdir} has no intact checkpoint, only the damaged ones in {damaged}; train with "
+            "--restart_damaged to start again from step 0 (its metrics are kept there), or use a "
+            "new workdir"
+        )
+    metrics = os.path.join(workdir, workdir_lib.METRICS_FILE)
+    if os.path.exists(metrics):
+        target = os.path.join(damaged, workdir_lib.METRICS_FILE)
+        while os.path.lexists(target):
+            target += ".old"
+        shutil.move(metrics, target)
+        logging.warning(
+            "every checkpoint was damaged: training from step 0, %s kept as %s", metrics, target
+        )
+    return "restart: every checkpoint was damaged"
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    allow_config_change: Sequence[str] = (),
+    restart_damaged: bool = False,
+) -> dict[str, float]:
     """Train ``config`` in ``workdir`` (resuming from its newest checkpoint) and evaluate.
 
-    Writes ``workdir/config.json``, ``parameters.txt``, ``metrics.jsonl``, ``tensorboard/`` and
-    ``checkpoints/``, and logs where they are at the end. A run whose last step is trained and
-    evaluated already says so and returns its logged final metrics.
+    Writes ``workdir/config.json`` (and ``config_history.jsonl``), ``parameters.txt``,
+    ``metrics.jsonl``, ``tensorboard/`` and ``checkpoints/``, and logs where they are at the end.
+    A run whose last step is trained and evaluated already says so and returns its logged final
+    metrics.
+
+    Args:
+      allow_config_change: keys (or sections, e.g. ``'schedule'``) whose values may differ from
+        the config the checkpoints were trained with; the change is recorded.
+      restart_damaged: when every checkpoint is damaged, set them (and ``metrics.jsonl``) aside
+        in ``DIR/damaged_checkpoints`` and train from step 0.
 
     Returns:
       Final metrics: ``step``, ``train/loss`` (last logged), ``test/top1``, ``test/top5``,
@@ -147,33 +210,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       ``step`` (of the checkpoint saved), ``preempted`` (1.0) and ``wall_time_s``.
 
     Raises (each with a one-line message):
-      config_lib.ConfigError: before anything compiles (config, dataset, augmentation).
+      config_lib.ConfigError: before anything compiles (config, dataset, augmentation,
+        init_from).
+      TrainingError: a file of the workdir is a symbolic link (nothing is created);
+        non-finite values (the last good checkpoint is kept); a file cannot be written.
       lock.WorkdirBusyError: another trainer uses ``workdir``.
+      workdir.ConfigChangedError: the resume changes keys that are not allowed.
       checkpoint.CheckpointError: the newest checkpoint does not fit ``config``, every
         checkpoint is damaged, or a save failed (the previous checkpoint is kept).
-      TrainingError: non-finite values (the last good checkpoint is kept); a file cannot be
-        written.
     """
     start_time = time.time()
     setup = prepare(config)
     config, plan = setup.config, setup.plan
     is_main = jax.process_index() == 0
+    workdir_lib.check_no_links(workdir)
     with contextlib.ExitStack() as stack:
         if is_main:
             stack.enter_context(WorkdirLock(workdir))
         ckpt = checkpoint.Checkpointer(
             workdir, every_steps=config.checkpoint.every_steps, keep=config.checkpoint.keep
         )
-        stack.callback(ckpt.close)
-        latest, state = ckpt.restore_newest_intact(setup.abstract_state, set_aside=is_main)
+        stack.push(_closing(ckpt))
+        latest, state, carried = ckpt.restore_newest_intact(
+            setup.abstract_state, set_aside=is_main, restart=restart_damaged
+        )
         start = 0 if latest is None else latest
+        if latest is None:
+            reason = _fresh_start(workdir, restart_damaged) if is_main else "start"
+            changes = {}
+        else:
+            changes = workdir_lib.check_resume(config, workdir, allow_config_change)
+            reason = "resume with " + ",".join(changes) if changes else "resume"
         batches = _train_batches(setup, start) if start < plan.total_steps else iter(())
         if state is None:
             state = _pretrained(setup, init_state(setup))
         else:
             logging.info("resumed from the checkpoint of step %d in %s", start, ckpt.directory)
         if is_main:  # only now: a rejected resume leaves the config.json of the checkpoints
-            _write_file(workdir, CONFIG_FILE, config.to_json_best_effort(indent=2, sort_keys=True))
+            workdir_lib.record_config(config, workdir, start, changes, reason)
         writer = MetricWriter(workdir, enabled=is_main, resume_step=start)
         stack.callback(writer.close)
         logging.info(
@@ -191,7 +265,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             logging.info("%s (table: %s)", table.rsplit("\n", 1)[-1], path)
         config_text = config.to_json_best_effort(indent=2, sort_keys=True)
         writer.write_text("config", config_text, step=start + 1)  # the config from this step on
-        result = _Loop(setup, ckpt, writer, workdir).run(state, start, batches)
+        window = _uncarry(carried.get("window", []))
+        result = _Loop(setup, ckpt, writer, workdir).run(state, start, batches, window)
         ckpt.wait()
         outputs = _outputs(workdir, ckpt)
     result["wall_time_s"] = time.time() - start_time
@@ -222,6 +297,19 @@ def _train_scalars(window: list[dict]) -> dict[str, float]:
     return scalars
 
 
+_CARRIED_KEYS = ("loss", "accuracy", "grad_norm", "lr")  # what ``_train_scalars`` reads
+
+
+def _carry(window: list[dict]) -> list[dict[str, float]]:
+    """The host metrics of a log window as JSON (float32 values are exact as Python floats)."""
+    return [{key: float(row[key]) for key in _CARRIED_KEYS} for row in window]
+
+
+def _uncarry(rows: list[dict[str, float]]) -> list[dict]:
+    """``_carry``'s rows as the float32 values the train step returned."""
+    return [{key: np.float32(value) for key, value in row.items()} for row in rows]
+
+
 class _Loop:
     """The steps of one run with their compiled functions, checkpointer and metric writer."""
 
@@ -230,7 +318,7 @@ class _Loop:
     ) -> None:
         self.setup, self.ckpt, self.writer = setup, ckpt, writer
         self.train_step, self.eval_step = make_train_step(setup), make_eval_step(setup)
-        self.sigma_fn = make_sigma_fn(setup)
+        self.metrics_fn = make_metrics_fn(setup)
         self.progress = Progress(setup.plan.total_steps, setup.config.batch_size)
         self.profile_dir = os.path.join(workdir, "profile")
 
@@ -244,12 +332,15 @@ class _Loop:
             jax.profiler.stop_trace()
             logging.info("profile of steps %d-%d written to %s", start + 2, step, self.profile_dir)
 
-    def run(self, state: TrainState, start: int, batches: Iterator[dict]) -> dict[str, float]:
-        """Train from step ``start`` to the end; ``batches`` yields global batch ``start`` on."""
+    def run(
+        self, state: TrainState, start: int, batches: Iterator[dict], window: list[dict]
+    ) -> dict[str, float]:
+        """Train from step ``start`` to the end; ``batches`` yields global batch ``start`` on;
+        ``window``: the host metrics of the steps after the last log (carried by the checkpoint
+        of step ``start``)."""
         setup, ckpt = self.setup, self.ckpt
         config, total = setup.config, setup.plan.total_steps
         pending: list[tuple[int, dict]] = []  # device metrics not yet checked on host
-        window: list[dict] = []  # host metrics since the last log
         result: dict[str, float] = {}
         progress = self.progress
         with StopRequest(ckpt.reached_preemption) as stop:
@@ -279,7 +370,7 @@ class _Loop:
                 window.extend(row for _, row in rows)
                 if save_now:
                     saving = time.time()
-                    ckpt.save(step, state)
+                    ckpt.save(step, state, {"window": [] if log_now else _carry(window)})
                     progress.exclude(time.time() - saving)  # saving is not training time
                 if log_now:
                     result["train/loss"] = self._log(state, step, window)
@@ -324,8 +415,8 @@ class _Loop:
     def _log(self, state: TrainState, step: int, window: list[dict]) -> float:
         """Write and log the scalars of a window; returns its mean loss."""
         scalars = {**_train_scalars(window), **self.progress.report(step)}
-        sigmas = jax.device_get(self.sigma_fn(state.params, state.rest))
-        self.writer.write(step, {**scalars, **{k: float(v) for k, v in sigmas.items()}})
+        reported = jax.device_get(self.metrics_fn(state.params, state.rest))
+        self.writer.write(step, {**scalars, **{k: float(v) for k, v in reported.items()}})
         if "train/step_time_s" in scalars:
             timing = (
                 f"{scalars['train/images_per_s']:.0f} img/s  "

@@ -28,6 +28,7 @@ from imixer_jax import data
 from imixer_jax.models import registry
 from imixer_jax.training import config as config_lib
 from imixer_jax.training import optim, sharding
+from imixer_jax.weights import formats as weights_formats
 
 Array = jax.Array
 
@@ -146,6 +147,10 @@ def prepare(
     model.eval()
     eval_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
     abstract = jax.eval_shape(lambda: _init(config, tx))
+    try:  # the file's content (headers), against the model, before anything is created
+        weights_formats.check(config, abstract.params, abstract.rest)
+    except weights_formats.PretrainedError as e:
+        raise config_lib.ConfigError(f"config.init_from.path: {e}") from e
     shardings = sharding.tree_shardings(mesh, abstract, fsdp=config.mesh.fsdp)
     abstract = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings

@@ -18,7 +18,6 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from imixer_jax import data
-from imixer_jax.models.spectral_norm import spectral_sigmas
 from imixer_jax.training import sharding
 from imixer_jax.training.state import Setup, TrainState
 
@@ -118,11 +117,12 @@ def make_eval_step(setup: Setup) -> Callable[[nnx.State, nnx.State, dict], dict]
     )
 
 
-def make_sigma_fn(setup: Setup) -> Callable[[nnx.State, nnx.State], dict[str, Array]]:
-    """Jitted spectral-norm sigma of every iMLP layer, keyed 'train/sigma/<path>'."""
+def make_metrics_fn(setup: Setup) -> Callable[[nnx.State, nnx.State], dict[str, Array]]:
+    """Jitted scalars the model reports for the log (``model.training_metrics()``), keyed
+    'train/<name>' (e.g. the iMLP's spectral-norm sigmas, 'train/sigma/<path>')."""
 
-    def sigmas(params, rest):
+    def metrics(params, rest):
         model = nnx.merge(setup.eval_graphdef, params, rest)
-        return {f"train/sigma/{path}": s for path, s in spectral_sigmas(model).items()}
+        return {f"train/{name}": x for name, x in model.training_metrics().items()}
 
-    return jax.jit(sigmas, out_shardings=replicated(setup.mesh))
+    return jax.jit(metrics, out_shardings=replicated(setup.mesh))

@@ -72,17 +72,19 @@ class RandAugmentPolicy:
         Sections: ``m`` magnitude (int), ``n`` number of ops, ``mstd`` magnitude noise std (>100
         means uniform), ``mmax`` magnitude upper bound, ``inc`` 1 = 'increasing' op variants.
         timm's ``w`` (weighted op choice) is not supported. Unlike timm, ``inc0`` means
-        non-increasing (timm tests ``bool('0')``, which is True).
+        non-increasing (timm tests ``bool('0')``, which is True), and a section without a number
+        (``'rand-zz'``) is an error where timm ignores it: a misspelt spec must not train with
+        the default policy.
         """
         sections = spec.split("-")
         if sections[0] != "rand":
             raise ValueError(f"RandAugment spec must start with 'rand-': {spec!r}")
         kwargs: dict = {}
         for section in sections[1:]:
-            parts = re.split(r"(\d.*)", section)
-            if len(parts) < 2:
-                continue  # as timm: sections without a number are ignored
-            key, value = parts[:2]
+            match = re.fullmatch(r"([a-z]+)(\d+(?:\.\d*)?)", section)
+            if match is None:
+                raise ValueError(f"RandAugment section {section!r} of {spec!r} has no number")
+            key, value = match.groups()
             if key == "m":
                 kwargs["magnitude"] = float(int(value))
             elif key == "n":

@@ -14,8 +14,7 @@ import socket
 import time
 
 from imixer_jax.training.errors import TrainingError
-
-LOCK_FILE = "lock"
+from imixer_jax.training.workdir import LOCK_FILE, check_no_links
 
 
 class WorkdirBusyError(TrainingError):
@@ -37,8 +36,10 @@ class WorkdirLock:
         workdir = os.path.dirname(self.path)
         try:
             os.makedirs(workdir, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as e:
+            if os.path.islink(self.path):  # O_NOFOLLOW: the file is truncated below
+                check_no_links(workdir)
             raise TrainingError(
                 f"cannot use {workdir} as the workdir ({e.strerror}): give a writable directory "
                 f"(it is created if missing)"

@@ -21,6 +21,9 @@ from absl import logging
 __all__ = ["ORBAX_ERRORS", "quiet_orbax_logging", "without_read_only_note"]
 
 
+_ORBAX_TMP = ".orbax-checkpoint-tmp"  # orbax writes a checkpoint under <step>.orbax-checkpoint-tmp
+
+
 def _in_orbax(path: str) -> bool:
     """Whether source file ``path`` is part of orbax (where a log record or a frame comes from)."""
     return "/orbax/" in path
@@ -76,31 +79,46 @@ class _DropOrphanedOrbaxFutures(py_logging.Filter):
     the failed reads of a damaged checkpoint, and the gathered writes of a failed save, as futures
     whose errors asyncio logs when they are collected, at a time set by the garbage collector; the
     restore or save has already raised the same error, reported as one line. Only futures whose
-    error was raised through orbax's code are dropped; any other orphaned future is still logged.
+    error was raised through orbax's code, or (a TensorStore write's future, set from C++ with no
+    Python traceback) names a file inside an orbax checkpoint's temporary directory, are dropped;
+    any other orphaned future is still logged.
     """
 
     def filter(self, record: py_logging.LogRecord) -> bool:
         if not record.getMessage().split("\n", 1)[0].endswith(" exception was never retrieved"):
             return True
-        tb = record.exc_info[2] if record.exc_info else None
+        error, tb = record.exc_info[1:] if record.exc_info else (None, None)
+        if _ORBAX_TMP in str(error):
+            return False
         return not any(_in_orbax(f.f_code.co_filename) for f, _ in traceback.walk_tb(tb))
 
 
 class _DropClosedLoopCallbacks:
-    """``sys.unraisablehook``. When a save fails, orbax closes the asyncio loop of the save
-    while TensorStore writes of it are still running; each that completes later calls
-    ``loop.call_soon_threadsafe`` on the closed loop from a TensorStore thread, and TensorStore
-    reports the ``RuntimeError('Event loop is closed')`` as unraisable (``PyErr_WriteUnraisable``
-    without an object: a bare 6-line traceback). Exactly those are dropped (the failure itself
-    is reported as one line); every other unraisable exception goes to the previous hook."""
+    """``sys.unraisablehook`` for two echoes of a failed save or restore:
+
+    * When a save fails, orbax closes the asyncio loop of the save while TensorStore writes of it
+      are still running; each that completes later calls ``loop.call_soon_threadsafe`` on the
+      closed loop from a TensorStore thread, and TensorStore reports the
+      ``RuntimeError('Event loop is closed')`` as unraisable (``PyErr_WriteUnraisable`` without
+      an object: a bare 6-line traceback).
+    * When a restore fails (a damaged checkpoint), orbax abandons the reads still in flight; each
+      coroutine (``_read_array_index_and_device_put``) turns the ``GeneratorExit`` of its
+      collection into an ``Exception`` naming the whole TensorStore spec, which Python reports
+      as 'Exception ignored in: <coroutine object ...>' (dozens of lines per array).
+
+    Exactly those are dropped (the failure itself is reported as one line); every other
+    unraisable exception goes to the previous hook."""
 
     def __init__(self) -> None:
         self.previous = sys.unraisablehook
 
     def __call__(self, unraisable) -> None:
-        exc = unraisable.exc_value
+        exc, obj = unraisable.exc_value, unraisable.object
         closed_loop = isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
-        if unraisable.object is None and closed_loop:
+        if obj is None and closed_loop:
+            return
+        code = getattr(obj, "cr_code", None)  # a coroutine's
+        if code is not None and _in_orbax(code.co_filename) and isinstance(exc, Exception):
             return
         self.previous(unraisable)
 

@@ -31,9 +31,10 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from imixer_jax.training.checkpoint.log_filter import ORBAX_ERRORS, without_read_only_note
+from imixer_jax.training.workdir import DAMAGED_DIR
 
-_STATE, _INTEGRITY = "default", "integrity"  # "default": the layout of single-item checkpoints
-DAMAGED_DIR = "damaged_checkpoints"
+# "default": the layout of single-item checkpoints; "carried": what the loop carries over a resume
+_STATE, _INTEGRITY, _CARRIED = "default", "integrity", "carried"
 
 
 class CheckpointError(RuntimeError):
@@ -55,7 +56,7 @@ _OS_CAUSES = tuple(
 def _save_cause(e: BaseException) -> str:
     """``'<OS cause>: <start of the error>'`` when the error names one of ``_OS_CAUSES``."""
     cause = next((c for c in _OS_CAUSES if c in str(e)), None)
-    return _one_line(e, 200) if cause is None else f"{cause}: {_one_line(e, 120)}"
+    return _one_line(e, 120) if cause is None else f"{cause}: {_one_line(e, 40)}"
 
 
 def _one_line(e: BaseException, limit: int = 300) -> str:
@@ -136,6 +137,7 @@ class Checkpointer:
                 item_handlers={
                     _STATE: ocp.StandardCheckpointHandler(),
                     _INTEGRITY: ocp.JsonCheckpointHandler(),
+                    _CARRIED: ocp.JsonCheckpointHandler(),
                 },
             )
 
@@ -155,17 +157,22 @@ class Checkpointer:
         notice (orbax / JAX's preemption sync point; False in a single process)."""
         return self._manager.reached_preemption(step)
 
-    def save(self, step: int, state) -> None:
-        """Start an asynchronous save of ``state`` as checkpoint ``step``.
+    def save(self, step: int, state, carried: dict | None = None) -> None:
+        """Start an asynchronous save of ``state`` as checkpoint ``step``, with the JSON-able
+        ``carried`` (what the loop needs to resume exactly; restored with the state).
+
+        The previous save is finished first (orbax's ``save`` would wait for it too), so that
+        its errors are known before anything of them is logged.
 
         Raises:
           CheckpointError: the previous save failed (e.g. disk full); one line.
         """
-        self.check_for_errors()
+        self.wait()
         args = ocp.args.Composite(
             **{
                 _STATE: ocp.args.StandardSave(state),
                 _INTEGRITY: ocp.args.JsonSave(fingerprints(state)),
+                _CARRIED: ocp.args.JsonSave(carried or {}),
             }
         )
         try:
@@ -180,8 +187,8 @@ class Checkpointer:
         kept = self.latest_step()
         kept = "no checkpoint is kept" if kept is None else f"checkpoint {kept} is kept"
         return CheckpointError(
-            f"saving a checkpoint to {self.directory} failed ({_save_cause(e)}); {kept}. "
-            f"Free disk space (or fix the directory) and rerun the same command to resume."
+            f"saving a checkpoint to {self.directory} failed ({_save_cause(e)}); {kept}; "
+            f"free disk space and rerun the same command to resume"
         )
 
     def check_for_errors(self) -> None:
@@ -209,7 +216,8 @@ class Checkpointer:
                 f"config.json next to it) or a new workdir. Nothing was deleted."
             )
 
-    def _restore_step(self, step: int, abstract_state):
+    def _restore_step(self, step: int, abstract_state) -> tuple[object, dict]:
+        """``(state, carried)`` of checkpoint ``step``, verified."""
         try:
             return self._restore_verified(step, abstract_state)
         except CheckpointError:
@@ -218,20 +226,23 @@ class Checkpointer:
 
     def _restore_verified(self, step: int, abstract_state):
         self._check_fits(step, abstract_state)
-        has_integrity = os.path.isdir(os.path.join(self.directory, str(step), _INTEGRITY))
-        items = {_STATE: ocp.args.StandardRestore(abstract_state)}
-        if has_integrity:
-            items[_INTEGRITY] = ocp.args.JsonRestore()
+        if not os.path.isdir(os.path.join(self.directory, str(step), _INTEGRITY)):
+            raise DamagedCheckpointError(
+                f"checkpoint {step} in {self.directory} is damaged (no integrity record)"
+            )
+        items = {
+            _STATE: ocp.args.StandardRestore(abstract_state),
+            _INTEGRITY: ocp.args.JsonRestore(),
+        }
+        if os.path.isdir(os.path.join(self.directory, str(step), _CARRIED)):
+            items[_CARRIED] = ocp.args.JsonRestore()
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as e:  # orbax raises many types (ValueError, KeyError, tensorstore...)
             raise DamagedCheckpointError(
                 f"checkpoint {step} in {self.directory} is damaged ({_one_line(e)})"
             ) from e
-        state = restored[_STATE]
-        if not has_integrity:
-            logging.warning("checkpoint %d has no integrity record (older format)", step)
-            return state
+        state, carried = restored[_STATE], restored.get(_CARRIED) or {}
         saved, now = restored[_INTEGRITY], fingerprints(state)
         bad = [path for path in now if saved.get(path) != now[path]]
         if bad or set(saved) != set(now):
@@ -239,7 +250,7 @@ class Checkpointer:
                 f"checkpoint {step} in {self.directory} is damaged (content hash of "
                 f"{bad[0] if bad else 'its array list'} differs from the one saved with it)"
             )
-        return state
+        return state, carried
 
     def restore(self, abstract_state, step: int | None = None):
         """Checkpoint ``step`` (default: the latest) with the structure, dtypes and shardings of
@@ -255,39 +266,55 @@ class Checkpointer:
                 f"no checkpoint{'' if step is None else f' of step {step}'} in "
                 f"{self.directory}; available steps: {self.all_steps() or 'none'}"
             )
-        return self._restore_step(step, abstract_state)
+        return self._restore_step(step, abstract_state)[0]
 
-    def restore_newest_intact(self, abstract_state, *, set_aside: bool):
-        """``(step, state)`` of the newest checkpoint that is intact, or ``(None, None)`` when
-        there is none at all. Each damaged newer one gets one warning line; with ``set_aside``
-        (the trainer, which will save these steps again) it is moved to
-        ``DIR/damaged_checkpoints/<step>``, never deleted.
+    def restore_newest_intact(self, abstract_state, *, set_aside: bool, restart: bool = False):
+        """``(step, state, carried)`` of the newest checkpoint that is intact (``carried``: what
+        ``save`` carried with it), or ``(None, None, {})`` when there is none at all. Each damaged
+        newer one gets one warning line; with ``set_aside`` (the trainer, which will save these
+        steps again) it is moved to ``DIR/damaged_checkpoints/<step>``, never deleted.
+
+        When every checkpoint is damaged, nothing is moved: the run is not restarted from step 0
+        unless ``restart`` (then they are all set aside and ``(None, None, {})`` is returned).
 
         Raises:
           CheckpointError: the newest checkpoint does not fit, or every checkpoint is damaged.
         """
         steps = sorted(self.all_steps(), reverse=True)
+        damaged: list[tuple[int, DamagedCheckpointError]] = []
+        found = None, None, {}
         for step in steps:
             try:
-                return step, self._restore_step(step, abstract_state)
+                found = step, *self._restore_step(step, abstract_state)
+                break
             except DamagedCheckpointError as e:
-                where = ""
-                if set_aside and jax.process_index() == 0:
-                    where = f"; moved to {self._set_aside(step)}"
-                if set_aside and jax.process_count() > 1:  # every process sees it moved
-                    multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
-                    self._manager.reload()
-                logging.warning("%s%s; trying an older checkpoint", e, where)
-        if steps:
+                damaged.append((step, e))
+        if damaged and found[0] is None and not restart:
             raise CheckpointError(
-                f"every checkpoint in {self.directory} (steps {sorted(steps)}) is damaged; "
-                f"move them away to start again in this workdir, or use a new workdir"
+                f"every checkpoint in {self.directory} (steps {sorted(s for s, _ in damaged)}) "
+                "is damaged, nothing was moved; train with --restart_damaged to set them aside "
+                "and start from step 0, or use a new workdir"
             )
-        return None, None
+        for step, e in damaged:
+            where = ""
+            if set_aside and jax.process_index() == 0:
+                where = f"; moved to {self._set_aside(step)}"
+            if set_aside and jax.process_count() > 1:  # every process sees it moved
+                multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
+                self._manager.reload()
+            logging.warning(
+                "%s%s; %s",
+                e,
+                where,
+                "resuming from an older checkpoint"
+                if found[0] is not None
+                else "training from step 0 (--restart_damaged)",
+            )
+        return found
 
     def _set_aside(self, step: int) -> str:
         target = os.path.join(os.path.dirname(self.directory), DAMAGED_DIR, str(step))
-        if os.path.exists(target):
+        if os.path.lexists(target):
             target += f".{len(os.listdir(os.path.dirname(target)))}"
         os.makedirs(os.path.dirname(target), exist_ok=True)
         shutil.move(os.path.join(self.directory, str(step)), target)
@@ -307,4 +334,12 @@ class Checkpointer:
         self.check_for_errors()
 
     def close(self) -> None:
-        self._manager.close()
+        """Finish pending saves and release orbax's threads.
+
+        Raises:
+          CheckpointError: a pending save failed (e.g. disk full); one line.
+        """
+        try:
+            self._manager.close()
+        except Exception as e:  # a pending save's failure, raised by orbax's close
+            raise self._save_error(e) from e

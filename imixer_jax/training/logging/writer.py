@@ -29,8 +29,7 @@ from collections.abc import Mapping
 from imixer_jax.data import tf_import
 from imixer_jax.training.errors import TrainingError
 from imixer_jax.training.logging import reader as metrics
-
-METRICS_FILE = "metrics.jsonl"
+from imixer_jax.training.workdir import METRICS_FILE, open_for_writing
 
 
 def _write_error(path: str, e: Exception) -> TrainingError:
@@ -50,7 +49,7 @@ def _keep_rows_through(path: str, step: int) -> None:
     kept = [row for row in rows if row["step"] <= step]
     if len(kept) == len(rows) and (not text or text.endswith("\n")):
         return
-    with open(path + ".tmp", "w") as f:
+    with os.fdopen(open_for_writing(path + ".tmp"), "w") as f:
         f.writelines(json.dumps(row) + "\n" for row in kept)
     os.replace(path + ".tmp", path)
 
@@ -86,7 +85,7 @@ class MetricWriter:
         try:
             os.makedirs(workdir, exist_ok=True)
             _keep_rows_through(self.path, resume_step)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._fd = open_for_writing(self.path, os.O_APPEND)
         except OSError as e:
             raise _write_error(self.path, e) from e
         self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
