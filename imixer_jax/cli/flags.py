@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from absl import flags
-from ml_collections import config_flags
 
 from imixer_jax.cli import errors
 
@@ -47,6 +46,8 @@ def define_config(
 ) -> flags.FlagHolder:
     """The ``--config FILE[:ARG]`` flag (locked ``ConfigDict``, ``--config.KEY=VALUE``
     overrides) in ``values``."""
+    from ml_collections import config_flags  # here: commands without --config run without it
+
     holder = config_flags.DEFINE_config_file(
         CONFIG_FLAG, None, help_text, flag_values=values, lock_config=True
     )

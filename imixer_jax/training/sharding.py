@@ -18,13 +18,16 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import jax
-import ml_collections
 import numpy as np
 from absl import logging
 from flax import nnx
 from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec
+
+if TYPE_CHECKING:  # type hints only: the mesh helpers run without ml_collections
+    import ml_collections
 
 P = PartitionSpec
 _CLUSTER_ENV = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "MEGASCALE_NUM_SLICES")
