@@ -14,6 +14,8 @@ a file can be checked before anything is built or compiled.
 
 from __future__ import annotations
 
+import math
+import re
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
 
@@ -178,3 +180,25 @@ def fill(
     only the check (``flat`` may hold ``shape_only`` arrays), returning None."""
     arrays = match(flat_state(state), flat, key_of, **kwargs)
     return None if check_only else replace(state, arrays)
+
+
+def torch_backbone_fields(
+    sd: Mapping, *, num_tokens: int, patch: int, num_classes: int, dim: int
+) -> dict:
+    """The backbone fields of a model config read off an official PyTorch state_dict (timm key
+    names ``blocks.N.``): class count, image and patch size, block count, channels.
+
+    Raises:
+      PretrainedError: the tokens do not form a square grid of patches.
+    """
+    side = math.isqrt(num_tokens)
+    if side * side != num_tokens:
+        raise PretrainedError(f"{num_tokens} tokens is not a square grid of patches")
+    blocks = {int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))}
+    return dict(
+        num_classes=num_classes,
+        img_size=side * patch,
+        patch_size=patch,
+        num_blocks=max(blocks) + 1,
+        hidden_dim=dim,
+    )

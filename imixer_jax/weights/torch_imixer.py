@@ -38,7 +38,6 @@ an evaluation-mode forward of the converted model equals the official one. Timm'
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 import zipfile
@@ -60,6 +59,7 @@ from imixer_jax.weights.mapping import (
     read_npz,
     replace,
     shape_only,
+    torch_backbone_fields,
 )
 
 SOURCE = "official PyTorch"
@@ -228,16 +228,10 @@ def model_config(
             f"not an iMixer, MLP-Mixer or paramixer state_dict: no {e.args[0]!r}; pass an official "
             "checkpoint"
         ) from None
-    side = math.isqrt(num_tokens)
-    if side * side != num_tokens:
-        raise PretrainedError(f"{num_tokens} tokens is not a square grid of patches")
-    blocks = {int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))}
     fields = dict(
-        num_classes=num_classes,
-        img_size=side * patch,
-        patch_size=patch,
-        num_blocks=max(blocks) + 1,
-        hidden_dim=dim,
+        **torch_backbone_fields(
+            sd, num_tokens=num_tokens, patch=patch, num_classes=num_classes, dim=dim
+        ),
         tokens_mlp_dim=token_dim,
         channels_mlp_dim=channels,
     )

@@ -24,15 +24,13 @@ The official ``sMlp`` names its single (tied) weight ``fc2`` although it is appl
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Mapping
 
 import numpy as np
 
 from imixer_jax.models import registry
 from imixer_jax.models.configs import ParaMixerConfig
-from imixer_jax.weights.mapping import Path, PretrainedError
+from imixer_jax.weights.mapping import Path, PretrainedError, torch_backbone_fields
 
 _TOP = {"stem": "stem.proj", "norm": "norm", "head": "head"}
 _LEAVES = {"kernel": "weight", "bias": "bias", "scale": "weight"}
@@ -107,16 +105,10 @@ def model_config(
             f"the state_dict holds {expected[0]} blocks with {'one' if tied else 'two'} MLP "
             f"weights, not the {base.block} {base.mlp} blocks of {name!r}; name its model"
         )
-    side = math.isqrt(num_tokens)
-    if side * side != num_tokens:
-        raise PretrainedError(f"{num_tokens} tokens is not a square grid of patches")
-    blocks = {int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))}
     fields = dict(
-        num_classes=num_classes,
-        img_size=side * patch,
-        patch_size=patch,
-        num_blocks=max(blocks) + 1,
-        hidden_dim=dim,
+        **torch_backbone_fields(
+            sd, num_tokens=num_tokens, patch=patch, num_classes=num_classes, dim=dim
+        ),
         tokens_mlp_dim=np.shape(tokens_w)[0],
         channels_mlp_dim=np.shape(channels_w)[0],
     )
