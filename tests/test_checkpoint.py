@@ -240,21 +240,27 @@ def _orphaned_gather_record(filename, monkeypatch):
     namespace = {}
     source = "async def write():\n    raise ValueError('OUT_OF_RANGE: File too large')\n"
     exec(compile(source, filename, "exec"), namespace)
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger = logging.getLogger("asyncio")
-    monkeypatch.setattr(logger, "filters", [])
-    logger.addHandler(handler)
 
     async def gather_and_drop():
         gathered = asyncio.gather(namespace["write"]())
         while not gathered.done():
             await asyncio.sleep(0)
 
+    return _asyncio_record(lambda loop: loop.run_until_complete(gather_and_drop()), monkeypatch)
+
+
+def _asyncio_record(leave_future_unread, monkeypatch):
+    """The one record asyncio's logger emits while ``leave_future_unread(loop)`` runs on a new
+    event loop and the garbage collector then runs, the logger's own filters set aside."""
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("asyncio")
+    monkeypatch.setattr(logger, "filters", [])
+    logger.addHandler(handler)
     loop = asyncio.new_event_loop()
     try:
-        loop.run_until_complete(gather_and_drop())
+        leave_future_unread(loop)
         gc.collect()
     finally:
         loop.close()
@@ -282,23 +288,11 @@ def _orphaned_future_record(message, monkeypatch):
     """The record asyncio logs for a plain future whose exception was set from outside Python
     code (no traceback; how TensorStore completes a write's future) and which was collected
     unread."""
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    logger = logging.getLogger("asyncio")
-    monkeypatch.setattr(logger, "filters", [])
-    logger.addHandler(handler)
-    loop = asyncio.new_event_loop()
-    try:
-        future = loop.create_future()
-        future.set_exception(ValueError(message))
-        del future
-        gc.collect()
-    finally:
-        loop.close()
-        logger.removeHandler(handler)
-    (record,) = records
-    return record
+
+    def fail_unread(loop):
+        loop.create_future().set_exception(ValueError(message))
+
+    return _asyncio_record(fail_unread, monkeypatch)
 
 
 def test_tensorstore_write_futures_of_an_orbax_save_are_dropped(monkeypatch):
