@@ -560,15 +560,19 @@ FLOPS_FAMILIES = [
     ("paramixer_s16_224_ni2", {}),
     ("symmixer_s16_224", {}),
     ("asymmixer_s16_224", {}),
-    ("energy_transformer_s16", dict(n_iter=2)),
+    ("energy_transformer_s16", dict(n_iter=1)),
 ]
+# Loops whose body runs once, so XLA's count (the body once) is exact: the Energy Transformer's
+# descent (a rolled fori_loop) at n_iter=1.
+ONE_TRIP_LOOPS = {"energy_transformer_s16": 1}
 
 
 @pytest.mark.parametrize("name, kwargs", FLOPS_FAMILIES)
 def test_analytic_flops_match_xla_count(name, kwargs):
     """``flops.forward_flops`` against XLA's ``cost_analysis()`` of the forward pass, one S/16
     block at 64 px (16 tokens). XLA counts a while-loop body once, so the program must have no
-    loop: evaluation mode (no power iteration) and the solver's unrolled fixed-point steps. XLA
+    loop (evaluation mode: no power iteration; the solver's unrolled fixed-point steps) but those
+    of ``ONE_TRIP_LOOPS``. XLA
     also counts what the formula leaves out (LayerNorm, GELU, biases, residual adds: tens of
     FLOPs per activation against 2 D = 1,024 per matmul output), so it must be higher by a few
     percent to ~15%, never lower."""
@@ -578,7 +582,7 @@ def test_analytic_flops_match_xla_count(name, kwargs):
     graphdef, state = nnx.split(model)
     images = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
     lowered = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, images)
-    assert "while" not in lowered.as_text()
+    assert lowered.as_text().count("stablehlo.while") == ONE_TRIP_LOOPS.get(name, 0)
     xla = lowered.cost_analysis()["flops"]
     analytic = flops.forward_flops(model_config(name, **kwargs))
     assert 0.85 * xla < analytic <= xla
