@@ -3,11 +3,13 @@
 
     images [B, H, W, 3] -> Conv PxP stride P (3 -> D) -> X [B, S, D],  S = (H/P) * (W/P)
     N x MixerBlock:  X <- X + DropPath(token_mixer(X))            (the token mixer owns LN_1)
-                     X <- X + DropPath(fc_c2(GELU(fc_c1(LN_2 X))))
+                     X <- X + DropPath(fc_c2(GELU(fc_c1(LN_2 X))))   (``ChannelMLP``)
     LayerNorm -> mean over tokens [B, D] -> head (zero init) -> logits [B, num_classes]
 
-``token_mixer='mlp'`` is MLP-Mixer (``TokenMLP``), ``'imlp'`` is iMixer (``IMLP``). Drop path has
-the same rate in every block (official iMixer).
+``token_mixer='mlp'`` is MLP-Mixer (``TokenMLP``), ``'imlp'`` is iMixer (``IMLP``). Token mixer and
+channel MLP are both reduced updates of Hopfield networks built from the core; the channel MLP's
+is a two-layer network whose visible layer has the block's LN_2 as Lagrangian. Drop path has the
+same rate in every block (official iMixer).
 
 Layouts (``Backbone``): by default ``blocks`` is an ``nnx.List`` of N blocks, applied in a
 Python loop (XLA compiles N copies). ``scan_blocks=True`` stacks every block variable along a
@@ -44,7 +46,8 @@ class MixerBlock(nnx.Module):
     """One Mixer block on ``[B, S, D]``.
 
     Submodules: ``token_mixer`` (returns the increment for X and owns its LayerNorm), ``norm``
-    (LayerNorm over D), ``channel_mlp`` (``fc_c1`` D -> C, ``fc_c2`` C -> D), ``drop_path``.
+    (LayerNorm over D, the Lagrangian of the channel MLP's visible layer), ``channel_mlp``
+    (``fc_c1`` D -> C, ``fc_c2`` C -> D), ``drop_path``.
     """
 
     def __init__(
@@ -77,7 +80,7 @@ class MixerBlock(nnx.Module):
         else:
             y = self.token_mixer(x)
         x = shard_residual(x + self.drop_path(y, rngs=rngs), "tokens")
-        return x + self.drop_path(self.channel_mlp(self.norm(x)), rngs=rngs)
+        return x + self.drop_path(self.channel_mlp(x, self.norm), rngs=rngs)
 
 
 class Mixer(Backbone):
