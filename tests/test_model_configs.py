@@ -47,7 +47,7 @@ MIXER_RULES = [
     (dict(adjoint="backprop"), "adjoint", "adjoint must be one of unrolled, implicit"),
     (dict(tol=-1e-3), "tol", "tol must be >= 0"),
     (dict(scan_blocks=1), "scan_blocks", "scan_blocks must be True or False"),
-    (dict(remat="all"), "remat", "remat must be one of none, token_mixer, block"),
+    (dict(remat="all"), "remat", "remat must be one of none, activations, token_mixer, block"),
     (dict(n_iters=3), "n_iters", "n_iters is not a MixerConfig field; did you mean n_iter"),
 ]
 PARAMIXER_RULES = [

@@ -470,7 +470,9 @@ def test_scanned_drop_path_differs_per_block():
     np.testing.assert_array_equal(scanned(images), scanned(images))  # ... and vanish in eval
 
 
-@pytest.mark.parametrize("remat", [pytest.param("token_mixer", marks=pytest.mark.slow), "block"])
+@pytest.mark.parametrize(
+    "remat", ["activations", pytest.param("token_mixer", marks=pytest.mark.slow), "block"]
+)
 def test_remat_keeps_loss_and_gradients(remat):
     model = _tiny(drop_path_rate=0.0)  # training mode: power iteration runs under remat too
     _randomise_head(model)

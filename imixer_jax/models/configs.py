@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from imixer_jax.models import token_mixers
 
 TOKEN_MIXERS = ("mlp", "imlp")
-REMATS = ("none", "token_mixer", "block")
+REMATS = ("none", "activations", "token_mixer", "block")
 BLOCKS = ("serial", "parallel")
 MLPS = ("vanilla", "symmetric", "asymmetric")
 
@@ -161,7 +161,7 @@ class MixerConfig(MixerFamilyConfig):
     transposed kernels: the pure Hopfield model), ``adjoint`` (``'unrolled'`` | ``'implicit'``)
     and ``tol`` (early stop; 0: exactly n_iter steps). They are validated for both mixers.
     ``scan_blocks`` stacks the blocks under ``nnx.scan``; ``remat`` is ``'none'``,
-    ``'token_mixer'`` or ``'block'`` (docs/design.md#model-config).
+    ``'activations'``, ``'token_mixer'`` or ``'block'`` (docs/design.md#model-config).
     """
 
     arch: ClassVar[str] = "mixer"

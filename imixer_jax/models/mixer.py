@@ -16,9 +16,11 @@ Python loop (XLA compiles N copies). ``scan_blocks=True`` stacks every block var
 leading axis of size N (``blocks/token_mixer/fc1/kernel [N, S, T]``, spectral-norm u, v
 ``[N, ...]``) and applies the blocks under ``nnx.scan``, so compile time does not grow with
 depth; each block still draws its own drop-path mask and advances its own u, v. ``remat``
-trades compute for memory with ``jax.checkpoint``: ``'token_mixer'`` recomputes each token mixer
-(the iMLP iterations) in the backward pass, ``'block'`` each whole block; only the block inputs
-are saved.
+trades compute for memory: ``'activations'`` makes each token mixer save its neurons' states
+(the matmul outputs) and compute their activations (LayerNorm, GELU) again in the backward pass
+(``reduction.solve_fast(recompute=True)``; no matmul is repeated); ``'token_mixer'`` recomputes
+each token mixer (the iMLP iterations) in the backward pass, ``'block'`` each whole block (with
+``jax.checkpoint``); only the block inputs are saved.
 
 Parameters are float32; ``dtype`` (``None`` = float32, or e.g. ``'bfloat16'``) is the
 computation dtype; logits are always float32.
@@ -128,6 +130,7 @@ def _token_mixer(config: MixerConfig, rngs: nnx.Rngs) -> TokenMLP | IMLP:
         tied=c.tied,
         update_rule=c.update_rule,
         step_size=c.step_size,
+        recompute_activations=c.remat == "activations",
         dtype=c.compute_dtype,
         rngs=rngs,
     )
