@@ -39,9 +39,11 @@ MODELS = (
 )
 # (model, topology, (data, model) mesh, config overrides), most telling first (a compile takes
 # minutes on the 2-core CPU): every model data-parallel on both topologies, then the model axes,
-# then the settings that shrink a step that does not fit: ZeRO/FSDP state and accumulation.
+# then the settings that shrink a step that does not fit: ZeRO/FSDP state, accumulation and
+# recomputed activations.
 FSDP = ("--config.mesh.fsdp=True",)
 HALF_BATCH_PER_STEP = ("--config.optimizer.accum_steps=2",)
+RECOMPUTE_ACTIVATIONS = ("--config.model.remat=activations",)
 ROWS = (
     *((m, t, (16, 1), ()) for t in ("v5e:4x4", "v5p:2x2x4") for m in MODELS),
     *((m, "v5e:4x4", (4, 4), ()) for m in ("imixer_s16", "imixer_b16", "paramixer_s16_224")),
@@ -49,6 +51,8 @@ ROWS = (
     ("imixer_l16", "v5e:4x4", (16, 1), FSDP),
     ("imixer_l16", "v5e:4x4", (16, 1), HALF_BATCH_PER_STEP),
     ("imixer_l16", "v5e:4x4", (16, 1), FSDP + HALF_BATCH_PER_STEP),
+    ("imixer_l16", "v5e:4x4", (16, 1), RECOMPUTE_ACTIVATIONS),
+    ("imixer_l16", "v5e:4x4", (16, 1), RECOMPUTE_ACTIVATIONS + HALF_BATCH_PER_STEP),
 )
 BEGIN, END = "<!-- pod_scale table: begin -->", "<!-- pod_scale table: end -->"
 GiB = 2**30
