@@ -53,7 +53,7 @@ MIXER_RULES = [
 PARAMIXER_RULES = [
     (dict(block="diagonal"), "block", "block must be one of serial, parallel"),
     (dict(mlp="tied"), "mlp", "mlp must be one of vanilla, symmetric, asymmetric"),
-    (dict(n_iter=0), "n_iter", "n_iter must be a positive integer"),
+    (dict(repeats=0), "repeats", "repeats must be a positive integer"),
     (dict(mlp="asymmetric", asym_penalty=-0.1), "asym_penalty", "asym_penalty must be >= 0"),
     (dict(asym_penalty=0.1), "asym_penalty", "asym_penalty penalises the symmetry-breaking W_2"),
     (dict(scalar_scale=0), "scalar_scale", "scalar_scale must be True or False"),

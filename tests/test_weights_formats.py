@@ -72,11 +72,11 @@ def test_check_reads_headers_only_and_names_the_mismatch(tmp_path, monkeypatch):
     ours.save(str(path), torch_imixer.from_torch(sd, nnx.state(model)), config, name="s")
     monkeypatch.setattr(formats, "read_npz", lambda p: pytest.fail("array data was read"))
     formats.check(_config(config, path), params, rest)
-    (params2, rest2), _ = _abstract(config.replace(n_iter=3))
+    (params2, rest2), _ = _abstract(config.replace(repeats=3))
     with pytest.raises(
-        mapping.PretrainedError, match="saved with n_iter=2, the model has n_iter=3"
+        mapping.PretrainedError, match="saved with repeats=2, the model has repeats=3"
     ):
-        formats.check(_config(config.replace(n_iter=3), path), params2, rest2)
+        formats.check(_config(config.replace(repeats=3), path), params2, rest2)
     (params3, rest3), _ = _abstract(config.replace(hidden_dim=16))
     with pytest.raises(mapping.PretrainedError, match="saved with hidden_dim=8"):
         formats.check(_config(config.replace(hidden_dim=16), path), params3, rest3)
@@ -134,10 +134,10 @@ def test_init_from_official_paramixer_pth_checks_its_recorded_model(tmp_path):
     np.testing.assert_array_equal(
         nnx.to_pure_dict(loaded)["blocks"][1]["norm"]["scale"], sd["blocks.1.norm.weight"]
     )
-    one = config.replace(n_iter=1)
+    one = config.replace(repeats=1)
     (params, rest), _ = _abstract(one)
     with pytest.raises(
-        mapping.PretrainedError, match="saved with n_iter=3, the model has n_iter=1"
+        mapping.PretrainedError, match="saved with repeats=3, the model has repeats=1"
     ):
         formats.check(_config(one, path), params, rest)
 

@@ -222,8 +222,9 @@ class ParaMixerConfig(MixerFamilyConfig):
     """``ParaMixer``: the parallelized MLP-Mixer family (docs/theory.md#parallel-mixer).
 
     ``block``: ``'serial'`` or ``'parallel'``; ``mlp``: ``'vanilla'``, ``'symmetric'`` (tied
-    W^T g(W x)) or ``'asymmetric'`` (plus W_2 g(W x)); ``n_iter`` (>= 1) repeats each block with
-    the same weights; ``asym_penalty`` is lambda of the L2 penalty on W_2 (asymmetric only);
+    W^T g(W x)) or ``'asymmetric'`` (plus W_2 g(W x)); each block is applied ``repeats`` (>= 1)
+    times with the same weights (the official ``_ni`` variants); ``asym_penalty`` is lambda of
+    the L2 penalty on W_2 (asymmetric only);
     ``scalar_scale`` makes the LayerNorm gain a scalar (needed for the energy to exist).
     """
 
@@ -236,7 +237,7 @@ class ParaMixerConfig(MixerFamilyConfig):
 
     block: str = "parallel"
     mlp: str = "vanilla"
-    n_iter: int = 1
+    repeats: int = 1
     asym_penalty: float = 0.0
     scalar_scale: bool = False
 

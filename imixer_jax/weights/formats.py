@@ -176,7 +176,7 @@ def place(
         arrays = match(target, entries, dotted, source=source)
     else:
         name = torch_imixer.registered_name(weights.arch)
-        if name is not None:  # the recorded model settles what shapes cannot (n_iter, MLP kind)
+        if name is not None:  # the recorded model settles what shapes cannot (repeats, MLP kind)
             recorded = torch_imixer.model_config(entries, name)
             ours.check_settings(recorded, config, source=source, name=name, ignore=ignore)
         arrays = torch_imixer.match_torch(target, entries, source=source)
