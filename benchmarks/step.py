@@ -117,7 +117,7 @@ def benchmark(
     _check_counts(batch, steps, warmup)
     run = training.prepare(config)  # one-line ConfigError for anything invalid, before compiling
     state = training.init_state(run)
-    train_step = training.make_train_step(run)
+    train_step = training.make_train_step(run.step_settings)
     rng = np.random.default_rng(0)
     batch_arrays = sharding.global_batch(
         run.mesh,
@@ -243,14 +243,14 @@ def main() -> None:
     except ValueError as e:  # config.ConfigError included
         raise cli.UsageError(f"{' '.join(str(e).split())}; see --help") from e
     if _COMPARE_TORCH.value:
-        torch_s = torch_reference.train_step_seconds(
+        torch_timing = torch_reference.time_train_step(
             model_config(model, num_classes=_NUM_CLASSES.value, img_size=_IMG_SIZE.value).to_dict(),
             batch=batch,
             dtype=_DTYPE.value,
             steps=_STEPS.value,
-            warmup=_WARMUP.value,
+            warmup=max(_WARMUP.value, 1),
         )
-        report["torch_images_per_s"] = batch / torch_s
+        report["torch_images_per_s"] = batch / torch_timing.step_s
         report["speedup_vs_torch"] = report["images_per_s"] / report["torch_images_per_s"]
     if _JSON.value:
         print(json.dumps(report))

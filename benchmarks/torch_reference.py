@@ -1,5 +1,6 @@
 """A plain PyTorch implementation of the official iMixer / MLP-Mixer (timm layout), for timing
-only: ``python -m benchmarks.step --compare_torch`` (optional extra ``torch``).
+only: ``python -m benchmarks.step --compare_torch`` and ``python -m benchmarks.gpu_suite``
+(optional extra ``torch``).
 
 Same architecture and shapes as ``imixer_jax.models.Mixer``: patch Conv, N blocks of
 ``x + token_mixer(LN x)^T`` and ``x + fc_c2(GELU(fc_c1(LN x)))`` with per-sample drop path,
@@ -7,11 +8,12 @@ LayerNorm, mean over tokens, head. The iMLP runs ``n_iter`` steps ``z <- z0 + F(
 ``F = fc_sn2 . GELU . fc_sn1 . GELU`` from ``z0 = fc1(LN X^T)``, and fc_sn1 / fc_sn2 are softly
 spectrally normalised with ``n_power`` power-iteration steps per call (the official per-call
 hook). Training step: forward, cross-entropy on soft (mixed) targets, backward, AdamW; eager
-PyTorch, float32 or bfloat16 autocast.
+PyTorch or the model under ``torch.compile``, float32 or bfloat16 autocast.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
@@ -104,33 +106,60 @@ class Mixer(nn.Module):
         return self.head(self.norm(self.blocks(x)).mean(dim=1))
 
 
-def train_step_seconds(
-    k: dict, *, batch: int, dtype: str = "float32", steps: int = 10, warmup: int = 2
-) -> float:
-    """Mean seconds of one eager training step of ``Mixer(k)`` on a random batch."""
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """One model's training steps: ``step_s`` the mean of the timed steps, ``first_step_s`` the
+    first step (with ``torch.compile``: its compilation), ``peak_memory_bytes``
+    ``torch.cuda.max_memory_allocated`` of this model's steps (None on the CPU)."""
+
+    step_s: float
+    first_step_s: float
+    peak_memory_bytes: int | None
+
+
+def time_train_step(
+    k: dict,
+    *,
+    batch: int,
+    dtype: str = "float32",
+    steps: int = 10,
+    warmup: int = 2,
+    compile: bool = False,
+) -> Timing:
+    """Time training steps of ``Mixer(k)`` on a random batch: ``warmup`` untimed ones (the first
+    timed alone), then ``steps``; ``compile``: the model under ``torch.compile``."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     model = Mixer(k).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.05)
+    forward = torch.compile(model) if compile else model
     images = torch.rand(batch, 3, k["img_size"], k["img_size"], device=device) * 2 - 1
     targets = torch.softmax(torch.randn(batch, k["num_classes"], device=device), dim=-1)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
 
     def step() -> None:
         with torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
-            logits = model(images)
+            logits = forward(images)
         loss = torch.sum(-targets * torch.log_softmax(logits.float(), -1), -1).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    for _ in range(warmup):
+    start = time.perf_counter()
+    step()
+    _synchronize(device)
+    first_step_s = time.perf_counter() - start
+    for _ in range(warmup - 1):
         step()
     _synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
     _synchronize(device)
-    return (time.perf_counter() - start) / steps
+    step_s = (time.perf_counter() - start) / steps
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
+    return Timing(step_s=step_s, first_step_s=first_step_s, peak_memory_bytes=peak)
 
 
 def _synchronize(device: str) -> None:

@@ -280,6 +280,7 @@ ENTRY_POINTS = {  # module: a flag --help must list
     "imixer_jax.weights": "--in",
     "benchmarks.step": "--img_size",
     "benchmarks.throughput": "--image_size",
+    "benchmarks.gpu_suite": "--matmul_size",
     "experiments.sweep": "--sweep",
     "experiments.report": "--sweep",
 }

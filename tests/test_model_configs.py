@@ -188,7 +188,7 @@ def test_train_step_adds_the_model_penalty():
         state = training.init_state(run)
         model = nnx.merge(run.graphdef, state.params, state.rest)
         penalties[lam] = float(model.penalty())
-        _, metrics = training.make_train_step(run)(state, batch)
+        _, metrics = training.make_train_step(run.step_settings)(state, batch)
         losses[lam] = float(metrics["loss"])
     assert penalties[0.0] == 0.0 and penalties[0.5] > 1.0
     np.testing.assert_allclose(losses[0.5] - losses[0.0], penalties[0.5], rtol=1e-5)

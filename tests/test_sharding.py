@@ -75,7 +75,7 @@ batches = [
 for model, shape, fsdp in args.get("cases", []):
     (c.arch, c.model), c.mesh.shape, c.mesh.fsdp = MODELS[model], tuple(shape), fsdp
     run = training.prepare(c)
-    state, step = training.init_state(run), training.make_train_step(run)
+    state, step = training.init_state(run), training.make_train_step(run.step_settings)
     losses = []
     for batch in batches:
         state, metrics = step(state, sharding.global_batch(run.mesh, batch))

@@ -235,7 +235,7 @@ def test_weight_decay_skips_one_dimensional_parameters():
 def _run_steps(config, batches):
     """Fresh state, then the train step over ``batches`` (numpy dicts); returns the state."""
     run = training.prepare(config)
-    state, step = training.init_state(run), training.make_train_step(run)
+    state, step = training.init_state(run), training.make_train_step(run.step_settings)
     for batch in batches:
         state, _ = step(state, batch)
     return state
@@ -276,7 +276,7 @@ def one_large_step(data_dir):
     run = training.prepare(config)
     state = training.init_state(run)
     before = jax.device_get(state.params)
-    state, _ = training.make_train_step(run)(state, _half_batches()[2])
+    state, _ = training.make_train_step(run.step_settings)(state, _half_batches()[2])
     return before, state
 
 
@@ -302,7 +302,7 @@ def test_bfloat16_compute_keeps_float32_parameters(data_dir):
     config = tiny_config(data_dir, dtype="bfloat16")
     run = training.prepare(config)
     state = training.init_state(run)
-    state, metrics_ = training.make_train_step(run)(state, _batches(1, 16)[0])
+    state, metrics_ = training.make_train_step(run.step_settings)(state, _batches(1, 16)[0])
     assert math.isfinite(float(metrics_["loss"])) and bool(metrics_["params_finite"])
     assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype("float32")}
 

@@ -19,7 +19,7 @@ from flax import nnx
 
 from imixer_jax.models.mixer import Mixer, capture_intermediates
 from imixer_jax.models.spectral_norm import spectral_sigmas
-from imixer_jax.training.state import RUN_ONCE
+from imixer_jax.training.train_state import RUN_ONCE
 
 Array = jax.Array
 

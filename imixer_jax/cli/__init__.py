@@ -1,6 +1,7 @@
 """The command-line layer shared by every entry point (``python -m imixer_jax.train``,
 ``evaluate``, ``analyze``, ``aot``, ``models``, ``weights``,
-``python -m benchmarks.step|throughput|pod_scale`` and ``python -m experiments.sweep|report``).
+``python -m benchmarks.step|throughput|pod_scale|gpu_suite`` and
+``python -m experiments.sweep|report``).
 
 One contract for all of them: a bad input ends the command with one line
 ``error: <cause>; <fix>`` on stderr and exit status 1, before anything is compiled; ``--verbose``

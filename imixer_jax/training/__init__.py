@@ -7,26 +7,47 @@ facts, optimiser, abstract model; everything that can fail does so here, before 
 -> jitted, donated train step over ``(state, global batch sharded on 'data')`` (``steps.py``) ->
 metrics (``writers.py``) / checkpoints (``imixer_jax.training.checkpoint.manager``) / evaluation
 (``evaluation.py``), driven by the loop (``loop.py``).
+
+The train step and its state are built from typed pieces (``StepSettings``, ``train_state``), so
+importing this package does not import ``ml_collections``: the config-driven names (``prepare``,
+``train_and_evaluate``, ...) import their modules on first access.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from imixer_jax.training.errors import TrainingError
-from imixer_jax.training.evaluation import evaluate, evaluate_checkpoint, restore_state
-from imixer_jax.training.loop import train_and_evaluate
-from imixer_jax.training.state import Setup, TrainState, init_state, prepare
-from imixer_jax.training.steps import make_eval_step, make_train_step
-from imixer_jax.training.workdir import ConfigChangedError
+from imixer_jax.training.steps import StepSettings, make_eval_step, make_train_step
+from imixer_jax.training.train_state import TrainState, graphdefs, new_state
+
+# name -> module of the config-driven API (these import ml_collections).
+_LAZY = {
+    "ConfigChangedError": "workdir",
+    "Setup": "state",
+    "evaluate": "evaluation",
+    "evaluate_checkpoint": "evaluation",
+    "init_state": "state",
+    "prepare": "state",
+    "restore_state": "evaluation",
+    "train_and_evaluate": "loop",
+}
 
 __all__ = [
-    "ConfigChangedError",
-    "Setup",
+    "StepSettings",
     "TrainState",
     "TrainingError",
-    "evaluate",
-    "evaluate_checkpoint",
-    "init_state",
+    "graphdefs",
     "make_eval_step",
     "make_train_step",
-    "prepare",
-    "restore_state",
-    "train_and_evaluate",
+    "new_state",
+    *_LAZY,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The config-driven names on first access (PEP 562)."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

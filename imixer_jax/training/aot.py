@@ -303,7 +303,9 @@ def compile_for_topology(config: ml_collections.ConfigDict, topology: str) -> Re
     forward = flops.forward_flops(setup.model_config)
     state_bytes = _shard_bytes(state)
     train = compile_program(
-        make_train_step(setup), (state, train_batch), 3.0 * forward * config.batch_size / chips
+        make_train_step(setup.step_settings),
+        (state, train_batch),
+        3.0 * forward * config.batch_size / chips,
     )
     evaluation = compile_program(
         make_eval_step(setup),

@@ -9,8 +9,9 @@ from flax import nnx
 
 from imixer_jax import data
 from imixer_jax.training import checkpoint, sharding
-from imixer_jax.training.state import Setup, TrainState, prepare
+from imixer_jax.training.state import Setup, prepare
 from imixer_jax.training.steps import make_eval_step
+from imixer_jax.training.train_state import TrainState
 
 
 def evaluate(setup: Setup, eval_step, params: nnx.State, rest: nnx.State) -> dict[str, float]:

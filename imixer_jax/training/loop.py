@@ -36,9 +36,10 @@ from imixer_jax.training.errors import TrainingError
 from imixer_jax.training.evaluation import evaluate_state
 from imixer_jax.training.logging.writer import METRICS_FILE, MetricWriter
 from imixer_jax.training.progress import Progress
-from imixer_jax.training.state import Setup, TrainState, init_state, prepare
+from imixer_jax.training.state import Setup, init_state, prepare
 from imixer_jax.training.steps import make_eval_step, make_metrics_fn, make_train_step
 from imixer_jax.training.summary import parameter_overview
+from imixer_jax.training.train_state import TrainState
 from imixer_jax.weights import formats as weights_formats
 
 CONFIG_FILE = workdir_lib.CONFIG_FILE
@@ -317,7 +318,10 @@ class _Loop:
         self, setup: Setup, ckpt: checkpoint.Checkpointer, writer: MetricWriter, workdir: str
     ) -> None:
         self.setup, self.ckpt, self.writer = setup, ckpt, writer
-        self.train_step, self.eval_step = make_train_step(setup), make_eval_step(setup)
+        self.train_step, self.eval_step = (
+            make_train_step(setup.step_settings),
+            make_eval_step(setup),
+        )
         self.metrics_fn = make_metrics_fn(setup)
         self.progress = Progress(setup.plan.total_steps, setup.config.batch_size)
         self.profile_dir = os.path.join(workdir, "profile")

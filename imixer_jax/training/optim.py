@@ -13,11 +13,14 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
+
+if TYPE_CHECKING:  # type hints only: imported without ml_collections
+    import ml_collections
 
 
 @dataclasses.dataclass(frozen=True)

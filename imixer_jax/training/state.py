@@ -1,13 +1,9 @@
-"""The train state and ``prepare``: everything derived from a config before anything compiles.
+"""``prepare``: everything derived from a config before anything compiles, and ``init_state``.
 
 ``prepare`` validates the config, starts ``jax.distributed`` when asked, resolves the mesh, reads
 the dataset's facts, builds the optimiser and the abstract model: everything that can fail does so
-here. ``init_state`` then creates a fresh state directly into its ``NamedSharding``s
-(``jax.eval_shape``, then ``jit(init, out_shardings)``).
-
-The model is held as ``graphdef, params, rest = nnx.split(model, nnx.Param, ...)``: ``params`` are
-differentiated and updated by the optimiser; ``rest`` (spectral-norm power-iteration vectors) is
-carried through the step and updated by the training-mode forward pass.
+here. ``init_state`` then creates a fresh state (``train_state.new_state``) directly into its
+``NamedSharding``s (``jax.eval_shape``, then ``jit(init, out_shardings)``).
 """
 
 from __future__ import annotations
@@ -16,46 +12,19 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
-import flax
 import jax
-import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import nnx
 from jax.sharding import Mesh
 
 from imixer_jax import data
-from imixer_jax.models import configs, registry
+from imixer_jax.models import configs
 from imixer_jax.training import config as config_lib
 from imixer_jax.training import optim, sharding
+from imixer_jax.training.steps import StepSettings
+from imixer_jax.training.train_state import RUN_ONCE, TrainState, graphdefs, new_state
 from imixer_jax.weights import formats as weights_formats
-
-Array = jax.Array
-
-# ``jax.jit(..., compiler_options=RUN_ONCE)`` for a program that runs once (initialising a state):
-# XLA's backend (LLVM) optimisation would only add seconds of CPU compile time.
-RUN_ONCE = {"xla_backend_optimization_level": 0}
-
-
-@flax.struct.dataclass
-class TrainState:
-    """Everything a resumed run needs; a pytree of arrays.
-
-    Attributes:
-      step: int32 ``[]``, steps done = index of the next global batch (the data position).
-      rng: uint32 key data of the root key; step s draws from ``fold_in(root, s)``.
-      params: ``nnx.State`` of the model's ``Param``s.
-      rest: ``nnx.State`` of the other model variables (spectral-norm u, v).
-      opt_state: optax state of ``params``.
-      ema_params: exponential moving average of ``params``, or None without EMA.
-    """
-
-    step: Array
-    rng: Array
-    params: nnx.State
-    rest: nnx.State
-    opt_state: optax.OptState
-    ema_params: nnx.State | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,9 +46,22 @@ class Setup:
     def state_shardings(self):
         return jax.tree.map(lambda x: x.sharding, self.abstract_state)
 
-
-def _model(model_config: configs.ModelConfig, key: Array) -> nnx.Module:
-    return registry.build(model_config, rngs=nnx.Rngs(params=key))
+    @property
+    def step_settings(self) -> StepSettings:
+        """What ``steps.make_train_step`` builds the train step of this run from."""
+        config = self.config
+        return StepSettings(
+            mesh=self.mesh,
+            graphdef=self.graphdef,
+            tx=self.tx,
+            schedule=self.schedule,
+            state_shardings=self.state_shardings,
+            num_classes=config.model.num_classes,
+            image_size=config.model.img_size,
+            augment=config.data.augment.to_dict(),
+            accum_steps=config.optimizer.accum_steps,
+            ema_decay=config.optimizer.ema_decay,
+        )
 
 
 def resolve_mesh_shape(
@@ -142,11 +124,7 @@ def prepare(
     plan = optim.plan(config, info.num_train)
     tx, schedule = optim.create(config, plan)
 
-    model = nnx.eval_shape(lambda: _model(model_config, jax.random.key(0)))
-    model.train()
-    graphdef, _, _ = nnx.split(model, nnx.Param, ...)
-    model.eval()
-    eval_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
+    graphdef, eval_graphdef = graphdefs(model_config)
     abstract = jax.eval_shape(lambda: _init(config, model_config, tx))
     init_from = config_lib.init_from(config)
     try:  # the file's content (headers), against the model, before anything is created
@@ -189,18 +167,7 @@ def _init(
     model_config: configs.ModelConfig,
     tx: optax.GradientTransformation,
 ) -> TrainState:
-    init_key, root = jax.random.split(jax.random.key(config.seed))  # root: the run's streams
-    model = _model(model_config, init_key)
-    model.train()
-    _, params, rest = nnx.split(model, nnx.Param, ...)
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        rng=jax.random.key_data(root),
-        params=params,
-        rest=rest,
-        opt_state=tx.init(params),
-        ema_params=params if config.optimizer.ema_decay > 0 else None,
-    )
+    return new_state(model_config, tx, seed=config.seed, ema=config.optimizer.ema_decay > 0)
 
 
 def init_state(setup: Setup) -> TrainState:

@@ -5,11 +5,16 @@ any restart point, so a resumed run repeats an uninterrupted one exactly. Evalua
 state into the graphdef of ``model.eval()``. The model runs under the mesh
 (``jax.sharding.use_abstract_mesh``), so that its own sharding constraints
 (``models.partitioning.shard_residual``) see it.
+
+The train step is built from typed ``StepSettings`` (the trainer's come from its config,
+``state.Setup.step_settings``), so this module runs without ``ml_collections``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -19,9 +24,40 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from imixer_jax import data
 from imixer_jax.training import sharding
-from imixer_jax.training.state import Setup, TrainState
+from imixer_jax.training.train_state import TrainState
+
+if TYPE_CHECKING:  # type hints only: the train step is built without ml_collections
+    from imixer_jax.training.state import Setup
 
 Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSettings:
+    """Everything the train step reads besides its arguments.
+
+    Attributes:
+      mesh: the device mesh; the batch is split over its ``'data'`` axis.
+      graphdef: the model's training-mode graphdef (``train_state.graphdefs``).
+      tx: the optimiser; ``schedule``: its learning rate per update count (the ``lr`` metric).
+      state_shardings: a ``TrainState`` of ``NamedSharding``s (in and out; the state is donated).
+      num_classes: K of the targets; ``image_size``: S of the images the model sees.
+      augment: the ``data.augment`` mapping (``data.AUGMENT_DEFAULTS``' keys): the mixing and,
+        with ``on_device``, the device augmentation.
+      accum_steps: steps per optimiser update (the EMA advances with the updates).
+      ema_decay: decay of the parameters' EMA (used when the state keeps one).
+    """
+
+    mesh: Mesh
+    graphdef: nnx.GraphDef
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    state_shardings: TrainState
+    num_classes: int
+    image_size: int
+    augment: Mapping[str, Any]
+    accum_steps: int = 1
+    ema_decay: float = 0.0
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -29,50 +65,50 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def make_train_step(setup: Setup) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+def make_train_step(
+    settings: StepSettings,
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """Jitted ``(state, batch) -> (state, metrics)``; ``state`` is donated.
 
     ``batch``: global ``{'image': [B, H, W, 3] float32, 'label': [B] int32}`` on ``'data'``
-    (with ``config.data.augment.on_device``: uint8 canvases with their crop ``'box'`` and
+    (with ``settings.augment['on_device']``: uint8 canvases with their crop ``'box'`` and
     ``'bilinear'``, cropped, resized and augmented here).
     ``metrics``: replicated float32 scalars ``loss`` (soft-target cross-entropy), ``accuracy``
     (on the hard labels), ``grad_norm`` (before clipping) and ``lr`` (of this step's update), and
     the bool ``params_finite`` (every updated parameter is finite; the loop's guard).
     """
-    config, graphdef = setup.config, setup.graphdef
-    num_classes = config.model.num_classes
-    mix = {key: config.data.augment[key] for key in data.MIX_KEYS}
-    k, ema_decay = config.optimizer.accum_steps, config.optimizer.ema_decay
+    mix = {key: settings.augment[key] for key in data.MIX_KEYS}
+    k = settings.accum_steps
 
     def step_fn(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         mix_key, drop_key = jax.random.split(key)
-        images = data.augment_on_device(key, batch, config.data.augment, config.model.img_size)
+        images = data.augment_on_device(key, batch, settings.augment, settings.image_size)
         images, targets = data.mix_batch(
-            mix_key, images, batch["label"], num_classes=num_classes, **mix
+            mix_key, images, batch["label"], num_classes=settings.num_classes, **mix
         )
 
         def loss_fn(params):
-            model = nnx.merge(graphdef, params, state.rest, copy=True)
-            with jax.sharding.use_abstract_mesh(setup.mesh.abstract_mesh):
+            model = nnx.merge(settings.graphdef, params, state.rest, copy=True)
+            with jax.sharding.use_abstract_mesh(settings.mesh.abstract_mesh):
                 logits = model(images, rngs=nnx.Rngs(dropout=drop_key))  # [B, classes] float32
             loss = optax.softmax_cross_entropy(logits, targets).mean()
             loss = loss + model.penalty()  # e.g. the asymmetric parallel Mixer's L2 on W2
             return loss, (logits, nnx.state(model, nnx.Not(nnx.Param)))
 
         (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
+        updates, opt_state = settings.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = state.ema_params
         if ema is not None:  # advances with the optimiser updates (every k steps)
             updated = (state.step + 1) % k == 0
-            new_ema = optax.incremental_update(params, ema, step_size=1.0 - ema_decay)
+            new_ema = optax.incremental_update(params, ema, step_size=1.0 - settings.ema_decay)
             ema = jax.tree.map(lambda n, o: jnp.where(updated, n, o), new_ema, ema)
         metrics = dict(
             loss=loss,
             accuracy=jnp.mean(jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32),
             grad_norm=optax.tree.norm(grads),
-            lr=jnp.asarray(setup.schedule(state.step // k), jnp.float32),
+            lr=jnp.asarray(settings.schedule(state.step // k), jnp.float32),
             params_finite=jnp.all(
                 jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)])
             ),
@@ -84,8 +120,8 @@ def make_train_step(setup: Setup) -> Callable[[TrainState, dict], tuple[TrainSta
 
     return jax.jit(
         step_fn,
-        in_shardings=(setup.state_shardings, sharding.batch_sharding(setup.mesh)),
-        out_shardings=(setup.state_shardings, replicated(setup.mesh)),
+        in_shardings=(settings.state_shardings, sharding.batch_sharding(settings.mesh)),
+        out_shardings=(settings.state_shardings, replicated(settings.mesh)),
         donate_argnums=0,
     )
 

@@ -21,11 +21,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-import ml_collections
+from typing import TYPE_CHECKING, Any
 
 from imixer_jax.training.errors import TrainingError
+
+if TYPE_CHECKING:  # type hints only: imported without ml_collections
+    import ml_collections
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "config_history.jsonl"
