@@ -119,7 +119,7 @@ def hidden_lagrangian(activation: str, approximate_gelu: bool = False) -> lagran
 
 
 class ChannelMLP(nnx.Module):
-    """Channel MLP ``[..., D] -> [..., D]``: fc_c2(GELU(fc_c1(x))).
+    """Channel MLP ``[B, S, D] -> [B, S, D]``: fc_c2(GELU(fc_c1(x))).
 
     Params: ``fc_c1`` (kernel ``[D, C]``, bias ``[C]``),
     ``fc_c2`` (kernel ``[C, D]``, bias ``[D]``). ``approximate_gelu``: the tanh GELU.
@@ -133,8 +133,11 @@ class ChannelMLP(nnx.Module):
         self.approximate_gelu = approximate_gelu
 
     def __call__(self, x: Array) -> Array:
-        """``x: [..., D] -> [..., D]``."""
-        return self.fc_c2(gelu(self.fc_c1(x), self.approximate_gelu))
+        """``x: [B, S, D] -> [B, S, D]``; the hidden ``[B, S, C]`` and the output split like the
+        residual stream where the channel MLP reads it (``partitioning.shard_residual``)."""
+        h = partitioning.shard_residual(self.fc_c1(x), "tokens")
+        h = gelu(h, self.approximate_gelu)
+        return partitioning.shard_residual(self.fc_c2(h), "tokens")
 
 
 def drop_path(rate: float) -> nnx.Dropout:
