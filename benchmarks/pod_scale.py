@@ -4,7 +4,7 @@ time for TPU topologies on this machine.
 
     python -m benchmarks.pod_scale [--results=benchmarks/results/pod_scale.jsonl]
         [--table=docs/pod_scale.md] [--jobs=1] [--only=MODEL ...] [--topologies=T ...]
-        [--no_compile]
+        [--meshes=DxM ...] [--no_compile]
 
 Each row is one ``python -m imixer_jax.aot --config configs/cifar10.py:MODEL --topology T
 --config.mesh.shape='(d, m)' --json`` process (its memory is returned when it ends); its report is
@@ -37,30 +37,34 @@ MODELS = (
     "imixer_l16",
     "paramixer_s16_224",
 )
-# (model, topology, (data, model) mesh), most telling first (a compile takes minutes on the
-# loaded 2-core CPU): iMixer S and L data-parallel on v5e (16 GiB), S with a model axis and on
-# v5p (95 GB), the parallelized model, then every other model and mesh.
+# (model, topology, (data, model) mesh, config overrides), most telling first (a compile takes
+# minutes on the 2-core CPU): every model data-parallel on both topologies, then the model axes,
+# then the settings that shrink a step that does not fit: ZeRO/FSDP state, accumulation and
+# recomputed activations.
+FSDP = ("--config.mesh.fsdp=True",)
+HALF_BATCH_PER_STEP = ("--config.optimizer.accum_steps=2",)
+RECOMPUTE_ACTIVATIONS = ("--config.model.remat=activations",)
 ROWS = (
-    ("imixer_s16", "v5e:4x4", (16, 1)),
-    ("imixer_l16", "v5e:4x4", (16, 1)),
-    ("imixer_s16", "v5e:4x4", (4, 4)),
-    ("imixer_s16", "v5p:2x2x4", (16, 1)),
-    ("paramixer_s16_224", "v5e:4x4", (16, 1)),
-    ("paramixer_s16_224", "v5e:4x4", (4, 4)),
-    ("imixer_l16", "v5p:2x2x4", (16, 1)),
-    *((m, "v5e:4x4", (16, 1)) for m in ("mixer_s16", "imixer_b16", "mixer_b16", "mixer_l16")),
-    *((m, "v5e:4x4", mesh) for m in ("imixer_l16", "mixer_l16") for mesh in ((8, 2), (4, 4))),
-    *((m, "v5p:2x2x4", (16, 1)) for m in MODELS if m not in ("imixer_s16", "imixer_l16")),
+    *((m, t, (16, 1), ()) for t in ("v5e:4x4", "v5p:2x2x4") for m in MODELS),
+    *((m, "v5e:4x4", (4, 4), ()) for m in ("imixer_s16", "imixer_b16", "paramixer_s16_224")),
+    *((m, "v5p:2x2x4", (4, 4), ()) for m in ("imixer_l16",)),
+    ("imixer_l16", "v5e:4x4", (16, 1), FSDP),
+    ("imixer_l16", "v5e:4x4", (16, 1), HALF_BATCH_PER_STEP),
+    ("imixer_l16", "v5e:4x4", (16, 1), FSDP + HALF_BATCH_PER_STEP),
+    ("imixer_l16", "v5e:4x4", (16, 1), RECOMPUTE_ACTIVATIONS),
+    ("imixer_l16", "v5e:4x4", (16, 1), RECOMPUTE_ACTIVATIONS + HALF_BATCH_PER_STEP),
 )
 BEGIN, END = "<!-- pod_scale table: begin -->", "<!-- pod_scale table: end -->"
 GiB = 2**30
 
 
-def key(model: str, topology: str, mesh: tuple[int, int]) -> str:
-    return f"{model} {topology} {mesh[0]}x{mesh[1]}"
+def key(model: str, topology: str, mesh: tuple[int, int], overrides: tuple[str, ...] = ()) -> str:
+    return " ".join([model, topology, f"{mesh[0]}x{mesh[1]}", *overrides])
 
 
-def compile_row(model: str, topology: str, mesh: tuple[int, int]) -> dict:
+def compile_row(
+    model: str, topology: str, mesh: tuple[int, int], overrides: tuple[str, ...]
+) -> dict:
     """The ``--json`` report of one row, or ``{'error': <its one line>}``."""
     out = subprocess.run(
         [
@@ -70,6 +74,7 @@ def compile_row(model: str, topology: str, mesh: tuple[int, int]) -> dict:
             f"--config=configs/cifar10.py:{model}",
             f"--topology={topology}",
             f"--config.mesh.shape=({mesh[0]}, {mesh[1]})",
+            *overrides,
             "--json",
         ],
         capture_output=True,
@@ -104,19 +109,20 @@ def _refusal(program: dict) -> str | None:
 def table(results: dict[str, dict]) -> str:
     """The markdown table of the rows in ``ROWS`` order (rows not compiled yet left out)."""
     lines = [
-        "| model | topology | mesh (data, model) | train state | temporaries | peak "
+        "| model | topology | mesh (data, model) | settings | train state | temporaries | peak "
         "| HBM | fits | TFLOP per chip: XLA / analytic | compile s (train + eval) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     missing = []
-    for model, topology, mesh in ROWS:
-        r = results.get(key(model, topology, mesh))
+    for model, topology, mesh, overrides in ROWS:
+        r = results.get(key(model, topology, mesh, overrides))
+        settings = ", ".join(o.removeprefix("--config.") for o in overrides) or "-"
         if r is None:
-            missing.append(f"{model} on {topology} ({mesh[0]}, {mesh[1]})")
+            missing.append(f"{model} on {topology} ({mesh[0]}, {mesh[1]}) {settings}".strip(" -"))
             continue
-        head = f"| {model} | {topology} | ({mesh[0]}, {mesh[1]}) |"
+        head = f"| {model} | {topology} | ({mesh[0]}, {mesh[1]}) | {settings} |"
         if "error" in r:
-            lines.append(f"{head} {r['error']} ||||||")
+            lines.append(f"{head} {r['error']} |||||||")
             continue
         train, evaluation = r["train"], r["eval"]
         compile_s = f"{train['compile_s']:.0f} + {evaluation['compile_s']:.0f}"
@@ -167,6 +173,9 @@ _ONLY = flags.DEFINE_multi_enum(
 _TOPOLOGIES = flags.DEFINE_multi_string(
     "topologies", None, "Compile only the rows of these topologies.", flag_values=FLAGS
 )
+_MESHES = flags.DEFINE_multi_string(
+    "meshes", None, "Compile only the rows of these meshes, e.g. 16x1.", flag_values=FLAGS
+)
 _NO_COMPILE = flags.DEFINE_bool(
     "no_compile", False, "Only rewrite the table from the results.", flag_values=FLAGS
 )
@@ -180,6 +189,7 @@ def main() -> None:
         if key(*row) not in results
         and (not _ONLY.value or row[0] in _ONLY.value)
         and (not _TOPOLOGIES.value or row[1] in _TOPOLOGIES.value)
+        and (not _MESHES.value or f"{row[2][0]}x{row[2][1]}" in _MESHES.value)
         and not _NO_COMPILE.value
     ]
     os.makedirs(os.path.dirname(_RESULTS.value) or ".", exist_ok=True)

@@ -23,7 +23,7 @@ CIFAR-10 recipe):
 | sweep | runs | what varies |
 |---|---|---|
 | paramixer | 4 | S/16: vanilla (serial), parallelized, symmetric, asymmetric (lambda 0) Mixer |
-| paramixer_n_iter | 12 | vanilla, parallelized, symmetric S/16; 1-4 weight-tied block repeats |
+| paramixer_repeats | 12 | vanilla, parallelized, symmetric S/16; 1-4 weight-tied block repeats |
 | symmetry_breaking | 9 | AsymMixer-S/16, L2 penalty on W_2: lambda 0, 1e-6 ... 1e-1, 1 |
 """
 
@@ -107,7 +107,7 @@ SWEEPS: dict[str, list[Run]] = {
 PARAMIXER_KINDS = ("vanillamixer", "paramixer", "symmixer", "asymmixer")
 PARAMIXER_SWEEPS: dict[str, list[Run]] = {
     "paramixer": [Run(k, f"configs/paramixer.py:{k}_s16_224") for k in PARAMIXER_KINDS],
-    "paramixer_n_iter": [
+    "paramixer_repeats": [
         Run(f"{kind}_ni{n}", f"configs/paramixer.py:{kind}_s16_224" + (f"_ni{n}" if n > 1 else ""))
         for kind in PARAMIXER_KINDS[:3]
         for n in (1, 2, 3, 4)

@@ -4,7 +4,8 @@ The official layout and eval-mode forward are written here with numpy from
 github.com/Toshihiro-Ota/paramixer (``models/layers.py``: ``vMlp`` ``fc2(act(fc1 x))``, ``sMlp``
 ``F.linear(act(F.linear(x, fc2.weight)), fc2.weight.T)``, ``aMlp`` ``F.linear(h, fc1.weight.T) +
 fc2(h)`` with ``h = act(F.linear(x, fc1.weight))``, all bias-free; ``vMixerBlock`` /
-``pMixerBlock`` with ``nn.LayerNorm((seq_len, dim), eps=1e-6)`` and ``n_iter`` repeats;
+``pMixerBlock`` with ``nn.LayerNorm((seq_len, dim), eps=1e-6)`` and ``n_iter``
+repeats (our ``repeats``);
 ``models/mixers.py``: timm's ``PatchEmbed`` stem, final ``LayerNorm(dim)``, mean over tokens,
 ``head``), independently of the converter's tables. timm (which the official code imports) cannot
 be imported here, so the reference is this plain re-implementation of those module definitions;
@@ -90,7 +91,7 @@ def _mlp(x, sd, name, mlp):
     return h @ sd[f"{name}.fc2.weight"].T
 
 
-def official_forward(sd, images, kind, n_iter):
+def official_forward(sd, images, kind, repeats):
     """The official eval-mode forward in float64; ``images`` NHWC (the official NCHW)."""
     block, mlp = KINDS[kind]
     sd = {k: v.astype(np.float64) for k, v in sd.items()}
@@ -107,7 +108,7 @@ def official_forward(sd, images, kind, n_iter):
 
     for i in blocks:
         pre = f"blocks.{i}"
-        for _ in range(n_iter):
+        for _ in range(repeats):
             if block == "serial":
                 y = norm(x, f"{pre}.norm1").transpose(0, 2, 1)
                 x = x + _mlp(y, sd, f"{pre}.mlp_tokens", mlp).transpose(0, 2, 1)
@@ -120,8 +121,8 @@ def official_forward(sd, images, kind, n_iter):
     return x @ sd["head.weight"].T + sd["head.bias"]
 
 
-def _name(kind: str, n_iter: int) -> str:
-    return f"{kind}_s16_224" + (f"_ni{n_iter}" if n_iter > 1 else "")
+def _name(kind: str, repeats: int) -> str:
+    return f"{kind}_s16_224" + (f"_ni{repeats}" if repeats > 1 else "")
 
 
 def _model(sd, name, **overrides):
@@ -137,22 +138,22 @@ CASES = [(kind, n) for kind in KINDS for n in (1, 2)]
 CASES.remove(("asymmixer", 2))  # the official code has no asymmixer repeats
 
 
-@pytest.mark.parametrize("kind, n_iter", CASES)
-def test_logits_equal_the_official_forward_and_convert_back(kind, n_iter):
+@pytest.mark.parametrize("kind, repeats", CASES)
+def test_logits_equal_the_official_forward_and_convert_back(kind, repeats):
     sd = official_state_dict(kind)
-    model = _model(sd, _name(kind, n_iter))
-    assert (model.config.n_iter, model.config.block) == (n_iter, KINDS[kind][0])
+    model = _model(sd, _name(kind, repeats))
+    assert (model.config.repeats, model.config.block) == (repeats, KINDS[kind][0])
     nnx.update(model, torch_imixer.from_torch(sd, nnx.state(model)))
     model.eval()
     ours_logits = np.asarray(model(_images()))
-    ref = official_forward(sd, _images(), kind, n_iter)
+    ref = official_forward(sd, _images(), kind, repeats)
     # float32 (ours) vs float64 (reference): ~50-100 float32 ops per logit on O(1) values, each
     # within 6e-8 relative, and the LayerNorms divide by std ~ 1: a few 1e-7 expected. 1e-5 is far
     # below any mapping error (a transposed, swapped or misnamed weight, or a missing repeat,
     # changes the logits by O(0.1-1); checked below).
     np.testing.assert_allclose(ours_logits, ref, rtol=0, atol=1e-5)
     assert np.abs(ref).max() > 0.5
-    other = official_forward(sd, _images(), kind, n_iter + 1)
+    other = official_forward(sd, _images(), kind, repeats + 1)
     assert np.abs(ref - other).max() > 1e-2
     back = torch_imixer.to_torch(nnx.state(model))
     assert sorted(back) == sorted(official_shapes(kind))  # exactly the official keys
@@ -206,12 +207,12 @@ def test_npz_carries_name_and_settings(tmp_path):
     ours.save(path, state, model.config, name="paramixer_s16_224_ni2")
     name, config = ours.settings_of(ours.read(path), path)
     assert name == "paramixer_s16_224_ni2" and config == model.config
-    other = _model(sd, "paramixer_s16_224")  # n_iter=1
+    other = _model(sd, "paramixer_s16_224")  # repeats=1
     with pytest.raises(PretrainedError) as err:
         ours.load_into(other, path)
     assert str(err.value) == (
-        f"{path!r} (paramixer_s16_224_ni2) was saved with n_iter=2, the model has n_iter=1; build "
-        "the model with the checkpoint's settings"
+        f"{path!r} (paramixer_s16_224_ni2) was saved with repeats=2, the model has repeats=1; "
+        "build the model with the checkpoint's settings"
     )
     same = _model(sd, "paramixer_s16_224_ni2", drop_path_rate=0.3)  # training-only: loads
     ours.load_into(same, path)

@@ -29,7 +29,7 @@ EXPECTED_RUNS = {
     "adjoint": 3,
     "cpu_study": 15,
     "paramixer": 4,
-    "paramixer_n_iter": 12,
+    "paramixer_repeats": 12,
     "symmetry_breaking": 9,
 }
 

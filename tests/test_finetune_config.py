@@ -57,7 +57,9 @@ def _tiny_finetune(tmp_path, path):
 
 def test_missing_checkpoint_is_one_config_line(tmp_path):
     config = _tiny_finetune(tmp_path, str(tmp_path / "nowhere.npz"))
-    with pytest.raises(config_lib.ConfigError, match=r"^config\.init_from: .*nowhere\.npz"):
+    with pytest.raises(
+        config_lib.ConfigError, match=r"^config\.init_from\.path: no file .*nowhere\.npz"
+    ):
         config_lib.validate(config)
 
 
@@ -107,7 +109,10 @@ def test_trainer_starts_from_our_imixer_file_with_its_u_and_v(tmp_path):
     )
     c.init_from.format = "auto"
     setup = training.prepare(c)
-    weights_formats.check(c, setup.abstract_state.params, setup.abstract_state.rest)
+    abstract = setup.abstract_state
+    weights_formats.check(
+        config_lib.init_from(c), setup.model_config, abstract.params, abstract.rest
+    )
     state = loop._pretrained(setup, training.init_state(setup))
     rest = jax.device_get(nnx.to_pure_dict(state.rest))
     np.testing.assert_array_equal(

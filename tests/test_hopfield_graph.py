@@ -3,6 +3,7 @@ the adiabatic reduction onto any visible layers (a visible layer with two hidden
 parallelised Mixer block)."""
 
 import dataclasses
+from functools import partial
 
 import chex
 import jax
@@ -285,6 +286,31 @@ def test_fast_fixed_point_is_stationary_for_the_energy(visible):
     assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads0)) > 1e-2
     if solution is not None:
         assert bool(jnp.all(solution.status == 0))
+
+
+@pytest.mark.parametrize("visible", [("v",), ("a",), ("b", "c")])
+def test_recomputed_activations_keep_values_and_gradients(visible):
+    """``recompute=True`` changes what the backward pass saves, not what is computed."""
+    net = star_network(jax.random.PRNGKey(17))
+    vis = {
+        n: 1.5 * random_draws.normal(jax.random.PRNGKey(i), (3, *net.layers[n].shape))
+        for i, n in enumerate(visible)
+    }
+
+    @partial(jax.jit, static_argnums=2)
+    def value_and_grads(net, vis, recompute):
+        def loss(net, vis):
+            fast, _ = reduction.solve_fast(net, vis, max_steps=4, recompute=recompute)
+            currents = reduction.reduced_currents(net, vis, fast, recompute=recompute)
+            return sum(jnp.sum(jnp.sin(x)) for x in jax.tree.leaves((fast, currents)))
+
+        return jax.value_and_grad(loss, argnums=(0, 1))(net, vis)
+
+    # Same float32 ops, those of the activations evaluated again in the backward pass (and
+    # fused differently there): round-off only, a few ulps of values of order 1.
+    chex.assert_trees_all_close(
+        value_and_grads(net, vis, True), value_and_grads(net, vis, False), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_unknown_visible_layer_is_a_one_line_error():

@@ -47,13 +47,13 @@ MIXER_RULES = [
     (dict(adjoint="backprop"), "adjoint", "adjoint must be one of unrolled, implicit"),
     (dict(tol=-1e-3), "tol", "tol must be >= 0"),
     (dict(scan_blocks=1), "scan_blocks", "scan_blocks must be True or False"),
-    (dict(remat="all"), "remat", "remat must be one of none, token_mixer, block"),
+    (dict(remat="all"), "remat", "remat must be one of none, activations, token_mixer, block"),
     (dict(n_iters=3), "n_iters", "n_iters is not a MixerConfig field; did you mean n_iter"),
 ]
 PARAMIXER_RULES = [
     (dict(block="diagonal"), "block", "block must be one of serial, parallel"),
     (dict(mlp="tied"), "mlp", "mlp must be one of vanilla, symmetric, asymmetric"),
-    (dict(n_iter=0), "n_iter", "n_iter must be a positive integer"),
+    (dict(repeats=0), "repeats", "repeats must be a positive integer"),
     (dict(mlp="asymmetric", asym_penalty=-0.1), "asym_penalty", "asym_penalty must be >= 0"),
     (dict(asym_penalty=0.1), "asym_penalty", "asym_penalty penalises the symmetry-breaking W_2"),
     (dict(scalar_scale=0), "scalar_scale", "scalar_scale must be True or False"),

@@ -297,6 +297,40 @@ def test_mlp_mixer_uses_token_mlp():
     assert not hasattr(model.blocks[0].token_mixer, "fc_sn1")
 
 
+@pytest.mark.parametrize("dtype", [None, "bfloat16"])
+def test_channel_mlp_is_the_nnx_mlp_bit_for_bit(dtype):
+    """The core-built channel MLP is the same program as nnx's LayerNorm -> Linear -> GELU ->
+    Linear (same jaxpr of the forward and of the gradients), so outputs and gradients are equal
+    bit for bit on any backend, and the pinned models stay pinned."""
+    rngs = nnx.Rngs(0)
+    norm = layers.layer_norm(8, dtype=dtype, rngs=rngs)
+    mlp = layers.ChannelMLP(8, 16, dtype=dtype, rngs=rngs)
+    x = random_draws.normal(jax.random.key(1), (2, 4, 8))
+    cotangent = random_draws.normal(jax.random.key(2), (2, 4, 8))
+
+    graphdef, params = nnx.split((norm, mlp))
+
+    def core(x, params):
+        norm, mlp = nnx.merge(graphdef, params)
+        return mlp(x, norm)
+
+    def explicit(x, params):
+        norm, mlp = nnx.merge(graphdef, params)
+        return mlp.fc_c2(jax.nn.gelu(mlp.fc_c1(norm(x)), approximate=False))
+
+    def grads(f):
+        def g(x, params):
+            y, pull = jax.vjp(f, x, params)
+            return y, pull(cotangent.astype(y.dtype))
+
+        return g
+
+    programs = [str(jax.make_jaxpr(grads(f))(x, params)) for f in (explicit, core)]
+    assert programs[0] == programs[1]
+    want, got = (grads(f)(x, params) for f in (explicit, core))
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
 def test_drop_path_eval_is_deterministic():
     model = _tiny(drop_path_rate=0.5)
     _randomise_head(model)
@@ -337,7 +371,7 @@ def test_drop_path_in_block_drops_whole_branches():
     candidates = {}
     for m1, m2 in itertools.product((0, 1), repeat=2):
         x1 = x + m1 * y / keep
-        candidates[m1, m2] = np.asarray(x1 + m2 * block.channel_mlp(block.norm(x1)) / keep)
+        candidates[m1, m2] = np.asarray(x1 + m2 * block.channel_mlp(x1, block.norm) / keep)
     seen = set()
     for i in range(len(x)):
         # Same float32 ops in a different order: agreement to ~1e-6 relative to |x| ~ 1.
@@ -436,7 +470,9 @@ def test_scanned_drop_path_differs_per_block():
     np.testing.assert_array_equal(scanned(images), scanned(images))  # ... and vanish in eval
 
 
-@pytest.mark.parametrize("remat", [pytest.param("token_mixer", marks=pytest.mark.slow), "block"])
+@pytest.mark.parametrize(
+    "remat", ["activations", pytest.param("token_mixer", marks=pytest.mark.slow), "block"]
+)
 def test_remat_keeps_loss_and_gradients(remat):
     model = _tiny(drop_path_rate=0.0)  # training mode: power iteration runs under remat too
     _randomise_head(model)
@@ -526,15 +562,19 @@ FLOPS_FAMILIES = [
     ("paramixer_s16_224_ni2", {}),
     ("symmixer_s16_224", {}),
     ("asymmixer_s16_224", {}),
-    ("energy_transformer_s16", dict(n_iter=2)),
+    ("energy_transformer_s16", dict(n_iter=1)),
 ]
+# Loops whose body runs once, so XLA's count (the body once) is exact: the Energy Transformer's
+# descent (a rolled fori_loop) at n_iter=1.
+ONE_TRIP_LOOPS = {"energy_transformer_s16": 1}
 
 
 @pytest.mark.parametrize("name, kwargs", FLOPS_FAMILIES)
 def test_analytic_flops_match_xla_count(name, kwargs):
     """``flops.forward_flops`` against XLA's ``cost_analysis()`` of the forward pass, one S/16
     block at 64 px (16 tokens). XLA counts a while-loop body once, so the program must have no
-    loop: evaluation mode (no power iteration) and the solver's unrolled fixed-point steps. XLA
+    loop (evaluation mode: no power iteration; the solver's unrolled fixed-point steps) but those
+    of ``ONE_TRIP_LOOPS``. XLA
     also counts what the formula leaves out (LayerNorm, GELU, biases, residual adds: tens of
     FLOPs per activation against 2 D = 1,024 per matmul output), so it must be higher by a few
     percent to ~15%, never lower."""
@@ -544,7 +584,7 @@ def test_analytic_flops_match_xla_count(name, kwargs):
     graphdef, state = nnx.split(model)
     images = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
     lowered = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, images)
-    assert "while" not in lowered.as_text()
+    assert lowered.as_text().count("stablehlo.while") == ONE_TRIP_LOOPS.get(name, 0)
     xla = lowered.cost_analysis()["flops"]
     analytic = flops.forward_flops(model_config(name, **kwargs))
     assert 0.85 * xla < analytic <= xla

@@ -99,7 +99,7 @@ def test_registry_names_are_the_official_ones():
     assert sorted(registry.PARAMIXER_NAMES) == sorted(grid + repeats + asym)
     assert not set(registry.PARAMIXER_NAMES) & set(registry.VARIANT_NAMES)
     assert registry.model_config("asymmixer_s16_224_l035").asym_penalty == 5e-4
-    assert registry.model_config("symmixer_s16_224_ni3").n_iter == 3
+    assert registry.model_config("symmixer_s16_224_ni3").repeats == 3
 
 
 @pytest.mark.parametrize("name", sorted(PARAMS_1000))
@@ -176,8 +176,8 @@ def test_parallel_and_serial_block_structure():
 
 
 @pytest.mark.parametrize("block_class", [ParallelBlock, SerialBlock])
-def test_n_iter_repeats_the_block_with_the_same_weights(block_class):
-    once, thrice = _block(block_class), _block(block_class, n_iter=3)  # same Rngs: same weights
+def test_repeats_apply_the_block_again_with_the_same_weights(block_class):
+    once, thrice = _block(block_class), _block(block_class, repeats=3)  # same Rngs: same weights
     x = _x()
     expected = once.update_once(once.update_once(once.update_once(x)))
     np.testing.assert_array_equal(thrice(x), expected)
@@ -356,7 +356,7 @@ def test_energy_errors_are_one_line():
 )
 def test_forward_shapes_and_training_mode(block, mlp, dtype):
     config = ParaMixerConfig(
-        **TINY, block=block, mlp=mlp, n_iter=2, drop_path_rate=0.5, dtype=dtype
+        **TINY, block=block, mlp=mlp, repeats=2, drop_path_rate=0.5, dtype=dtype
     )
     model = ParaMixer(config, rngs=nnx.Rngs(0))
     images = random_draws.uniform(jax.random.key(2), (3, 32, 32, 3), minval=-1, maxval=1)
@@ -393,7 +393,7 @@ def test_penalty_is_lambda_times_squared_w2():
     [
         ({"block": "diagonal"}, "block must be one of serial, parallel"),
         ({"mlp": "tied"}, "mlp must be one of vanilla, symmetric, asymmetric"),
-        ({"n_iter": 0}, "n_iter must be a positive integer"),
+        ({"repeats": 0}, "repeats must be a positive integer"),
         ({"asym_penalty": 0.1}, "asym_penalty penalises the symmetry-breaking W_2"),
         ({"activation": "tanh"}, "activation must be one of"),
         ({"img_size": 30}, r"img_size \(30\) must be divisible by patch_size \(8\)"),
@@ -439,7 +439,7 @@ def test_sweeps_name_registered_variants():
     from experiments.catalog import PARAMIXER_SWEEPS
 
     counts = {name: len(runs) for name, runs in PARAMIXER_SWEEPS.items()}
-    assert counts == {"paramixer": 4, "paramixer_n_iter": 12, "symmetry_breaking": 9}
+    assert counts == {"paramixer": 4, "paramixer_repeats": 12, "symmetry_breaking": 9}
     for runs in PARAMIXER_SWEEPS.values():
         assert len({r.name for r in runs}) == len(runs)
         for run in runs:

@@ -5,7 +5,7 @@ stood before the blocks were assembled from the Hopfield graph core, by
 ``python -m tests.test_paramixer_pinned --write`` (never rerun it to make a test pass: a
 difference is a behaviour change to explain, not a golden to refresh). For every variant of the
 family (serial and parallel blocks; vanilla, symmetric and asymmetric MLPs; Euler update;
-``n_iter`` repeats; bfloat16) it holds the parameters drawn from ``nnx.Rngs(0)``, the training
+``repeats``; bfloat16) it holds the parameters drawn from ``nnx.Rngs(0)``, the training
 logits (drop path active), the gradient of the cross-entropy (plus the symmetry-breaking penalty
 where set) and the evaluation logits. The comparison rules are those of ``tests/pinned.py``.
 """
@@ -31,14 +31,14 @@ FILE = os.path.join(DATA, "paramixer_pinned.npz")
 TINY = dict(tiny.PINNED)
 CASES = {
     "vanilla_serial": dict(block="serial"),
-    "vanilla_serial_ni2": dict(block="serial", n_iter=2),
+    "vanilla_serial_ni2": dict(block="serial", repeats=2),
     "parallel": dict(),
     "symmetric": dict(mlp="symmetric"),
     "symmetric_euler_scalar": dict(
-        mlp="symmetric", update_rule="euler", step_size=0.5, scalar_scale=True, n_iter=2
+        mlp="symmetric", update_rule="euler", step_size=0.5, scalar_scale=True, repeats=2
     ),
     "asymmetric_penalty": dict(mlp="asymmetric", asym_penalty=0.01, activation="relu"),
-    "asymmetric_bf16_ni2": dict(mlp="asymmetric", n_iter=2, dtype="bfloat16"),
+    "asymmetric_bf16_ni2": dict(mlp="asymmetric", repeats=2, dtype="bfloat16"),
     "serial_symmetric_softplus": dict(block="serial", mlp="symmetric", activation="softplus"),
 }
 

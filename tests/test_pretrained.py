@@ -12,7 +12,6 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx, traverse_util
@@ -260,23 +259,16 @@ def test_apply_init(tmp_path):
     np.savez(path, **flat)
     model = _model(3)
     params, rest = nnx.state(model, nnx.Param, ...)
-    config = ml_collections.ConfigDict(
-        {
-            "arch": "mixer",
-            "model": model.config.to_dict(),
-            "init_from": formats.init_from_config(),
-        }
-    )
-    assert formats.apply_init(config, params, rest) == (params, rest)  # path None: from scratch
-    config.init_from.path = str(path)
-    formats.check(config, params, rest)  # headers only
-    loaded, _ = formats.apply_init(config, params, rest)
+    init = formats.InitFrom(str(path))
+    formats.check(init, model.config, params, rest)  # headers only
+    loaded, _ = formats.apply_init(init, model.config, params, rest)
     loaded = nnx.to_pure_dict(loaded)
     np.testing.assert_array_equal(loaded["stem"]["bias"], flat["stem/bias"])
     assert not np.any(loaded["head"]["kernel"])
-    config.init_from.path = str(tmp_path / "missing.npz")
-    with pytest.raises(pretrained.PretrainedError, match="config.init_from.path: no file"):
-        formats.apply_init(config, params, rest)
+    with pytest.raises(pretrained.PretrainedError, match="^path: no file .*missing.npz"):
+        formats.InitFrom(str(tmp_path / "missing.npz"))
+    with pytest.raises(pretrained.PretrainedError, match="^head: must be one of auto, keep, zero"):
+        formats.InitFrom(str(path), head="new")
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 """The README: its two set-up commands are the ones CI and the default config run, every Python
-block runs on its own, and every command uses flags its entry point defines."""
+block runs on its own, and every command (README and docs pages) uses flags its entry point
+defines."""
 
 import importlib
 import os
@@ -76,12 +77,20 @@ _COMMAND = re.compile(r"python -m ((?:imixer_jax|benchmarks|experiments)[\w.]*)(
 
 
 def _commands() -> list[tuple[str, list[str]]]:
-    """``(module, flag names)`` of every ``python -m`` command of this project in the README,
-    in code blocks and in inline code (a command may wrap onto the next line)."""
-    text = (ROOT / "README.md").read_text()
+    """``(module, flag names)`` of every ``python -m`` command of this project in the README and
+    the documentation pages, in code blocks and in inline code (a command may wrap onto the next
+    line)."""
+    found = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        found += _page_commands(page.read_text())
+    return found
+
+
+def _page_commands(text: str) -> list[tuple[str, list[str]]]:
+    blocks = re.findall(r"```bash\n(.*?)\n```", text, flags=re.S)
     inline = [" ".join(span.split()) for span in re.findall(r"`([^`]+)`", text.replace("```", ""))]
     found = []
-    for source in [*_blocks("bash"), *inline]:
+    for source in [*blocks, *inline]:
         for module, args in _COMMAND.findall(source):
             names = [
                 a.strip("[]").split("=")[0][2:]

@@ -195,6 +195,49 @@ def test_gradients_flow_to_every_parameter(adjoint):
         assert float(jnp.max(jnp.abs(g))) > 0, path
 
 
+def _value_and_grads(module, x):
+    """Jitted ``(sum sin(module(x)), its gradient in the parameters)``."""
+    graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+
+    def loss(p, r):
+        return jnp.sum(jnp.sin(nnx.merge(graphdef, p, r, copy=True)(x)))
+
+    return jax.jit(jax.value_and_grad(loss))(params, rest)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(), dict(tied=True, update_rule="euler", step_size=0.5), dict(adjoint="implicit")],
+)
+def test_recomputed_activations_keep_value_and_gradients(kwargs):
+    x = _x(6)
+    saved = _value_and_grads(IMLP(S, D, T, n_iter=3, rngs=nnx.Rngs(0), **kwargs), x)
+    module = IMLP(S, D, T, n_iter=3, recompute_activations=True, rngs=nnx.Rngs(0), **kwargs)
+    recomputed = _value_and_grads(module, x)
+    # The same float32 ops, evaluated again in the backward pass and fused differently there:
+    # gradients differ by round-off only (a few ulps; rtol 1e-5 of a loss ~1e1 is ~100 ulps).
+    chex.assert_trees_all_close(recomputed, saved, rtol=1e-5, atol=1e-7)
+
+
+def test_recomputed_activations_shrink_the_backward_pass_temporaries():
+    """XLA's estimate of the temporaries of a gradient of an iMLP with n_iter = 2: recomputing the
+    activations saves per fixed-point step the two matmul outputs only, not the GELUs' inputs,
+    outputs and the erf and exp terms of their derivatives (0.55x measured on jaxlib 0.8 CPU)."""
+    x = random_draws.normal(jax.random.PRNGKey(7), (8, 64, 128))
+
+    def temp_bytes(recompute_activations):
+        module = IMLP(64, 128, 64, recompute_activations=recompute_activations, rngs=nnx.Rngs(0))
+        graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+
+        def loss(p, r):
+            return jnp.sum(jnp.sin(nnx.merge(graphdef, p, r, copy=True)(x)))
+
+        compiled = jax.jit(jax.grad(loss)).lower(params, rest).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    assert temp_bytes(True) < 0.65 * temp_bytes(False)
+
+
 def test_converged_implicit_and_unrolled_mixers_agree():
     unrolled = IMLP(S, D, T, n_iter=200, adjoint="unrolled", rngs=nnx.Rngs(3))
     implicit = IMLP(S, D, T, n_iter=200, tol=1e-7, adjoint="implicit", rngs=nnx.Rngs(4))

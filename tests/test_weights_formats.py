@@ -5,7 +5,6 @@ only, and ``init_from`` from every format (vit_jax .npz, official iMixer / param
 from __future__ import annotations
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -21,14 +20,6 @@ def _abstract(config):
     """(params, rest) of a model of ``config``, shape-only (as the trainer's abstract state)."""
     model = nnx.eval_shape(lambda: build(config, rngs=nnx.Rngs(0)))
     return nnx.state(model, nnx.Param, ...), model
-
-
-def _config(model_config, path, head="zero"):
-    init = formats.init_from_config()
-    init.path, init.head = str(path), head
-    return ml_collections.ConfigDict(
-        {"arch": model_config.arch, "model": model_config.to_dict(), "init_from": init}
-    )
 
 
 def test_format_is_told_by_content(tmp_path):
@@ -71,15 +62,15 @@ def test_check_reads_headers_only_and_names_the_mismatch(tmp_path, monkeypatch):
     path = tmp_path / "sym.npz"
     ours.save(str(path), torch_imixer.from_torch(sd, nnx.state(model)), config, name="s")
     monkeypatch.setattr(formats, "read_npz", lambda p: pytest.fail("array data was read"))
-    formats.check(_config(config, path), params, rest)
-    (params2, rest2), _ = _abstract(config.replace(n_iter=3))
+    formats.check(formats.InitFrom(str(path)), config, params, rest)
+    (params2, rest2), _ = _abstract(config.replace(repeats=3))
     with pytest.raises(
-        mapping.PretrainedError, match="saved with n_iter=2, the model has n_iter=3"
+        mapping.PretrainedError, match="saved with repeats=2, the model has repeats=3"
     ):
-        formats.check(_config(config.replace(n_iter=3), path), params2, rest2)
+        formats.check(formats.InitFrom(str(path)), config.replace(repeats=3), params2, rest2)
     (params3, rest3), _ = _abstract(config.replace(hidden_dim=16))
     with pytest.raises(mapping.PretrainedError, match="saved with hidden_dim=8"):
-        formats.check(_config(config.replace(hidden_dim=16), path), params3, rest3)
+        formats.check(formats.InitFrom(str(path)), config.replace(hidden_dim=16), params3, rest3)
 
 
 def test_init_from_ours_with_a_new_head(tmp_path):
@@ -89,8 +80,8 @@ def test_init_from_ours_with_a_new_head(tmp_path):
     ours.save(str(path), torch_imixer.from_torch(sd, nnx.state(_abstract(config)[1])), config)
     three = config.replace(num_classes=3, asym_penalty=0.0)  # training-only lambda may differ
     (params, rest), _ = _abstract(three)
-    formats.check(_config(three, path), params, rest)
-    loaded, _ = formats.apply_init(_config(three, path), params, rest)
+    formats.check(formats.InitFrom(str(path)), three, params, rest)
+    loaded, _ = formats.apply_init(formats.InitFrom(str(path)), three, params, rest)
     pure = nnx.to_pure_dict(loaded)
     assert pure["head"]["kernel"].shape == (8, 3) and not np.any(pure["head"]["kernel"])
     np.testing.assert_array_equal(
@@ -99,7 +90,7 @@ def test_init_from_ours_with_a_new_head(tmp_path):
     with pytest.raises(
         mapping.PretrainedError, match="has 5 classes, the model 3; use head='zero'"
     ):
-        formats.apply_init(_config(three, path, head="keep"), params, rest)
+        formats.apply_init(formats.InitFrom(str(path), head="keep"), three, params, rest)
 
 
 def _save_torch(torch, path, sd, arch=None):
@@ -114,8 +105,10 @@ def test_init_from_official_pth_loads_u_and_v(tmp_path):
     _save_torch(torch, path, sd)
     config = torch_imixer.model_config(sd, num_classes=10)
     (params, rest), _ = _abstract(config)
-    formats.check(_config(config, path), params, rest)  # tensors memory-mapped, shapes only
-    params, rest = formats.apply_init(_config(config, path), params, rest)
+    formats.check(
+        formats.InitFrom(str(path)), config, params, rest
+    )  # tensors memory-mapped, shapes only
+    params, rest = formats.apply_init(formats.InitFrom(str(path)), config, params, rest)
     np.testing.assert_array_equal(
         nnx.to_pure_dict(rest)["blocks"][1]["token_mixer"]["fc_sn2"]["v"],
         sd["blocks.1.mlp_tokens.fc_sn2.weight_v"],
@@ -130,16 +123,16 @@ def test_init_from_official_paramixer_pth_checks_its_recorded_model(tmp_path):
     _save_torch(torch, path, sd, arch="paramixer_s16_224_ni3")
     config = torch_imixer.model_config(sd, "paramixer_s16_224_ni3")
     (params, rest), _ = _abstract(config)
-    loaded, _ = formats.apply_init(_config(config, path, head="keep"), params, rest)
+    loaded, _ = formats.apply_init(formats.InitFrom(str(path), head="keep"), config, params, rest)
     np.testing.assert_array_equal(
         nnx.to_pure_dict(loaded)["blocks"][1]["norm"]["scale"], sd["blocks.1.norm.weight"]
     )
-    one = config.replace(n_iter=1)
+    one = config.replace(repeats=1)
     (params, rest), _ = _abstract(one)
     with pytest.raises(
-        mapping.PretrainedError, match="saved with n_iter=3, the model has n_iter=1"
+        mapping.PretrainedError, match="saved with repeats=3, the model has repeats=1"
     ):
-        formats.check(_config(one, path), params, rest)
+        formats.check(formats.InitFrom(str(path)), one, params, rest)
 
 
 def test_scanned_model_takes_the_per_block_file(tmp_path):
@@ -152,7 +145,9 @@ def test_scanned_model_takes_the_per_block_file(tmp_path):
         "mixer_s16", num_classes=7, channels_mlp_dim=TINY_MLP, scan_blocks=True, **TINY
     )
     (params, rest), _ = _abstract(config)
-    loaded, _ = formats.apply_init(_config(config, tmp_path / "vit.npz", head="keep"), params, rest)
+    loaded, _ = formats.apply_init(
+        formats.InitFrom(str(tmp_path / "vit.npz"), head="keep"), config, params, rest
+    )
     kernel = nnx.to_pure_dict(loaded)["blocks"]["token_mixer"]["fc1"]["kernel"]
     np.testing.assert_array_equal(kernel[1], flat["MixerBlock_1/token_mixing/Dense_0/kernel"])
     assert jax.tree.structure(loaded) == jax.tree.structure(params)

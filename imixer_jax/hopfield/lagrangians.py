@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from imixer_jax.hopfield import pytree
+from imixer_jax.hopfield.synapses import promote_rank
 
 Array = jax.Array
 Axis = int | tuple[int, ...] | None
@@ -251,12 +252,19 @@ class LayerNorm:
 
     Neuron energy in closed form: <x, g> - L = -n gamma eps / sqrt(Var + eps) per normalised
     group (the delta terms cancel exactly), instead of the difference of two large numbers.
+
+    ``fast_variance`` computes the activation from the moments, Var = E[x^2] - E[x]^2 clipped at
+    0, in one pass over x (flax's ``use_fast_variance``, the default of ``nnx.LayerNorm``):
+    statistics in at least float32, gamma and delta lifted to the rank of x by a reshape, and
+    (x - mean) * (rsqrt(Var + eps) * gamma) + delta, so the activation (and its derivatives) is
+    that of ``nnx.LayerNorm`` bit for bit. The default is the centred, two-pass variance.
     """
 
     gamma: float | Array = 1.0
     delta: float | Array = 0.0
     eps: float = struct.field(pytree_node=False, default=1e-6)
     axis: Axis = struct.field(pytree_node=False, default=-1)
+    fast_variance: bool = struct.field(pytree_node=False, default=False)
     convex = True
 
     def _centred(self, x: Array) -> tuple[Array, Array]:
@@ -278,6 +286,8 @@ class LayerNorm:
         return n * jnp.sum(self.gamma * jnp.sqrt(var + self.eps)) + jnp.sum(self.delta * x)
 
     def activation(self, x: Array) -> Array:
+        if self.fast_variance:
+            return self._fast_variance_activation(x)
         axes = sorted(a % x.ndim for a in _axes(self.axis, x.ndim))
         if len(axes) > 1 and axes == list(range(axes[0], axes[-1] + 1)):
             # A run of axes is normalised as one merged axis: one reduction, in the order (and
@@ -288,6 +298,18 @@ class LayerNorm:
             return merged.activation(_merge(x, x.shape, lo, hi)).reshape(x.shape)
         xc, var = self._centred(x)
         return self.gamma * xc * jax.lax.rsqrt(var + self.eps) + self.delta
+
+    def _fast_variance_activation(self, x: Array) -> Array:
+        axes = tuple(sorted(a % x.ndim for a in _axes(self.axis, x.ndim)))
+        stats = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+        square = jax.lax.square(stats)
+        mean, mean_square = stats.mean(axes), square.mean(axes)
+        var = jnp.maximum(0.0, mean_square - jax.lax.square(mean))
+        stats_shape = tuple(1 if a in axes else n for a, n in enumerate(x.shape))
+        mean, var = mean.reshape(stats_shape), var.reshape(stats_shape)
+        centred = x - mean
+        scaled = jax.lax.rsqrt(var + self.eps) * promote_rank(self.gamma, x.ndim)
+        return centred * scaled + promote_rank(self.delta, x.ndim)
 
     def neuron_energy(self, x: Array) -> Array:
         self._check_scalar_gain()

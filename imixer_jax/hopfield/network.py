@@ -122,7 +122,7 @@ class HierarchicalNetwork:
         ``adjoint=Unrolled(per_step=copy)`` takes a copy of this network whose arrays carry a
         leading ``[max_steps]`` axis (iteration k uses slice k), for the official per-call
         spectral norm. Other keywords go to ``reduction.solve_fast`` (max_steps, tol, method,
-        per_sample, throw).
+        per_sample, throw, recompute).
         """
         if isinstance(adjoint, Unrolled) and adjoint.per_step is not None:
             adjoint = adjoint.replace(per_step=adjoint.per_step.graph(check=False))
@@ -131,11 +131,13 @@ class HierarchicalNetwork:
         )
         return self._tuple({"layer_0": x0, **fast})[1:], solution
 
-    def reduced_current(self, x0: Array, fast: States) -> Array:
-        """Visible-layer drive at the fast states: fb_0(g_1(x_1*)) + b_0 (shaped like x0)."""
+    def reduced_current(self, x0: Array, fast: States, *, recompute: bool = False) -> Array:
+        """Visible-layer drive at the fast states: fb_0(g_1(x_1*)) + b_0 (shaped like x0);
+        ``recompute`` as in ``reduction.solve_fast``."""
         names = _names(self.num_layers)
         visible, fast = {"layer_0": x0}, dict(zip(names[1:], fast))
-        return reduction.reduced_currents(self.graph(), visible, fast)["layer_0"]
+        currents = reduction.reduced_currents(self.graph(), visible, fast, recompute=recompute)
+        return currents["layer_0"]
 
     def reduced_energy(self, x0: Array, fast: States) -> Array:
         """E~(x0) = E(x0, x_1*, ..., x_{N-1}*), shape ``batch``."""

@@ -108,24 +108,71 @@ def _zeros(net: Network, name: str, dtype, batch: tuple[int, ...]) -> Array:
     return jnp.zeros(batch + net.layers[name].shape, dtype)
 
 
-def _prepare(net: Network, visible: States):
+def _current(net: Network, name: str, gs: _Activations, connections, recompute: bool):
+    """``net.current(name, gs, connections)``; with ``recompute`` the backward pass saves the
+    states whose activations the currents read (not the activations, nor what differentiating the
+    activations needs) and computes those activations again (``_recomputed_current``)."""
+    read = {n for k in connections for n in net.reads(k, name)}
+    if not recompute or not read:
+        return net.current(name, gs, connections)
+    states = {n: gs._states[n] for n in read if n in gs._states}
+    known = {n: gs[n] for n in read if n not in states}
+    return _recomputed_current(name, tuple(connections), net, states, known)
+
+
+def _current_of(name, connections, net, states, known):
+    return net.current(name, _Activations(net, states, known), connections)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _recomputed_current(name, connections, net, states, known):
+    """The current into ``name`` from ``connections`` at the activations of ``states`` (and the
+    activations ``known``), differentiated by recomputing those activations.
+
+    Written as a custom VJP because ``jax.checkpoint`` keeps its recomputation in the backward
+    pass only through optimization barriers, which XLA:CPU removes before scheduling; common-
+    subexpression elimination then merges the recomputed activations with the forward ones, which
+    stay alive until the backward pass. Here the recomputation reads ``state + 0 * ct``, a data
+    dependency on the cotangent, so it cannot be merged or hoisted (a non-finite cotangent makes
+    the gradients NaN, as it would anyway). The contraction's own output is not needed by its VJP,
+    so only the activations are computed again.
+    """
+    return _current_of(name, connections, net, states, known)
+
+
+def _recomputed_fwd(name, connections, net, states, known):
+    return _current_of(name, connections, net, states, known), (net, states, known)
+
+
+def _recomputed_bwd(name, connections, saved, ct):
+    net, states, known = saved
+    tie = jnp.zeros((), ct.dtype) * ct.ravel()[0]
+    states = {n: x + tie.astype(x.dtype) for n, x in states.items()}
+    _, vjp = jax.vjp(partial(_current_of, name, connections), net, states, known)
+    return vjp(ct)
+
+
+_recomputed_current.defvjp(_recomputed_fwd, _recomputed_bwd)
+
+
+def _prepare(net: Network, visible: States, recompute: bool = False):
     """Schedule, batch shape, dtype, visible activations and the constant drives of the fast layers
     (currents from the visible layers, computed once)."""
     p = schedule(net, visible)
     batch = net.check_states(visible)
     dtype = next(iter(visible.values())).dtype
     gs = _Activations(net, visible)
-    constant = {f: net.current(f, gs, p.constant[f]) for f in p.fast}
-    return p, batch, dtype, gs._cache, constant
+    constant = {f: _current(net, f, gs, p.constant[f], recompute) for f in p.fast}
+    return p, batch, dtype, dict(gs) if recompute else gs._cache, constant
 
 
-def _init(net, p, visible, visible_gs, constant, batch, dtype) -> States:
+def _init(net, p, visible, visible_gs, constant, batch, dtype, recompute=False) -> States:
     """Fast states, nearest first, each set to its drive from the layers already set."""
     states = dict(visible)
     gs = _Activations(net, states, visible_gs)
     for f in p.init_order:
         ready = tuple(k for k in p.dynamic[f] if net.reads(k, f) <= set(states))
-        total = add(constant[f], net.current(f, gs, ready), net.layers[f].bias)
+        total = add(constant[f], _current(net, f, gs, ready, recompute), net.layers[f].bias)
         states[f] = _zeros(net, f, dtype, batch) if total is None else total
     return {f: states[f] for f in p.fast}
 
@@ -138,12 +185,14 @@ def init_states(net: Network, visible: States) -> States:
     return {n: visible[n] if n in visible else fast[n] for n in net.layers}
 
 
-def _update(net, p, f, gs, constant, batch, dtype) -> Array:
-    total = add(constant[f], net.current(f, gs, p.dynamic[f]), net.layers[f].bias)
+def _update(net, p, f, gs, constant, batch, dtype, recompute) -> Array:
+    total = add(constant[f], _current(net, f, gs, p.dynamic[f], recompute), net.layers[f].bias)
     return _zeros(net, f, dtype, batch) if total is None else total
 
 
-def _sweep(carried: States, params, step_net=None, *, p: Schedule, batch, dtype) -> States:
+def _sweep(
+    carried: States, params, step_net=None, *, p: Schedule, batch, dtype, recompute=False
+) -> States:
     """One Gauss-Seidel sweep: new states of the carried layers. ``params`` is
     ``(net, constant drives, visible activations)``; ``step_net`` replaces ``net`` if given."""
     net, constant, visible_gs = params
@@ -151,18 +200,18 @@ def _sweep(carried: States, params, step_net=None, *, p: Schedule, batch, dtype)
     states = dict(carried)
     gs = _Activations(use, states, visible_gs)
     for f in p.sweep_order:
-        states[f] = _update(use, p, f, gs, constant, batch, dtype)
+        states[f] = _update(use, p, f, gs, constant, batch, dtype, recompute)
         gs._cache.pop(f, None)  # later reads see the new state (Gauss-Seidel)
     return {f: states[f] for f in p.carried}
 
 
-def _complete(net, p, carried, constant, visible_gs, batch, dtype) -> States:
+def _complete(net, p, carried, constant, visible_gs, batch, dtype, recompute=False) -> States:
     """Every fast state from the carried ones (the others recomputed, carried kept)."""
     states = dict(carried)
     gs = _Activations(net, states, visible_gs)
     for f in p.sweep_order:
         if f not in carried:
-            states[f] = _update(net, p, f, gs, constant, batch, dtype)
+            states[f] = _update(net, p, f, gs, constant, batch, dtype, recompute)
     return {f: states[f] for f in p.fast}
 
 
@@ -176,6 +225,7 @@ def solve_fast(
     adjoint: Adjoint = Unrolled(),
     per_sample: bool = True,
     throw: bool = False,
+    recompute: bool = False,
 ) -> tuple[States, solver_lib.Solution | None]:
     """Fast layers at their fixed point for the visible states.
 
@@ -193,22 +243,25 @@ def solve_fast(
         official per-call spectral norm.
       per_sample: every sample (index of the batch axes) stops on its own residual; False: the
         whole batch stops together on one residual.
+      recompute: the backward pass saves the states each current reads and computes their
+        activations again, instead of saving the activations and what differentiating them needs
+        (less memory for elementwise work; reverse mode only, no ``jax.jvp``).
 
     Returns:
       ``({name: x*}`` for every fast layer, ``Solution`` or None when the fast layers are closed
       form (no fast layer reads another before it is set)).
     """
-    p, batch, dtype, visible_gs, constant = _prepare(net, visible)
+    p, batch, dtype, visible_gs, constant = _prepare(net, visible, recompute)
     if not p.carried:
-        return _complete(net, p, {}, constant, visible_gs, batch, dtype), None
+        return _complete(net, p, {}, constant, visible_gs, batch, dtype, recompute), None
     if max_steps is None:
         raise ValueError(
             f"the fast layers {list(p.carried)} form a loop, so their fixed point is iterated: "
             "pass max_steps (0 keeps the feedforward state)"
         )
-    x0 = _init(net, p, visible, visible_gs, constant, batch, dtype)
+    x0 = _init(net, p, visible, visible_gs, constant, batch, dtype, recompute)
     solution = solver_lib.fixed_point(
-        partial(_sweep, p=p, batch=batch, dtype=dtype),
+        partial(_sweep, p=p, batch=batch, dtype=dtype, recompute=recompute),
         {f: x0[f] for f in p.carried},
         (net, constant, visible_gs),
         max_steps=max_steps,
@@ -219,16 +272,20 @@ def solve_fast(
         per_sample=per_sample,
         throw=throw,
     )
-    return _complete(net, p, solution.value, constant, visible_gs, batch, dtype), solution
+    complete = _complete(net, p, solution.value, constant, visible_gs, batch, dtype, recompute)
+    return complete, solution
 
 
-def reduced_currents(net: Network, visible: States, fast: States) -> States:
-    """Drive into every visible layer at the fast states (synapses in order, then bias)."""
+def reduced_currents(
+    net: Network, visible: States, fast: States, *, recompute: bool = False
+) -> States:
+    """Drive into every visible layer at the fast states (synapses in order, then bias);
+    ``recompute`` as in ``solve_fast``."""
     net.check_states({**visible, **fast})
     gs = _Activations(net, {**visible, **fast})
     out = {}
     for v, x in visible.items():
-        total = add(net.current(v, gs), net.layers[v].bias)
+        total = add(_current(net, v, gs, tuple(net.connections), recompute), net.layers[v].bias)
         out[v] = jnp.zeros_like(x) if total is None else total
     return out
 

@@ -97,6 +97,20 @@ def broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
         return False
 
 
+def promote_rank(a: Array | float, ndim: int) -> Array:
+    """``a`` with leading unit axes up to rank ``ndim``: broadcasting's rank promotion written as
+    a reshape, as ``nnx.Linear`` and ``nnx.LayerNorm`` lift their bias and scale. Its transpose
+    is a reshape too (a broadcast's is a sum over the unit axes), so the gradients of a layer
+    written with it compile to the same program as the nnx layer's, bit for bit."""
+    a = jnp.asarray(a)
+    return a.reshape((1,) * (ndim - a.ndim) + a.shape)
+
+
+def _plus(out: Array, bias: Array | None) -> Array:
+    """``out + bias``, the bias promoted to the rank of ``out`` (``promote_rank``)."""
+    return out if bias is None else out + promote_rank(bias, out.ndim)
+
+
 def _parse(spec: str) -> tuple[str, str, str]:
     """``'pre,kernel->post'`` as three axis strings; a leading ``...`` on pre and post (shared
     leading axes of any number) is dropped, since batch axes are leading too."""
@@ -221,22 +235,23 @@ class Dense(EnergySynapse):
     def forward(self, g_pre: Array) -> Array:
         """Current into post, ``[..., *pre_shape] -> [..., *post_shape]``."""
         pre, kernel, post = _parse(self.spec)
-        g_pre, weight = self._cast(g_pre, self.weight)
-        out = contract(g_pre, pre, weight, kernel, post)
-        return out if self.forward_bias is None else out + self._cast(self.forward_bias)[0]
+        g_pre, weight, bias = self._cast(g_pre, self.weight, self.forward_bias)
+        return _plus(contract(g_pre, pre, weight, kernel, post), bias)
 
     def backward(self, g_post: Array) -> Array:
         """Current into pre, ``[..., *post_shape] -> [..., *pre_shape]``."""
         pre, kernel, post = _parse(self.spec)
         tied = self.feedback is None
-        g_post, weight = self._cast(g_post, self.weight if tied else self.feedback)
-        out = contract(g_post, post, weight, kernel if tied else kernel[::-1], pre)
-        return out if self.feedback_bias is None else out + self._cast(self.feedback_bias)[0]
+        g_post, weight, bias = self._cast(
+            g_post, self.weight if tied else self.feedback, self.feedback_bias
+        )
+        return _plus(contract(g_post, post, weight, kernel if tied else kernel[::-1], pre), bias)
 
-    def _cast(self, *arrays: Array) -> tuple[Array, ...]:
+    def _cast(self, *arrays: Array | None) -> tuple[Array | None, ...]:
+        """The arrays in ``dtype``, all cast before any is used (as ``nnx.Linear`` does)."""
         if self.dtype is None:
             return arrays
-        return tuple(jnp.asarray(a).astype(self.dtype) for a in arrays)
+        return tuple(None if a is None else jnp.asarray(a).astype(self.dtype) for a in arrays)
 
     def currents(self, g_pre: Array, g_post: Array) -> tuple[Array, Array]:
         return self.backward(g_post), self.forward(g_pre)

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from imixer_jax.models import token_mixers
 
 TOKEN_MIXERS = ("mlp", "imlp")
-REMATS = ("none", "token_mixer", "block")
+REMATS = ("none", "activations", "token_mixer", "block")
 BLOCKS = ("serial", "parallel")
 MLPS = ("vanilla", "symmetric", "asymmetric")
 
@@ -161,7 +161,7 @@ class MixerConfig(MixerFamilyConfig):
     transposed kernels: the pure Hopfield model), ``adjoint`` (``'unrolled'`` | ``'implicit'``)
     and ``tol`` (early stop; 0: exactly n_iter steps). They are validated for both mixers.
     ``scan_blocks`` stacks the blocks under ``nnx.scan``; ``remat`` is ``'none'``,
-    ``'token_mixer'`` or ``'block'`` (docs/design.md#model-config).
+    ``'activations'``, ``'token_mixer'`` or ``'block'`` (docs/design.md#model-config).
     """
 
     arch: ClassVar[str] = "mixer"
@@ -222,8 +222,9 @@ class ParaMixerConfig(MixerFamilyConfig):
     """``ParaMixer``: the parallelized MLP-Mixer family (docs/theory.md#parallel-mixer).
 
     ``block``: ``'serial'`` or ``'parallel'``; ``mlp``: ``'vanilla'``, ``'symmetric'`` (tied
-    W^T g(W x)) or ``'asymmetric'`` (plus W_2 g(W x)); ``n_iter`` (>= 1) repeats each block with
-    the same weights; ``asym_penalty`` is lambda of the L2 penalty on W_2 (asymmetric only);
+    W^T g(W x)) or ``'asymmetric'`` (plus W_2 g(W x)); each block is applied ``repeats`` (>= 1)
+    times with the same weights (the official ``_ni`` variants); ``asym_penalty`` is lambda of
+    the L2 penalty on W_2 (asymmetric only);
     ``scalar_scale`` makes the LayerNorm gain a scalar (needed for the energy to exist).
     """
 
@@ -236,7 +237,7 @@ class ParaMixerConfig(MixerFamilyConfig):
 
     block: str = "parallel"
     mlp: str = "vanilla"
-    n_iter: int = 1
+    repeats: int = 1
     asym_penalty: float = 0.0
     scalar_scale: bool = False
 

@@ -82,13 +82,17 @@ class EnergyBlock(nnx.Module):
         )
 
     def __call__(self, x: Array, *, rngs: nnx.Rngs | None = None) -> Array:
-        """``x: [B, S, D] -> [B, S, D]`` after ``n_iter`` descent steps (float32)."""
+        """``x: [B, S, D] -> [B, S, D]`` after ``n_iter`` descent steps (float32), in a rolled
+        ``lax.fori_loop``: XLA compiles one step, so compile time does not grow with n_iter."""
         net = self.network()
-        x0 = x = x.astype(jnp.float32)
-        for _ in range(self.n_iter):
+
+        def step(_, x: Array) -> Array:
             fast, _ = reduction.solve_fast(net, {attention.TOKENS: x})
             current = reduction.reduced_currents(net, {attention.TOKENS: x}, fast)[attention.TOKENS]
-            x = x + self.step_size * (current if self.update_rule == "residual" else current - x)
+            return x + self.step_size * (current if self.update_rule == "residual" else current - x)
+
+        x0 = x.astype(jnp.float32)
+        x = jax.lax.fori_loop(0, self.n_iter, step, x0)
         return x0 + self.drop_path(x - x0, rngs=rngs)
 
 

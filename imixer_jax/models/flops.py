@@ -11,7 +11,7 @@ N blocks, K classes:
                       + 2 D K                              head
 
 The parallelized Mixer family (``paramixer_*``, ``symmixer_*``, ...) runs each block's token and
-channel MLPs ``n_iter`` times (the ``_ni`` repeats); an asymmetric MLP has three matmuls, W_1 x,
+channel MLPs ``repeats`` times (the ``_ni`` variants); an asymmetric MLP has three matmuls, W_1 x,
 W_1^T g and W_2 g, so its block term is 6 (D S T + S D C) per repeat instead of 4. The Energy
 Transformer (H heads of Y neurons, M memories per token) runs ``n_iter`` descent steps per block,
 each 8 S D H Y (keys, queries and their two back-projections) + 6 H S^2 Y (scores and the two
@@ -39,7 +39,7 @@ def forward_flops(config: ModelConfig) -> int:
     token_dim, channel_dim = c.tokens_mlp_dim, c.channels_mlp_dim
     if c.arch == "paramixer":
         matmuls = 6 if c.mlp == "asymmetric" else 4
-        block = c.n_iter * matmuls * (dim * tokens * token_dim + tokens * dim * channel_dim)
+        block = c.repeats * matmuls * (dim * tokens * token_dim + tokens * dim * channel_dim)
     else:
         token_mixer = 4 * dim * tokens * token_dim
         if c.token_mixer == "imlp":

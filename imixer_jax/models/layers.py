@@ -7,7 +7,8 @@
   truncated normal at +-2 std with the std corrected by 0.8796...), which is exactly
   ``jax.nn.initializers.lecun_normal()``; fan_in = P*P*3), bias zero -> ``patch_stem``.
 * LayerNorm: eps 1e-6, scale 1, bias 0           -> ``layer_norm``.
-* Channel MLP D -> C -> D with exact (erf) GELU  -> ``ChannelMLP`` (tanh GELU on request).
+* Channel MLP D -> C -> D with exact (erf) GELU (tanh on request), built from the Hopfield core
+                                                 -> ``ChannelMLP``.
 * Hidden-neuron Lagrangian of an activation name -> ``hidden_lagrangian``.
 * Drop path (stochastic depth): whole samples dropped, survivors scaled by 1/(1 - rate)
                                                  -> ``drop_path``.
@@ -21,7 +22,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from imixer_jax.hopfield import lagrangians
+from imixer_jax.hopfield import Dense, HierarchicalNetwork, Layer, lagrangians
 from imixer_jax.models import partitioning
 from imixer_jax.models.partitioning import MODEL, REPLICATED_VECTOR, split
 
@@ -104,12 +105,6 @@ def patch_stem(patch_size: int, dim: int, *, rngs: nnx.Rngs, dtype=None) -> nnx.
     )
 
 
-def gelu(x: Array, approximate: bool = False) -> Array:
-    """Exact (erf) GELU, as torch.nn.GELU() in the official code; ``approximate``: the tanh form
-    (flax's ``nn.gelu`` default, vit_jax's Mixer)."""
-    return jax.nn.gelu(x, approximate=approximate)
-
-
 def hidden_lagrangian(activation: str, approximate_gelu: bool = False) -> lagrangians.Lagrangian:
     """The Lagrangian whose gradient is ``activation`` (a name of ``lagrangians.get``); GELU in
     its tanh form with ``approximate_gelu``."""
@@ -119,7 +114,11 @@ def hidden_lagrangian(activation: str, approximate_gelu: bool = False) -> lagran
 
 
 class ChannelMLP(nnx.Module):
-    """Channel MLP ``[B, S, D] -> [B, S, D]``: fc_c2(GELU(fc_c1(x))).
+    """Channel MLP ``[B, S, D] -> [B, S, D]``: fc_c2(GELU(fc_c1(LN x))), the reduced update of a
+    two-layer Hopfield network (``network``) as the token MLP is: a visible ``[S, D]`` layer whose
+    Lagrangian is the block's LayerNorm over D, a hidden GELU layer ``[S, C]``, one untied
+    synapse (feedforward ``fc_c1``, feedback ``fc_c2``). The LayerNorm's parameters belong to
+    the block (``norm``), as in the official code.
 
     Params: ``fc_c1`` (kernel ``[D, C]``, bias ``[C]``),
     ``fc_c2`` (kernel ``[C, D]``, bias ``[D]``). ``approximate_gelu``: the tanh GELU.
@@ -131,13 +130,43 @@ class ChannelMLP(nnx.Module):
         self.fc_c1 = mlp_linear(dim, mlp_dim, parallel="column", dtype=dtype, rngs=rngs)
         self.fc_c2 = mlp_linear(mlp_dim, dim, parallel="row", dtype=dtype, rngs=rngs)
         self.approximate_gelu = approximate_gelu
+        self.dtype = dtype
 
-    def __call__(self, x: Array) -> Array:
-        """``x: [B, S, D] -> [B, S, D]``; the hidden ``[B, S, C]`` and the output split like the
-        residual stream where the channel MLP reads it (``partitioning.shard_residual``)."""
-        h = partitioning.shard_residual(self.fc_c1(x), "tokens")
-        h = gelu(h, self.approximate_gelu)
-        return partitioning.shard_residual(self.fc_c2(h), "tokens")
+    def network(self, norm: nnx.LayerNorm, visible_shape: tuple[int, int]) -> HierarchicalNetwork:
+        """The two-layer network on visible states ``[S, D]`` (``norm``'s LayerNorm Lagrangian,
+        ``[S, C]`` hidden), with the arithmetic of ``norm`` and of the ``nnx.Linear`` layers: the
+        one-pass variance (``fast_variance``), parameters cast to ``dtype``."""
+        cast = (lambda a: a) if self.dtype is None else (lambda a: a.astype(self.dtype))
+        visible = lagrangians.LayerNorm(
+            gamma=cast(norm.scale[...]),
+            delta=cast(norm.bias[...]),
+            eps=norm.epsilon,
+            axis=-1,
+            fast_variance=True,
+        )
+        num_tokens, _ = visible_shape
+        synapse = Dense(
+            weight=self.fc_c1.kernel[...],
+            feedback=self.fc_c2.kernel[...],
+            forward_bias=self.fc_c1.bias[...],
+            feedback_bias=self.fc_c2.bias[...],
+            dtype=self.dtype,
+        )
+        hidden = Layer(
+            hidden_lagrangian("gelu", self.approximate_gelu),
+            (num_tokens, self.fc_c1.kernel[...].shape[1]),
+        )
+        return HierarchicalNetwork(
+            (Layer(visible, visible_shape, dtype=self.dtype), hidden), (synapse,)
+        )
+
+    def __call__(self, x: Array, norm: nnx.LayerNorm) -> Array:
+        """``x: [B, S, D] -> [B, S, D]``, the visible layer's LayerNorm from ``norm``."""
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
+        net = partitioning.gather_weights(self.network(norm, x.shape[1:]), x.shape, "tokens")
+        fast, _ = net.solve_fast_layers(x)
+        return net.reduced_current(x, fast)
 
 
 def drop_path(rate: float) -> nnx.Dropout:

@@ -3,20 +3,24 @@
 
     images [B, H, W, 3] -> Conv PxP stride P (3 -> D) -> X [B, S, D],  S = (H/P) * (W/P)
     N x MixerBlock:  X <- X + DropPath(token_mixer(X))            (the token mixer owns LN_1)
-                     X <- X + DropPath(fc_c2(GELU(fc_c1(LN_2 X))))
+                     X <- X + DropPath(fc_c2(GELU(fc_c1(LN_2 X))))   (``ChannelMLP``)
     LayerNorm -> mean over tokens [B, D] -> head (zero init) -> logits [B, num_classes]
 
-``token_mixer='mlp'`` is MLP-Mixer (``TokenMLP``), ``'imlp'`` is iMixer (``IMLP``). Drop path has
-the same rate in every block (official iMixer).
+``token_mixer='mlp'`` is MLP-Mixer (``TokenMLP``), ``'imlp'`` is iMixer (``IMLP``). Token mixer and
+channel MLP are both reduced updates of Hopfield networks built from the core; the channel MLP's
+is a two-layer network whose visible layer has the block's LN_2 as Lagrangian. Drop path has the
+same rate in every block (official iMixer).
 
 Layouts (``Backbone``): by default ``blocks`` is an ``nnx.List`` of N blocks, applied in a
 Python loop (XLA compiles N copies). ``scan_blocks=True`` stacks every block variable along a
 leading axis of size N (``blocks/token_mixer/fc1/kernel [N, S, T]``, spectral-norm u, v
 ``[N, ...]``) and applies the blocks under ``nnx.scan``, so compile time does not grow with
 depth; each block still draws its own drop-path mask and advances its own u, v. ``remat``
-trades compute for memory with ``jax.checkpoint``: ``'token_mixer'`` recomputes each token mixer
-(the iMLP iterations) in the backward pass, ``'block'`` each whole block; only the block inputs
-are saved.
+trades compute for memory: ``'activations'`` makes each token mixer save its neurons' states
+(the matmul outputs) and compute their activations (LayerNorm, GELU) again in the backward pass
+(``reduction.solve_fast(recompute=True)``; no matmul is repeated); ``'token_mixer'`` recomputes
+each token mixer (the iMLP iterations) in the backward pass, ``'block'`` each whole block (with
+``jax.checkpoint``); only the block inputs are saved.
 
 Parameters are float32; ``dtype`` (``None`` = float32, or e.g. ``'bfloat16'``) is the
 computation dtype; logits are always float32.
@@ -44,7 +48,8 @@ class MixerBlock(nnx.Module):
     """One Mixer block on ``[B, S, D]``.
 
     Submodules: ``token_mixer`` (returns the increment for X and owns its LayerNorm), ``norm``
-    (LayerNorm over D), ``channel_mlp`` (``fc_c1`` D -> C, ``fc_c2`` C -> D), ``drop_path``.
+    (LayerNorm over D, the Lagrangian of the channel MLP's visible layer), ``channel_mlp``
+    (``fc_c1`` D -> C, ``fc_c2`` C -> D), ``drop_path``.
     """
 
     def __init__(
@@ -77,7 +82,7 @@ class MixerBlock(nnx.Module):
         else:
             y = self.token_mixer(x)
         x = shard_residual(x + self.drop_path(y, rngs=rngs), "tokens")
-        return x + self.drop_path(self.channel_mlp(self.norm(x)), rngs=rngs)
+        return x + self.drop_path(self.channel_mlp(x, self.norm), rngs=rngs)
 
 
 class Mixer(Backbone):
@@ -125,6 +130,7 @@ def _token_mixer(config: MixerConfig, rngs: nnx.Rngs) -> TokenMLP | IMLP:
         tied=c.tied,
         update_rule=c.update_rule,
         step_size=c.step_size,
+        recompute_activations=c.remat == "activations",
         dtype=c.compute_dtype,
         rngs=rngs,
     )

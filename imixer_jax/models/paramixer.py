@@ -32,8 +32,8 @@ Family (official names in ``registry``): ``block='serial'`` with plain MLPs is t
 with symmetric layernorms (``vanillamixer``), ``'parallel'`` the parallelized Mixer
 (``paramixer``), ``mlp='symmetric'`` ties the weights (``symmixer``), ``mlp='asymmetric'`` adds the
 symmetry-breaking term W_2: y = W_1^T g(W_1 x) + W_2 g(W_1 x) (``asymmixer``), with the L2 penalty
-lambda sum ||W_2||^2 returned by ``ParaMixer.penalty``. ``n_iter`` repeats each block with the
-same weights (``_ni2`` ... ``_ni4``). As the official code: no biases in the MLPs, LN scale and
+lambda sum ||W_2||^2 returned by ``ParaMixer.penalty``. ``repeats`` applies each block again with
+the same weights (``_ni2`` ... ``_ni4``). As the official code: no biases in the MLPs, LN scale and
 bias ``[S, D]`` per element (``scalar_scale=True``: a scalar gain, needed for the energy to exist).
 
 The blocks compute with the Hopfield graph core (``imixer_jax.hopfield``): ``ParallelBlock.network``
@@ -183,7 +183,7 @@ _MLP_CLASSES = {"vanilla": VanillaMLP, "symmetric": SymmetricMLP, "asymmetric": 
 class _Block(nnx.Module):
     """Shared parts of the serial and parallel blocks on ``[B, S, D]``: ``mlp_tokens`` (S -> T
     -> S along the token axis), ``mlp_channels`` (D -> C -> D), drop path, the update rule and
-    ``n_iter`` weight-tied repeats. The block's arithmetic is that of its Hopfield network(s):
+    ``repeats`` weight-tied applications. The block's arithmetic is that of its Hopfield network(s):
     the visible layer X ``[S, D]`` coupled to a token hidden layer (T x D, stored ``[D, T]``)
     and/or a channel hidden layer ``[S, C]``."""
 
@@ -197,7 +197,7 @@ class _Block(nnx.Module):
         mlp: str = "vanilla",
         activation: str = "gelu",
         approximate_gelu: bool = False,
-        n_iter: int = 1,
+        repeats: int = 1,
         update_rule: str = "residual",
         step_size: float = 1.0,
         drop_path_rate: float = 0.0,
@@ -211,7 +211,7 @@ class _Block(nnx.Module):
         self.mlp_tokens = mlp_class(num_tokens, tokens_mlp_dim, **common)
         self.mlp_channels = mlp_class(dim, channels_mlp_dim, **common)
         self.drop_path = layers.drop_path(drop_path_rate)
-        self.n_iter = n_iter
+        self.repeats = repeats
         self.update_rule = update_rule
         self.step_size = step_size
         self.dtype = dtype
@@ -234,11 +234,11 @@ class _Block(nnx.Module):
         return x + self.drop_path(increment.astype(x.dtype), rngs=rngs)
 
     def __call__(self, x: Array, *, rngs: nnx.Rngs | None = None) -> Array:
-        """``x: [B, S, D] -> [B, S, D]``: ``n_iter`` updates with the same weights.
+        """``x: [B, S, D] -> [B, S, D]``: ``repeats`` updates with the same weights.
 
         ``rngs`` (stream ``'dropout'``) is needed only in training mode with drop path > 0.
         """
-        for _ in range(self.n_iter):
+        for _ in range(self.repeats):
             x = self.update_once(x, rngs=rngs)
         return x
 
@@ -375,7 +375,7 @@ class ParaMixer(Backbone):
             mlp=config.mlp,
             activation=config.activation,
             approximate_gelu=config.approximate_gelu,
-            n_iter=config.n_iter,
+            repeats=config.repeats,
             update_rule=config.update_rule,
             step_size=config.step_size,
             drop_path_rate=config.drop_path_rate,

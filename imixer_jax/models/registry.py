@@ -30,7 +30,7 @@ names, 224 px, same sizes, T = D/2, C = 4D, no MLP biases, symmetric (S x D) lay
 ``asymmixer_s16_224_lXX`` are the official ones (l01: penalty lambda = ``asym_penalty`` = 0.1,
 l02: 1e-2, l035: 5e-4, ...); the size grid ``asymmixer_{s,b,l}{16,32}_224`` (lambda 0) is ours.
 
-``{vanilla,para,sym}mixer_s16_224_ni{2,3,4}``: each block repeated n_iter times with the same
+``{vanilla,para,sym}mixer_s16_224_ni{2,3,4}``: each block applied ``repeats`` times with the same
 weights. ``PARAMIXER_NAMES`` lists them; ``model_class(name)`` / ``model_arch(name)`` say which
 class a variant builds (``VARIANT_NAMES`` stays the Mixer/iMixer set).
 
@@ -117,7 +117,7 @@ _PARAMIXER_VARIANTS = {
         for kind, size, patch in itertools.product(_PARAMIXER_KINDS, _SIZES, _PATCHES)
     },
     **{
-        f"{kind}_s16_224_ni{n}": _paramixer_variant(kind, "s", 16, n_iter=n)
+        f"{kind}_s16_224_ni{n}": _paramixer_variant(kind, "s", 16, repeats=n)
         for kind in ("vanillamixer", "paramixer", "symmixer")
         for n in (2, 3, 4)
     },

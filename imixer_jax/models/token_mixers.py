@@ -119,6 +119,12 @@ def _keep_last(_, value):
 class _HopfieldTokenMixer(nnx.Module):
     """Shared visible layer, update rule and intermediates of the token mixers.
 
+    ``recompute_activations=True`` (``remat='activations'``) saves for the backward pass the
+    states of the neurons (the matmul outputs), not their activations and what differentiating
+    them needs, and computes the activations again there (``reduction.solve_fast(recompute=...)``):
+    per iMLP fixed-point step two arrays instead of about eight, no matmul repeated; gradients
+    equal to round-off.
+
     ``sow_intermediates`` (False by default, so training never computes them; set it with
     ``nnx.view(module, sow_intermediates=True)``) makes each call sow, as ``nnx.Intermediate``:
     ``residuals`` ``[n_iter]`` and ``steps`` ``[]`` (fixed-point solver, iMLP), ``sigma`` ``[]``
@@ -126,8 +132,19 @@ class _HopfieldTokenMixer(nnx.Module):
     ``energy_before`` / ``energy_after`` ``[B]`` (reduced energy at X and at X + increment).
     """
 
-    def _init_visible(self, dim, activation, approximate_gelu, tied, update_rule, step_size, dtype):
+    def _init_visible(
+        self,
+        dim,
+        activation,
+        approximate_gelu,
+        tied,
+        update_rule,
+        step_size,
+        recompute_activations,
+        dtype,
+    ):
         self.norm = VisibleNorm(dim, scalar_scale=tied)
+        self.recompute_activations = recompute_activations
         self.activation = activation
         self.approximate_gelu = approximate_gelu
         self.tied = tied
@@ -151,7 +168,7 @@ class _HopfieldTokenMixer(nnx.Module):
         if self.dtype is not None:
             x0, net, per_step = jax.tree.map(lambda a: a.astype(self.dtype), (x0, net, per_step))
         fast, solution = self._solve(net, x0, per_step)
-        y = net.reduced_current(x0, fast)
+        y = net.reduced_current(x0, fast, recompute=self.recompute_activations)
         increment = y if self.update_rule == "residual" else self.step_size * (y - x0)
         if self.sow_intermediates:
             self._sow(net, x0, fast, increment, solution)
@@ -192,13 +209,23 @@ class TokenMLP(_HopfieldTokenMixer):
         tied: bool = False,
         update_rule: str = "residual",
         step_size: float = 1.0,
+        recompute_activations: bool = False,
         dtype=None,
         rngs: nnx.Rngs,
     ):
         check_arguments(
             token_dim=token_dim, activation=activation, update_rule=update_rule, step_size=step_size
         )
-        self._init_visible(dim, activation, approximate_gelu, tied, update_rule, step_size, dtype)
+        self._init_visible(
+            dim,
+            activation,
+            approximate_gelu,
+            tied,
+            update_rule,
+            step_size,
+            recompute_activations,
+            dtype,
+        )
         self.fc1 = mlp_linear(num_tokens, token_dim, parallel="column", rngs=rngs)
         self.fc2 = _feedback(token_dim, num_tokens, tied, rngs)
 
@@ -215,7 +242,7 @@ class TokenMLP(_HopfieldTokenMixer):
         return net, None
 
     def _solve(self, net, x0, per_step=None):
-        return net.solve_fast_layers(x0)
+        return net.solve_fast_layers(x0, recompute=self.recompute_activations)
 
 
 class IMLP(_HopfieldTokenMixer):
@@ -251,6 +278,7 @@ class IMLP(_HopfieldTokenMixer):
         approximate_gelu: bool = False,
         update_rule: str = "residual",
         step_size: float = 1.0,
+        recompute_activations: bool = False,
         dtype=None,
         rngs: nnx.Rngs,
     ):
@@ -267,7 +295,16 @@ class IMLP(_HopfieldTokenMixer):
             step_size=step_size,
         )
         hidden_dim = int(token_dim * hidden_ratio)
-        self._init_visible(dim, activation, approximate_gelu, tied, update_rule, step_size, dtype)
+        self._init_visible(
+            dim,
+            activation,
+            approximate_gelu,
+            tied,
+            update_rule,
+            step_size,
+            recompute_activations,
+            dtype,
+        )
         self.n_iter = n_iter
         self.tol = tol
         self.adjoint = adjoint
@@ -334,7 +371,12 @@ class IMLP(_HopfieldTokenMixer):
         # and steps are the block's, ``[n_iter]`` and ``[]``.
         adjoint = Unrolled(per_step=per_step) if self.adjoint == "unrolled" else Implicit()
         return net.solve_fast_layers(
-            x0, max_steps=self.n_iter, tol=self.tol, adjoint=adjoint, per_sample=False
+            x0,
+            max_steps=self.n_iter,
+            tol=self.tol,
+            adjoint=adjoint,
+            per_sample=False,
+            recompute=self.recompute_activations,
         )
 
 

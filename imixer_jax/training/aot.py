@@ -28,7 +28,6 @@ import numpy as np
 
 from imixer_jax import data
 from imixer_jax.models import flops
-from imixer_jax.training import config as config_lib
 from imixer_jax.training import sharding
 from imixer_jax.training.state import Setup, prepare
 from imixer_jax.training.steps import make_eval_step, make_train_step
@@ -301,7 +300,7 @@ def compile_for_topology(config: ml_collections.ConfigDict, topology: str) -> Re
     config = setup.config
     train_batch, eval_batch = abstract_batches(setup)
     state = setup.abstract_state
-    forward = flops.forward_flops(config_lib.typed_model_config(config))
+    forward = flops.forward_flops(setup.model_config)
     state_bytes = _shard_bytes(state)
     train = compile_program(
         make_train_step(setup), (state, train_batch), 3.0 * forward * config.batch_size / chips

@@ -76,8 +76,9 @@ def base_config(model: str = "imixer_s16", **model_overrides) -> ml_collections.
     """
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.arch = registry.model_arch(model)  # the architecture whose config fields ``c.model`` holds
-    c.model = model_section(model, **{"num_classes": 10, **model_overrides})
+    typed = _registered(model, **{"num_classes": 10, **model_overrides})
+    c.arch = typed.arch  # the architecture whose config fields ``c.model`` holds
+    c.model = _section(typed)
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "cifar10"
@@ -108,7 +109,9 @@ def base_config(model: str = "imixer_s16", **model_overrides) -> ml_collections.
         dict(unit="epochs", length=300.0, warmup=20.0, cooldown=10.0, init_lr=1e-6, min_lr=1e-6)
     )
     c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1), axes=("data", "model"), fsdp=False))
-    c.init_from = weights_formats.init_from_config()
+    c.init_from = ml_collections.ConfigDict(
+        dict(path=config_dict.placeholder(str), format="auto", head="zero")
+    )
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3))
     c.log_every_steps = 100
     c.eval_every_steps = 0
@@ -133,10 +136,18 @@ def model_section(name: str, **overrides) -> ml_collections.ConfigDict:
     Raises:
       ConfigError: one line naming the first invalid ``config.model`` field.
     """
+    return _section(_registered(name, **overrides))
+
+
+def _registered(name: str, **overrides) -> configs.ModelConfig:
     try:
-        fields = registry.model_config(name, **overrides).to_dict()
+        return registry.model_config(name, **overrides)
     except configs.ModelConfigError as e:
         raise _model_error(e) from e
+
+
+def _section(model: configs.ModelConfig) -> ml_collections.ConfigDict:
+    fields = model.to_dict()
     dtype = fields.pop("dtype")
     c = ml_collections.ConfigDict(fields)
     c.dtype = config_dict.placeholder(str)
@@ -170,13 +181,29 @@ def _check(ok: bool, key: str, message: str) -> None:
         _fail(key, message)
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Check ``config`` before anything is compiled or built.
+def init_from(config: ml_collections.ConfigDict) -> weights_formats.InitFrom | None:
+    """``config.init_from`` as the weights module's ``InitFrom``; None without a path.
+
+    Raises:
+      ConfigError: one line ``config.init_from.<field>: <what is wrong>``.
+    """
+    init = config.get("init_from")
+    if init is None or init.path is None:
+        return None
+    try:
+        return weights_formats.InitFrom(init.path, init.format, init.head)
+    except weights_formats.PretrainedError as e:
+        raise ConfigError(f"config.init_from.{e}") from e
+
+
+def validate(config: ml_collections.ConfigDict) -> configs.ModelConfig:
+    """Check ``config`` before anything is compiled or built; return its typed model config
+    (``typed_model_config``), converted here once for the caller to keep.
 
     Raises:
       ConfigError: one line ``config.<key>: <what is wrong>``.
     """
-    typed_model_config(config)  # the model's fields, checked without building anything
+    model = typed_model_config(config)  # the model's fields, checked without building anything
 
     _check(bool(config.data.name), "data.name", "must name a TFDS dataset")
     _check(0 < config.data.crop_ratio <= 1, "data.crop_ratio", "must be in (0, 1]")
@@ -221,10 +248,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     names = ("adamw", "sgd")
     _check(opt.name in names, "optimizer.name", f"must be one of {names}, got {opt.name!r}")
     _check(0 <= opt.momentum < 1, "optimizer.momentum", f"must be in [0, 1), got {opt.momentum}")
-    try:
-        weights_formats.check_init_from(config)
-    except (ValueError, FileNotFoundError) as e:
-        _fail("init_from", " ".join(str(e).split()).removeprefix("config.init_from"))
+    init_from(config)
 
     sch = config.schedule
     _check(sch.unit in UNITS, "schedule.unit", f"must be one of {UNITS}, got {sch.unit!r}")
@@ -272,3 +296,4 @@ def validate(config: ml_collections.ConfigDict) -> None:
             "distributed.process_id",
             f"must be in [0, {dist.num_processes}), got {dist.process_id}",
         )
+    return model

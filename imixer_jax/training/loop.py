@@ -450,13 +450,15 @@ def _pretrained(setup: Setup, state: TrainState) -> TrainState:
     """A fresh state with the weights of ``config.init_from`` (parameters and spectral-norm u, v;
     unchanged without one); the optimiser state does not depend on the parameter values, so it
     stays valid."""
-    config = setup.config
-    if config.get("init_from") is None or config.init_from.path is None:
+    init_from = config_lib.init_from(setup.config)
+    if init_from is None:
         return state
-    params, rest = weights_formats.apply_init(config, state.params, state.rest)
+    params, rest = weights_formats.apply_init(
+        init_from, setup.model_config, state.params, state.rest
+    )
     shardings = setup.state_shardings
     params = jax.device_put(params, shardings.params)
     rest = jax.device_put(rest, shardings.rest)
     ema = None if state.ema_params is None else params
-    logging.info("weights initialised from %s", config.init_from.path)
+    logging.info("weights initialised from %s", init_from.path)
     return state.replace(params=params, rest=rest, ema_params=ema)

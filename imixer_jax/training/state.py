@@ -25,7 +25,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from imixer_jax import data
-from imixer_jax.models import registry
+from imixer_jax.models import configs, registry
 from imixer_jax.training import config as config_lib
 from imixer_jax.training import optim, sharding
 from imixer_jax.weights import formats as weights_formats
@@ -63,6 +63,7 @@ class Setup:
     """What ``prepare`` derives from a config; nothing here has been compiled."""
 
     config: ml_collections.ConfigDict
+    model_config: configs.ModelConfig  # ``config.model`` typed, converted once by ``prepare``
     mesh: Mesh
     plan: optim.Plan
     tx: optax.GradientTransformation
@@ -77,8 +78,8 @@ class Setup:
         return jax.tree.map(lambda x: x.sharding, self.abstract_state)
 
 
-def _model(config: ml_collections.ConfigDict, key: Array) -> nnx.Module:
-    return registry.build(config_lib.typed_model_config(config), rngs=nnx.Rngs(params=key))
+def _model(model_config: configs.ModelConfig, key: Array) -> nnx.Module:
+    return registry.build(model_config, rngs=nnx.Rngs(params=key))
 
 
 def resolve_mesh_shape(
@@ -123,7 +124,7 @@ def prepare(
       config_lib.ConfigError: invalid config, or a dataset that is not prepared (the message
         says how to prepare it) or does not fit (split, features).
     """
-    config_lib.validate(config)
+    model_config = config_lib.validate(config)
     if devices is None:
         if not jax.distributed.is_initialized():
             sharding.initialize_distributed(config.distributed)
@@ -141,14 +142,16 @@ def prepare(
     plan = optim.plan(config, info.num_train)
     tx, schedule = optim.create(config, plan)
 
-    model = nnx.eval_shape(lambda: _model(config, jax.random.key(0)))
+    model = nnx.eval_shape(lambda: _model(model_config, jax.random.key(0)))
     model.train()
     graphdef, _, _ = nnx.split(model, nnx.Param, ...)
     model.eval()
     eval_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
-    abstract = jax.eval_shape(lambda: _init(config, tx))
+    abstract = jax.eval_shape(lambda: _init(config, model_config, tx))
+    init_from = config_lib.init_from(config)
     try:  # the file's content (headers), against the model, before anything is created
-        weights_formats.check(config, abstract.params, abstract.rest)
+        if init_from is not None:
+            weights_formats.check(init_from, model_config, abstract.params, abstract.rest)
     except weights_formats.PretrainedError as e:
         raise config_lib.ConfigError(f"config.init_from.path: {e}") from e
     shardings = sharding.tree_shardings(mesh, abstract, fsdp=config.mesh.fsdp)
@@ -157,6 +160,7 @@ def prepare(
     )
     return Setup(
         config=config,
+        model_config=model_config,
         mesh=mesh,
         plan=plan,
         tx=tx,
@@ -180,9 +184,13 @@ def _dataset_info(config: ml_collections.ConfigDict) -> data.DatasetInfo:
         raise config_lib.ConfigError(f"config.data: {' '.join(str(e).split())}") from e
 
 
-def _init(config: ml_collections.ConfigDict, tx: optax.GradientTransformation) -> TrainState:
+def _init(
+    config: ml_collections.ConfigDict,
+    model_config: configs.ModelConfig,
+    tx: optax.GradientTransformation,
+) -> TrainState:
     init_key, root = jax.random.split(jax.random.key(config.seed))  # root: the run's streams
-    model = _model(config, init_key)
+    model = _model(model_config, init_key)
     model.train()
     _, params, rest = nnx.split(model, nnx.Param, ...)
     return TrainState(
@@ -198,7 +206,7 @@ def _init(config: ml_collections.ConfigDict, tx: optax.GradientTransformation) -
 def init_state(setup: Setup) -> TrainState:
     """A fresh train state, created directly into its shardings."""
     init = jax.jit(
-        lambda: _init(setup.config, setup.tx),
+        lambda: _init(setup.config, setup.model_config, setup.tx),
         out_shardings=setup.state_shardings,
         compiler_options=RUN_ONCE,
     )

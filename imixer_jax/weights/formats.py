@@ -1,4 +1,4 @@
-"""Which weights format a file holds, and the trainer's ``config.init_from``.
+"""Which weights format a file holds, and a model's first weights from any of them (``InitFrom``).
 
 Formats, told apart by content (never by file name):
 
@@ -21,11 +21,9 @@ import os
 import zipfile
 from collections.abc import Mapping
 
-import ml_collections
 import numpy as np
 from flax import nnx
 
-from imixer_jax.models import configs
 from imixer_jax.models.configs import ModelConfig
 from imixer_jax.weights import ours, torch_imixer, vit_jax
 from imixer_jax.weights.mapping import (
@@ -176,7 +174,7 @@ def place(
         arrays = match(target, entries, dotted, source=source)
     else:
         name = torch_imixer.registered_name(weights.arch)
-        if name is not None:  # the recorded model settles what shapes cannot (n_iter, MLP kind)
+        if name is not None:  # the recorded model settles what shapes cannot (repeats, MLP kind)
             recorded = torch_imixer.model_config(entries, name)
             ours.check_settings(recorded, config, source=source, name=name, ignore=ignore)
         arrays = torch_imixer.match_torch(target, entries, source=source)
@@ -185,67 +183,50 @@ def place(
     return replace(params, arrays), replace(rest, arrays)
 
 
-def init_from_config() -> ml_collections.ConfigDict:
-    """The ``config.init_from`` section: ``path`` (None = train from scratch), ``format`` (one of
-    ``FORMATS``; ``'auto'`` tells them apart by content) and ``head`` (one of ``HEADS``)."""
-    return ml_collections.ConfigDict(
-        dict(path=ml_collections.config_dict.placeholder(str), format="auto", head="zero")
-    )
+@dataclasses.dataclass(frozen=True)
+class InitFrom:
+    """A model's first weights: the file at ``path``, read as ``format`` (one of ``FORMATS``;
+    ``'auto'`` tells them apart by content), its head as ``head`` says (one of ``HEADS``).
+
+    Raises:
+      PretrainedError: ``'<field>: <what is wrong>'`` for a field that cannot work (the file's
+        contents are checked by ``check``).
+    """
+
+    path: str
+    format: str = "auto"
+    head: str = "zero"
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise PretrainedError(
+                f"format: must be one of {', '.join(FORMATS)}, got {self.format!r}"
+            )
+        if self.head not in HEADS:
+            raise PretrainedError(f"head: must be one of {', '.join(HEADS)}, got {self.head!r}")
+        if not os.path.isfile(self.path):
+            raise PretrainedError(
+                f"path: no file {self.path!r}; pass a vit_jax .npz (e.g. Mixer-B_16.npz), an "
+                "official iMixer or paramixer .pth, or an .npz of ours"
+            )
 
 
-def check_init_from(config: ml_collections.ConfigDict) -> None:
-    """One-line errors for ``config.init_from``'s fields (no-op without a path); the file's
-    contents are checked by ``check``."""
-    init = config.get("init_from")
-    if init is None or init.path is None:
-        return
-    if init.format not in FORMATS:
-        raise PretrainedError(
-            f"config.init_from.format: must be one of {', '.join(FORMATS)}, got {init.format!r}"
-        )
-    if init.head not in HEADS:
-        raise PretrainedError(f"config.init_from.head: must be one of {', '.join(HEADS)}")
-    if not os.path.isfile(init.path):
-        raise PretrainedError(
-            f"config.init_from.path: no file {init.path!r}; pass a vit_jax .npz (e.g. "
-            "Mixer-B_16.npz), an official iMixer or paramixer .pth, or an .npz of ours"
-        )
-
-
-def check(config: ml_collections.ConfigDict, params: nnx.State, rest: nnx.State) -> None:
-    """Check ``config.init_from``'s file against the model's abstract ``params`` and ``rest``
-    (e.g. the trainer's ``setup.abstract_state``) from its headers only: format, model
-    settings, every name and shape. No-op without ``config.init_from.path``.
+def check(init: InitFrom, model: ModelConfig, params: nnx.State, rest: nnx.State) -> None:
+    """Check ``init``'s file against the abstract ``params`` and ``rest`` of a model of ``model``
+    (e.g. the trainer's ``setup.abstract_state``) from the file's headers only: format, model
+    settings, every name and shape.
 
     Raises:
       PretrainedError: one line naming what does not fit.
     """
-    init = config.get("init_from")
-    if init is None or init.path is None:
-        return
-    check_init_from(config)
     weights = read(init.path, format=init.format, shapes_only=True)
-    model = configs.from_dict(config.arch, config.model.to_dict())
-    place(
-        weights,
-        params,
-        rest,
-        model,
-        head=init.head,
-        source=repr(init.path),
-        check_only=True,
-    )
+    place(weights, params, rest, model, head=init.head, source=repr(init.path), check_only=True)
 
 
 def apply_init(
-    config: ml_collections.ConfigDict, params: nnx.State, rest: nnx.State
+    init: InitFrom, model: ModelConfig, params: nnx.State, rest: nnx.State
 ) -> tuple[nnx.State, nnx.State]:
-    """``(params, rest)`` initialised from ``config.init_from`` (unchanged when it is absent or
-    its ``path`` is None): the trainer calls it on the freshly initialised state."""
-    init = config.get("init_from")
-    if init is None or init.path is None:
-        return params, rest
-    check_init_from(config)
+    """``(params, rest)`` of a model of ``model`` initialised from ``init``'s file: the trainer
+    calls it on the freshly initialised state."""
     weights = read(init.path, format=init.format)
-    model = configs.from_dict(config.arch, config.model.to_dict())
     return place(weights, params, rest, model, head=init.head, source=repr(init.path))

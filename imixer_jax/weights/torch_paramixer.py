@@ -18,8 +18,9 @@ K = T) or ``mlp_channels`` (N = D, K = C))::
 
 The official ``sMlp`` names its single (tied) weight ``fc2`` although it is applied first; ours is
 ``fc1``. ``vMlp`` (paramixer) and ``aMlp`` (asymmixer) have the same two weights, so a
-``state_dict`` alone cannot tell a ``paramixer_*`` from an ``asymmixer_*`` checkpoint, nor any
-``n_iter``: those come from the model name (the ``'arch'`` of timm's training checkpoint, or given).
+``state_dict`` alone cannot tell a ``paramixer_*`` from an ``asymmixer_*`` checkpoint, nor the
+block ``repeats``: those come from the model name (the ``'arch'`` of timm's training checkpoint,
+or given).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def model_config(
     state_dict: Mapping[str, np.ndarray], name: str | None = None, **overrides
 ) -> ParaMixerConfig:
     """The ``ParaMixerConfig`` of an official ``state_dict``: block kind and widths from the
-    shapes; MLP kind and ``n_iter`` from ``name`` (a registered ``*mixer_*_224*`` name) when given.
+    shapes; MLP kind and ``repeats`` from ``name`` (a registered ``*mixer_*_224*`` name) when given.
     Without a name a serial block is ``vanillamixer`` and a single MLP weight ``symmixer``.
 
     Raises:
