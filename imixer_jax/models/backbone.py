@@ -129,7 +129,9 @@ class Backbone(nnx.Module):
                 f"images must have shape [B, {', '.join(map(str, expected))}], "
                 f"got {list(images.shape)}"
             )
-        x = self.stem(images)  # [B, H/P, W/P, D]
+        x = partitioning.shard_batch(
+            self.stem(partitioning.shard_batch(images))
+        )  # [B, H/P, W/P, D]
         x = x.reshape(x.shape[0], self.num_tokens, x.shape[-1])
         return partitioning.shard_residual(x, "channels")
 

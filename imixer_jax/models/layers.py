@@ -164,7 +164,7 @@ class ChannelMLP(nnx.Module):
         """``x: [B, S, D] -> [B, S, D]``, the visible layer's LayerNorm from ``norm``."""
         if self.dtype is not None:
             x = x.astype(self.dtype)
-        net = self.network(norm, x.shape[1:])
+        net = partitioning.gather_weights(self.network(norm, x.shape[1:]), x.shape, "tokens")
         fast, _ = net.solve_fast_layers(x)
         return net.reduced_current(x, fast)
 

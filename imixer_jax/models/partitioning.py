@@ -18,10 +18,16 @@ divide a dimension is dropped) and may add a 'data' split on top (FSDP). With ``
 stacked axis is inserted unsplit (``Backbone``'s ``nnx.vmap``, ``STACKED``).
 
 ``shard_residual`` constrains the residual stream between the MLPs (sequence parallelism):
-channels split where a token mixer reads it, tokens split where a channel MLP does.
+channels split where a token mixer reads it, tokens split where a channel MLP does. Each half
+then runs on its shard with its weights all-gathered (``gather_weights``; the hidden activations
+of a channel MLP are constrained like the stream), so no activation is ever held whole on a chip;
+left to itself, XLA's TPU partitioner follows the weights' split instead and all-gathers the
+activations (docs/pod_scale.md#a-model-axis).
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 from flax import nnx
@@ -85,3 +91,37 @@ def shard_residual(x: Array, split: str) -> Array:
     mesh = jax.sharding.get_abstract_mesh()
     spec = None if mesh.empty else residual_spec(x.shape, dict(mesh.shape), split)
     return x if spec is None else jax.lax.with_sharding_constraint(x, spec)
+
+
+def gather_weights(tree, x_shape: tuple[int, ...], split: str):
+    """The arrays of ``tree`` (the weights a half of the block reads the residual stream
+    ``x [B, S, D]`` with) constrained replicated, i.e. all-gathered before use, where the
+    ambient mesh splits ``x`` on the axis ``split`` names (``residual_spec``): the half mixes
+    along the other axis, so it runs on its shard of ``x`` and only the weights move (their
+    gradients are reduce-scattered back to the parameters' split). Unchanged without a model
+    axis or where the stream falls back to the other axis (the weights' Megatron split then
+    keeps the hidden activations split)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    spec = None if mesh.empty else residual_spec(x_shape, dict(mesh.shape), split)
+    axis = {"tokens": 1, "channels": 2}[split]
+    if spec is None or spec[axis] != MODEL:
+        return tree
+    return jax.tree.map(
+        lambda a: jax.lax.with_sharding_constraint(a, PartitionSpec(*(None,) * a.ndim)), tree
+    )
+
+
+def shard_batch(x: Array) -> Array:
+    """``x [B, ...]`` constrained to a batch split over 'data' and 'model' together where a
+    model axis (> 1) is present and the mesh divides B; unchanged otherwise.
+
+    For the patch stem: its input images and output patches are the largest activations of a
+    small model, and held on the data split alone every chip of a model group would keep the
+    images of the whole data shard. Split this way, the stem runs on its own images (its
+    weights all-gathered) and the stream changes to its channel split in one all-to-all."""
+    mesh = jax.sharding.get_abstract_mesh()
+    sizes = {} if mesh.empty else dict(mesh.shape)
+    if sizes.get(MODEL, 1) == 1 or x.shape[0] % math.prod(sizes.values()):
+        return x
+    axes = tuple(a for a in (DATA, MODEL) if a in sizes)
+    return jax.lax.with_sharding_constraint(x, PartitionSpec(axes, *(None,) * (x.ndim - 1)))

@@ -30,7 +30,7 @@ from flax import nnx
 
 from imixer_jax.hopfield import Dense, HierarchicalNetwork, Implicit, Layer, Unrolled, lagrangians
 from imixer_jax.models.layers import MLP_BIAS_INIT, hidden_lagrangian, mlp_linear
-from imixer_jax.models.partitioning import REPLICATED_VECTOR, split
+from imixer_jax.models.partitioning import REPLICATED_VECTOR, gather_weights, split
 from imixer_jax.models.spectral_norm import SpectralNormLinear
 
 Array = jax.Array
@@ -164,7 +164,7 @@ class _HopfieldTokenMixer(nnx.Module):
     def __call__(self, x: Array) -> Array:
         """``x: [B, S, D] -> increment [B, S, D]`` (sows intermediates if ``sow_intermediates``)."""
         x0 = jnp.swapaxes(x, 1, 2)  # [B, D, S]: the visible state, channels-first
-        net, per_step = self._networks(x0.shape[1:])
+        net, per_step = gather_weights(self._networks(x0.shape[1:]), x.shape, "channels")
         if self.dtype is not None:
             x0, net, per_step = jax.tree.map(lambda a: a.astype(self.dtype), (x0, net, per_step))
         fast, solution = self._solve(net, x0, per_step)
