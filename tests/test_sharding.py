@@ -248,7 +248,7 @@ def test_fsdp_splits_the_largest_free_divisible_dimension_of_large_arrays(monkey
     assert spec(P(), (16, 64), mesh) == P(None, "data")
 
 
-def _residual_constraints(model, mesh):
+def _constraints(model, mesh):
     """Specs of the sharding constraints in the jaxpr of the abstract ``model``'s evaluation
     forward traced under ``mesh`` (an abstract mesh: no devices needed)."""
     graphdef, state = nnx.split(model)
@@ -260,6 +260,12 @@ def _residual_constraints(model, mesh):
 
     eqns = jax.make_jaxpr(forward)(state, images).jaxpr.eqns
     return [e.params["sharding"].spec for e in eqns if e.primitive.name == "sharding_constraint"]
+
+
+def _residual_constraints(model, mesh):
+    """The constraints of the residual stream ``[B, S, D]`` (batch on 'data' alone) among
+    ``_constraints``; the others gather weights (replicated) or split the stem's batch."""
+    return [s for s in _constraints(model, mesh) if len(s) == 3 and s[0] == "data"]
 
 
 @pytest.mark.parametrize("name", ["imixer_s16", "vanillamixer_s16_224", "paramixer_s16_224"])
@@ -279,7 +285,21 @@ def test_residual_stream_alternates_channel_and_token_splits(name):
     mesh = AbstractMesh((2, 8), ("data", "model"), (AxisType.Auto,) * 2)  # 8 does not divide 4
     assert set(_residual_constraints(model, mesh)) == {channels}
     mesh = AbstractMesh((8, 1), ("data", "model"), (AxisType.Auto,) * 2)
-    assert _residual_constraints(model, mesh) == []
+    assert _constraints(model, mesh) == []
+
+
+def test_the_halves_gather_their_weights_and_the_stem_splits_its_batch():
+    """Under a model axis each half of a block that reads the split stream gathers its weights
+    (constrained replicated: the TPU partitioner otherwise follows the weights' Megatron split and
+    all-gathers the activations instead), and the stem's images are split over ('data', 'model')
+    together; neither without a model axis."""
+    build = functools.partial(registry.create_model, "imixer_s16", num_blocks=1, img_size=32)
+    model = nnx.eval_shape(lambda: build(rngs=nnx.Rngs(0)))
+    model.eval()
+    specs = _constraints(model, AbstractMesh((2, 2), ("data", "model"), (AxisType.Auto,) * 2))
+    gathered = [s for s in specs if all(a is None for a in s)]
+    assert len(gathered) >= 6, specs  # fc1, fc2, fc_sn1, fc_sn2, fc_c1, fc_c2 kernels at least
+    assert P(("data", "model"), None, None, None) in specs  # the stem's images
 
 
 # Kernels of the Megatron pairs of every family: Mixer/iMixer token mixer (fc1, fc2, fc_sn1,

@@ -16,6 +16,7 @@ importing this package does not import ``ml_collections``: the config-driven nam
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 from imixer_jax.training.errors import TrainingError
@@ -47,7 +48,9 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """The config-driven names on first access (PEP 562)."""
+    """The config-driven names and the submodules on first access (PEP 562)."""
     if name in _LAZY:
         return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    if importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
