@@ -42,18 +42,22 @@ MODELS = (
 # then the settings that shrink a step that does not fit: ZeRO/FSDP state, accumulation and
 # recomputed activations.
 FSDP = ("--config.mesh.fsdp=True",)
-HALF_BATCH_PER_STEP = ("--config.optimizer.accum_steps=2",)
+# Gradient accumulation over k micro-steps of batch / k: the same global batch per update, 1/k of
+# the activations per step (``accum_steps`` counts the steps of one update; each step is one batch).
+HALF_BATCH = ("--config.batch_size=1024", "--config.optimizer.accum_steps=2")
+QUARTER_BATCH = ("--config.batch_size=512", "--config.optimizer.accum_steps=4")
 RECOMPUTE_ACTIVATIONS = ("--config.model.remat=activations",)
 ROWS = (
     *((m, t, (16, 1), ()) for t in ("v5e:4x4", "v5p:2x2x4") for m in MODELS),
     *((m, "v5e:4x4", (4, 4), ()) for m in ("imixer_s16", "imixer_b16", "paramixer_s16_224")),
     *((m, "v5p:2x2x4", (4, 4), ()) for m in ("imixer_l16",)),
     ("imixer_l16", "v5e:4x4", (16, 1), FSDP),
-    ("imixer_l16", "v5e:4x4", (16, 1), HALF_BATCH_PER_STEP),
-    ("imixer_l16", "v5e:4x4", (16, 1), FSDP + HALF_BATCH_PER_STEP),
     ("imixer_l16", "v5e:4x4", (16, 1), RECOMPUTE_ACTIVATIONS),
-    ("imixer_l16", "v5e:4x4", (16, 1), RECOMPUTE_ACTIVATIONS + HALF_BATCH_PER_STEP),
+    ("imixer_l16", "v5e:4x4", (16, 1), HALF_BATCH),
+    ("imixer_l16", "v5e:4x4", (16, 1), FSDP + HALF_BATCH),
+    ("imixer_l16", "v5e:4x4", (16, 1), QUARTER_BATCH),
 )
+
 BEGIN, END = "<!-- pod_scale table: begin -->", "<!-- pod_scale table: end -->"
 GiB = 2**30
 
