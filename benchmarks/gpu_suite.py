@@ -107,16 +107,9 @@ def sizes(*, dry_run: bool, steps: int, warmup: int, matmul_size: int) -> Sizes:
 
 def _timed(run: Callable[[], object], warmup: int, steps: int) -> float:
     """Mean seconds of ``steps`` calls of ``run`` after ``warmup`` untimed ones."""
-    import jax
+    from benchmarks.step import time_calls
 
-    for _ in range(warmup):
-        jax.block_until_ready(run())
-    start = time.perf_counter()
-    out = None
-    for _ in range(steps):
-        out = run()
-    jax.block_until_ready(out)
-    return (time.perf_counter() - start) / steps
+    return time_calls(run, warmup, steps) / steps
 
 
 def matmul_tflops(size: int, *, steps: int = 10) -> float:

@@ -51,7 +51,7 @@ def forward_flops_per_image(model: str, **overrides) -> float:
     return float(flops.forward_flops(model_config(model, **overrides)))
 
 
-def _time(run: Callable[[], object], warmup: int, steps: int) -> float:
+def time_calls(run: Callable[[], object], warmup: int, steps: int) -> float:
     """Seconds for ``steps`` calls of ``run`` after ``warmup`` untimed ones (each waited for)."""
     for _ in range(warmup):
         jax.block_until_ready(run())
@@ -67,7 +67,7 @@ def matmul_tflops(size: int, dtype: str, *, warmup: int = 2, steps: int = 5) -> 
     """Achieved TFLOP/s of a jitted ``[size, size] @ [size, size]`` matmul in ``dtype``."""
     a, b = jax.random.normal(jax.random.key(0), (2, size, size), jnp.dtype(dtype))
     matmul = jax.jit(jnp.matmul).lower(a, b).compile()
-    return 2.0 * size**3 * steps / _time(lambda: matmul(a, b), warmup, steps) / 1e12
+    return 2.0 * size**3 * steps / time_calls(lambda: matmul(a, b), warmup, steps) / 1e12
 
 
 def benchmark_config(
@@ -136,7 +136,7 @@ def benchmark(
         state, metrics = compiled(state, batch_arrays)  # the state is donated, as in training
         return metrics
 
-    seconds = _time(step, warmup, steps)
+    seconds = time_calls(step, warmup, steps)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     train_flops = 3.0 * forward_flops_per_image(model, **config.model.to_dict())
     achieved = train_flops * batch * steps / seconds / 1e12

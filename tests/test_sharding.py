@@ -279,7 +279,11 @@ def test_residual_stream_alternates_channel_and_token_splits(name):
     model = nnx.eval_shape(lambda: build(rngs=nnx.Rngs(0)))
     model.eval()
     channels, tokens = P("data", None, "model"), P("data", "model", None)
-    block = [tokens, channels] if name != "paramixer_s16_224" else [channels]
+    block = {  # the Mixer's channel MLP also splits its hidden [B, S, C] and output on tokens
+        "imixer_s16": [tokens, tokens, tokens, channels],
+        "vanillamixer_s16_224": [tokens, channels],
+        "paramixer_s16_224": [channels],
+    }[name]
     mesh = AbstractMesh((2, 2), ("data", "model"), (AxisType.Auto,) * 2)
     assert _residual_constraints(model, mesh) == [channels, *block, *block]
     mesh = AbstractMesh((2, 8), ("data", "model"), (AxisType.Auto,) * 2)  # 8 does not divide 4

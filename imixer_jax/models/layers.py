@@ -161,12 +161,16 @@ class ChannelMLP(nnx.Module):
         )
 
     def __call__(self, x: Array, norm: nnx.LayerNorm) -> Array:
-        """``x: [B, S, D] -> [B, S, D]``, the visible layer's LayerNorm from ``norm``."""
+        """``x: [B, S, D] -> [B, S, D]``, the visible layer's LayerNorm from ``norm``. Under a
+        model axis the hidden state ``[B, S, C]`` and the output are split on tokens like the
+        residual stream it reads (``partitioning.shard_residual``), so each chip works on its own
+        tokens with the weights gathered."""
         if self.dtype is not None:
             x = x.astype(self.dtype)
-        net = partitioning.gather_weights(self.network(norm, x.shape[1:]), x.shape, "tokens")
+        net = self.network(norm, x.shape[1:])
         fast, _ = net.solve_fast_layers(x)
-        return net.reduced_current(x, fast)
+        fast = jax.tree.map(lambda h: partitioning.shard_residual(h, "tokens"), fast)
+        return partitioning.shard_residual(net.reduced_current(x, fast), "tokens")
 
 
 def drop_path(rate: float) -> nnx.Dropout:
