@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -26,10 +26,18 @@ from imixer_jax import data
 from imixer_jax.training import sharding
 from imixer_jax.training.train_state import TrainState
 
-if TYPE_CHECKING:  # type hints only: the train step is built without ml_collections
-    from imixer_jax.training.state import Setup
-
 Array = jax.Array
+
+
+class EvalSetup(Protocol):
+    """What the eval step and the metrics function read of the trainer's ``state.Setup``."""
+
+    config: Any  # config.model.num_classes
+    mesh: Mesh
+    eval_graphdef: nnx.GraphDef
+
+    @property
+    def state_shardings(self) -> Any: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +134,7 @@ def make_train_step(
     )
 
 
-def make_eval_step(setup: Setup) -> Callable[[nnx.State, nnx.State, dict], dict]:
+def make_eval_step(setup: EvalSetup) -> Callable[[nnx.State, nnx.State, dict], dict]:
     """Jitted ``(params, rest, batch) -> sums`` over the unmasked examples of a global batch
     ``{'image', 'label', 'mask': [B] bool}``: ``loss``, ``top1``, ``top5`` (correct counts),
     ``count``."""
@@ -153,7 +161,7 @@ def make_eval_step(setup: Setup) -> Callable[[nnx.State, nnx.State, dict], dict]
     )
 
 
-def make_metrics_fn(setup: Setup) -> Callable[[nnx.State, nnx.State], dict[str, Array]]:
+def make_metrics_fn(setup: EvalSetup) -> Callable[[nnx.State, nnx.State], dict[str, Array]]:
     """Jitted scalars the model reports for the log (``model.training_metrics()``), keyed
     'train/<name>' (e.g. the iMLP's spectral-norm sigmas, 'train/sigma/<path>')."""
 
