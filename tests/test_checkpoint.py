@@ -221,14 +221,22 @@ def test_abandoned_orbax_reads_are_dropped_from_unraisable_exceptions(monkeypatc
         memory_kind=None,
     )
     ours = _read_of_ours()
-    for coroutine in (orbax_read, ours):
-        coroutine.send(None)  # suspended in its read
-    del coroutine
-    del orbax_read
-    gc.collect()
-    assert seen == []
-    del ours
-    gc.collect()
+    # TensorStore's awaitable asks for the current event loop; an earlier test's asyncio.run
+    # leaves none set, so the test sets its own.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        for coroutine in (orbax_read, ours):
+            coroutine.send(None)  # suspended in its read
+        del coroutine
+        del orbax_read
+        gc.collect()
+        assert seen == []
+        del ours
+        gc.collect()
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
     assert [str(u.exc_value) for u in seen] == ["a read of this package"]
 
 
