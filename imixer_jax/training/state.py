@@ -78,13 +78,13 @@ def resolve_mesh_shape(
         shape = sharding.mesh_shape(tuple(config.mesh.shape), device_count)
     except ValueError as e:
         raise config_lib.ConfigError(f"config.mesh.shape: {e}") from e
-    data_size = shape[tuple(config.mesh.axes).index("data")]
-    shards = math.lcm(data_size, process_count)
+    devices = math.prod(shape)  # the batch is split over every device (batch_sharding)
+    shards = math.lcm(devices, process_count)
     for key in ("batch_size", "eval_batch_size"):
         if config[key] % shards:
             raise config_lib.ConfigError(
-                f"config.{key}: {config[key]} is not divisible by the {data_size} data-parallel "
-                f"devices and {process_count} processes"
+                f"config.{key}: {config[key]} is not divisible by the {devices} devices it is "
+                f"split over and {process_count} processes"
             )
     return shape
 
