@@ -36,6 +36,7 @@ MODELS = (
     "mixer_l16",
     "imixer_l16",
     "paramixer_s16_224",
+    "vanillamixer_s16_224",
 )
 # (model, topology, (data, model) mesh, config overrides), most telling first (a compile takes
 # minutes on the 2-core CPU): every model data-parallel on both topologies, then the model axes,
@@ -49,7 +50,10 @@ QUARTER_BATCH = ("--config.batch_size=512", "--config.optimizer.accum_steps=4")
 RECOMPUTE_ACTIVATIONS = ("--config.model.remat=activations",)
 ROWS = (
     *((m, t, (16, 1), ()) for t in ("v5e:4x4", "v5p:2x2x4") for m in MODELS),
-    *((m, "v5e:4x4", (4, 4), ()) for m in ("imixer_s16", "imixer_b16", "paramixer_s16_224")),
+    *(
+        (m, "v5e:4x4", (4, 4), ())
+        for m in ("imixer_s16", "imixer_b16", "paramixer_s16_224", "vanillamixer_s16_224")
+    ),
     *((m, "v5p:2x2x4", (4, 4), ()) for m in ("imixer_l16",)),
     ("imixer_l16", "v5e:4x4", (16, 1), FSDP),
     ("imixer_l16", "v5e:4x4", (16, 1), RECOMPUTE_ACTIVATIONS),

@@ -44,6 +44,7 @@ MODELS = {  # name: (arch, model config)
     "imixer": ("mixer", config_lib.model_section("imixer_s16", n_power=2, **TINY)),
     "mixer": ("mixer", config_lib.model_section("mixer_s16", **TINY)),
     "asymmixer": ("paramixer", config_lib.model_section("asymmixer_s16_224_l01", **TINY)),
+    "vanillamixer": ("paramixer", config_lib.model_section("vanillamixer_s16_224", **TINY)),
 }
 c = default.get_config()
 c.arch, c.model = MODELS["imixer"]
@@ -156,15 +157,17 @@ class _Started:
         return self._result
 
 
-_FAMILIES = ("imixer", "mixer", "asymmixer")
-# Data parallel, Megatron pairs with the tokens split between the MLPs, FSDP alone (iMixer), and
-# both with a model axis of 4 (every family): 5 programs in one 8-device interpreter.
+_FAMILIES = ("imixer", "mixer", "asymmixer", "vanillamixer")
+# Data parallel, Megatron pairs with the tokens split between the MLPs, FSDP alone (iMixer), both
+# with a model axis of 4 (every family), and the serial block of the parallelized family with a
+# model axis: 6 programs in one 8-device interpreter.
 _CASES = [
     ["imixer", [8, 1], False],
     ["imixer", [4, 2], False],
     ["imixer", [8, 1], True],
     ["mixer", [2, 4], True],
     ["asymmixer", [2, 4], True],
+    ["vanillamixer", [2, 4], False],
 ]
 
 
@@ -272,37 +275,50 @@ def _residual_constraints(model, mesh):
 def test_residual_stream_alternates_channel_and_token_splits(name):
     """Sequence parallelism: under a model axis the [B, S, D] stream is constrained to
     ('data', None, 'model') where a token mixer reads it (after the stem and after every block)
-    and to ('data', 'model', None) between the token and channel halves of a serial block; the
-    other axis where 'model' does not divide the named one; nothing without a model axis
-    (1-device and data-parallel programs unchanged)."""
+    and to ('data', 'model', None) where a channel MLP does; the hidden states a half constrains
+    are split on their axis 1 (D of [B, D, T], S of [B, S, C]); the other axis where 'model' does
+    not divide the named one; nothing without a model axis (1-device and data-parallel programs
+    unchanged)."""
     build = functools.partial(registry.create_model, name, num_blocks=2, img_size=32)  # S = 4
     model = nnx.eval_shape(lambda: build(rngs=nnx.Rngs(0)))
     model.eval()
-    channels, tokens = P("data", None, "model"), P("data", "model", None)
-    block = {  # the Mixer's channel MLP also splits its hidden [B, S, C] and output on tokens
-        "imixer_s16": [tokens, tokens, tokens, channels],
-        "vanillamixer_s16_224": [tokens, channels],
-        "paramixer_s16_224": [channels],
+    c, t = P("data", None, "model"), P("data", "model", None)  # channel split, token split
+    block = {
+        # the channel MLP's hidden [B, S, C] and output on tokens like its input
+        "imixer_s16": [t, t, t, c],
+        # token half: hidden [B, D, T] on D, drive on channels; the stream on tokens; channel
+        # half: hidden [B, S, C] and drive on tokens
+        "vanillamixer_s16_224": [t, c, t, t, t, c],
+        "paramixer_s16_224": [c],  # one norm feeds both halves: the Megatron split
     }[name]
     mesh = AbstractMesh((2, 2), ("data", "model"), (AxisType.Auto,) * 2)
-    assert _residual_constraints(model, mesh) == [channels, *block, *block]
-    mesh = AbstractMesh((2, 8), ("data", "model"), (AxisType.Auto,) * 2)  # 8 does not divide 4
-    assert set(_residual_constraints(model, mesh)) == {channels}
+    assert _residual_constraints(model, mesh) == [c, *block, *block]
+    # 8 does not divide S = 4: every token split falls back to channels, but for the D of [B, D, T]
+    block = {
+        "imixer_s16": [c, c, c, c],
+        "vanillamixer_s16_224": [t, c, c, c, c, c],
+        "paramixer_s16_224": [c],
+    }[name]
+    mesh = AbstractMesh((2, 8), ("data", "model"), (AxisType.Auto,) * 2)
+    assert _residual_constraints(model, mesh) == [c, *block, *block]
     mesh = AbstractMesh((8, 1), ("data", "model"), (AxisType.Auto,) * 2)
     assert _constraints(model, mesh) == []
 
 
-def test_the_halves_gather_their_weights_and_the_stem_splits_its_batch():
-    """Under a model axis each half of a block that reads the split stream gathers its weights
-    (constrained replicated: the TPU partitioner otherwise follows the weights' Megatron split and
-    all-gathers the activations instead), and the stem's images are split over ('data', 'model')
-    together; neither without a model axis."""
-    build = functools.partial(registry.create_model, "imixer_s16", num_blocks=1, img_size=32)
+@pytest.mark.parametrize("name, gathered", [("imixer_s16", 6), ("vanillamixer_s16_224", 4)])
+def test_the_halves_gather_their_weights_and_the_stem_splits_its_batch(name, gathered):
+    """Under a model axis the token half of a block, which reads the stream split on channels,
+    gathers its weights (constrained replicated: the TPU partitioner otherwise follows the
+    weights' Megatron split and all-gathers the activations instead): the iMixer token mixer's
+    kernels and vectors, the serial vanilla block's token fc1, fc2 and its norm's scale and bias;
+    and the stem's images are split over ('data', 'model') together; neither without a model
+    axis."""
+    build = functools.partial(registry.create_model, name, num_blocks=1, img_size=32)
     model = nnx.eval_shape(lambda: build(rngs=nnx.Rngs(0)))
     model.eval()
     specs = _constraints(model, AbstractMesh((2, 2), ("data", "model"), (AxisType.Auto,) * 2))
-    gathered = [s for s in specs if all(a is None for a in s)]
-    assert len(gathered) >= 6, specs  # fc1, fc2, fc_sn1, fc_sn2, fc_c1, fc_c2 kernels at least
+    replicated = [s for s in specs if all(a is None for a in s)]
+    assert len(replicated) >= gathered, specs
     assert P(("data", "model"), None, None, None) in specs  # the stem's images
 
 

@@ -55,7 +55,7 @@ from imixer_jax.hopfield import Dense, Directed, Layer, Network, lagrangians, re
 from imixer_jax.models import layers
 from imixer_jax.models.backbone import Backbone
 from imixer_jax.models.configs import ParaMixerConfig
-from imixer_jax.models.partitioning import shard_residual, split
+from imixer_jax.models.partitioning import gather_weights, shard_residual, split
 
 Array = jax.Array
 
@@ -243,19 +243,27 @@ class _Block(nnx.Module):
         return x
 
 
-def drives(net: Network, x: Array) -> tuple[Array, ...]:
+def drives(net: Network, x: Array, split: str | None = None) -> tuple[Array, ...]:
     """Reduced drive of each hidden layer of ``net`` on the visible state ``x: [B, S, D]``.
 
     The hidden layers read only the visible one, so ``reduction.solve_fast`` sets them in closed
     form (x_h = W_h g_v); each drive ``[B, S, D]`` is the sum of the currents of the synapses
     touching that hidden layer, in network order (tied or feedback kernel, then W_2).
+
+    ``split``: the split of the residual stream ``x`` under a model axis ('channels' where a
+    token layer reads it, 'tokens' where a channel layer does): the drives are constrained to it
+    and the hidden states to their axis 1 (D of a token layer ``[B, D, T]``, S of a channel
+    layer ``[B, S, C]``), so the half runs on its own shard (``partitioning.shard_residual``).
     """
     fast, _ = reduction.solve_fast(net, {VISIBLE: _at_least_float32(x)})
+    if split is not None:
+        fast = {h: shard_residual(state, "tokens") for h, state in fast.items()}  # axis 1
     gs = net.activations(fast)
-    return tuple(
+    currents = tuple(
         net.current(VISIBLE, gs, {k: s for k, s in net.synapses.items() if h in s.layers})
         for h in fast
     )
+    return currents if split is None else tuple(shard_residual(c, split) for c in currents)
 
 
 class SerialBlock(_Block):
@@ -282,10 +290,13 @@ class SerialBlock(_Block):
     def update_once(self, x: Array, *, rngs: nnx.Rngs | None = None) -> Array:
         """One token update then one channel update: ``[B, S, D] -> [B, S, D]``."""
         token_net, channel_net = self.networks(self.dtype)
-        (token,) = drives(token_net, x)
+        # Under a model axis, as the Mixer block: the token half reads the stream split on
+        # channels with its weights gathered, the channel half its token split with its hidden
+        # state and drive split the same way (docs/design.md#sharding).
+        (token,) = drives(gather_weights(token_net, x.shape, "channels"), x, split="channels")
         x = self._step(x, token, rngs)
         x = shard_residual(x, "tokens")
-        (channel,) = drives(channel_net, x)
+        (channel,) = drives(channel_net, x, split="tokens")
         return self._step(x, channel, rngs)
 
 
