@@ -46,7 +46,6 @@ FSDP = ("--config.mesh.fsdp=True",)
 # Gradient accumulation over k micro-steps of batch / k: the same global batch per update, 1/k of
 # the activations per step (``accum_steps`` counts the steps of one update; each step is one batch).
 HALF_BATCH = ("--config.batch_size=1024", "--config.optimizer.accum_steps=2")
-QUARTER_BATCH = ("--config.batch_size=512", "--config.optimizer.accum_steps=4")
 RECOMPUTE_ACTIVATIONS = ("--config.model.remat=activations",)
 ROWS = (
     *((m, t, (16, 1), ()) for t in ("v5e:4x4", "v5p:2x2x4") for m in MODELS),
@@ -59,7 +58,6 @@ ROWS = (
     ("imixer_l16", "v5e:4x4", (16, 1), RECOMPUTE_ACTIVATIONS),
     ("imixer_l16", "v5e:4x4", (16, 1), HALF_BATCH),
     ("imixer_l16", "v5e:4x4", (16, 1), FSDP + HALF_BATCH),
-    ("imixer_l16", "v5e:4x4", (16, 1), QUARTER_BATCH),
 )
 
 BEGIN, END = "<!-- pod_scale table: begin -->", "<!-- pod_scale table: end -->"
