@@ -111,6 +111,16 @@ def gather_weights(tree, x_shape: tuple[int, ...], split: str):
     )
 
 
+def batch_spec(mesh_shape: dict[str, int]) -> PartitionSpec:
+    """Split of a batch's leading axis on a mesh with axis sizes ``mesh_shape``: over 'data' and
+    'model' together where there is a model axis (> 1), so every chip holds its own examples;
+    over 'data' alone otherwise. The trainer's batch arrives split this way
+    (``training.sharding.batch_sharding``) and the stem keeps it so (``shard_batch``)."""
+    if mesh_shape.get(MODEL, 1) == 1:
+        return PartitionSpec(DATA)
+    return PartitionSpec(tuple(a for a in (DATA, MODEL) if a in mesh_shape))
+
+
 def shard_batch(x: Array) -> Array:
     """``x [B, ...]`` constrained to a batch split over 'data' and 'model' together where a
     model axis (> 1) is present and the mesh divides B; unchanged otherwise.
@@ -123,5 +133,6 @@ def shard_batch(x: Array) -> Array:
     sizes = {} if mesh.empty else dict(mesh.shape)
     if sizes.get(MODEL, 1) == 1 or x.shape[0] % math.prod(sizes.values()):
         return x
-    axes = tuple(a for a in (DATA, MODEL) if a in sizes)
-    return jax.lax.with_sharding_constraint(x, PartitionSpec(axes, *(None,) * (x.ndim - 1)))
+    return jax.lax.with_sharding_constraint(
+        x, PartitionSpec(*batch_spec(sizes), *(None,) * (x.ndim - 1))
+    )

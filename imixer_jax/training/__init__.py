@@ -4,7 +4,7 @@
 Data flow: config -> ``prepare`` (``state.py``: validation, ``jax.distributed``, mesh, dataset
 facts, optimiser, abstract model; everything that can fail does so here, before anything compiles)
 -> train state created directly into its ``NamedSharding``s or restored from the newest checkpoint
--> jitted, donated train step over ``(state, global batch sharded on 'data')`` (``steps.py``) ->
+-> jitted, donated train step over ``(state, global batch split over the mesh)`` (``steps.py``) ->
 metrics (``writers.py``) / checkpoints (``imixer_jax.training.checkpoint.manager``) / evaluation
 (``evaluation.py``), driven by the loop (``loop.py``).
 

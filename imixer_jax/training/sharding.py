@@ -26,6 +26,8 @@ from absl import logging
 from flax import nnx
 from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec
 
+from imixer_jax.models import partitioning
+
 if TYPE_CHECKING:  # type hints only: the mesh helpers run without ml_collections
     import ml_collections
 
@@ -139,14 +141,12 @@ def tree_shardings(mesh: Mesh | AbstractMesh, tree, *, fsdp: bool = False):
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis on ``'data'``, and on ``'model'`` too where the mesh has a model
-    axis (> 1), the rest replicated: every chip holds and augments its own images, as the stem
-    splits them (``models.partitioning.shard_batch``). On ``'data'`` alone each chip of a model
-    group holds its whole data shard's images: at the official batch on v5e:4x4 (4, 4), 512
+    """Leading (batch) axis split as ``models.partitioning.batch_spec`` (on ``'data'``, and on
+    ``'model'`` too where the mesh has a model axis), the rest replicated: every chip holds and
+    augments its own images, as the stem splits them. On ``'data'`` alone each chip of a model
+    group would hold its whole data shard's images: at the official batch on v5e:4x4 (4, 4), 512
     float32 images of 224 px (308 MB) per chip instead of 128."""
-    if dict(mesh.shape).get("model", 1) > 1:
-        return NamedSharding(mesh, P(("data", "model")))
-    return NamedSharding(mesh, P("data"))
+    return NamedSharding(mesh, partitioning.batch_spec(dict(mesh.shape)))
 
 
 def global_batch(mesh: Mesh, local: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:

@@ -45,7 +45,7 @@ class StepSettings:
     """Everything the train step reads besides its arguments.
 
     Attributes:
-      mesh: the device mesh; the batch is split over its ``'data'`` axis.
+      mesh: the device mesh; the batch is split as ``sharding.batch_sharding``.
       graphdef: the model's training-mode graphdef (``train_state.graphdefs``).
       tx: the optimiser; ``schedule``: its learning rate per update count (the ``lr`` metric).
       state_shardings: a ``TrainState`` of ``NamedSharding``s (in and out; the state is donated).
@@ -78,9 +78,9 @@ def make_train_step(
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """Jitted ``(state, batch) -> (state, metrics)``; ``state`` is donated.
 
-    ``batch``: global ``{'image': [B, H, W, 3] float32, 'label': [B] int32}`` on ``'data'``
-    (with ``settings.augment['on_device']``: uint8 canvases with their crop ``'box'`` and
-    ``'bilinear'``, cropped, resized and augmented here).
+    ``batch``: global ``{'image': [B, H, W, 3] float32, 'label': [B] int32}``, split as
+    ``sharding.batch_sharding`` (with ``settings.augment['on_device']``: uint8 canvases with
+    their crop ``'box'`` and ``'bilinear'``, cropped, resized and augmented here).
     ``metrics``: replicated float32 scalars ``loss`` (soft-target cross-entropy), ``accuracy``
     (on the hard labels), ``grad_norm`` (before clipping) and ``lr`` (of this step's update), and
     the bool ``params_finite`` (every updated parameter is finite; the loop's guard).
