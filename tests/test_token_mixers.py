@@ -221,8 +221,9 @@ def test_recomputed_activations_keep_value_and_gradients(kwargs):
 
 def test_recomputed_activations_shrink_the_backward_pass_temporaries():
     """XLA's estimate of the temporaries of a gradient of an iMLP with n_iter = 2: recomputing the
-    activations saves per fixed-point step the two matmul outputs only, not the GELUs' inputs,
-    outputs and the erf and exp terms of their derivatives (0.55x measured on jaxlib 0.8 CPU)."""
+    activations saves per fixed-point step the two matmul outputs only, not also the GELUs'
+    outputs (0.66x measured on jaxlib 0.10.2 CPU; 0.55x when the GELU, then ``jax.nn.gelu``,
+    also kept the erf and exp terms of its derivative, which ``lagrangians.gelu`` recomputes)."""
     x = random_draws.normal(jax.random.PRNGKey(7), (8, 64, 128))
 
     def temp_bytes(recompute_activations):
@@ -235,7 +236,7 @@ def test_recomputed_activations_shrink_the_backward_pass_temporaries():
         compiled = jax.jit(jax.grad(loss)).lower(params, rest).compile()
         return compiled.memory_analysis().temp_size_in_bytes
 
-    assert temp_bytes(True) < 0.65 * temp_bytes(False)
+    assert temp_bytes(True) < 0.75 * temp_bytes(False)
 
 
 def test_converged_implicit_and_unrolled_mixers_agree():

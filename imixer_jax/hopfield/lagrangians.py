@@ -318,6 +318,45 @@ class LayerNorm:
         return -n * self.eps * jnp.sum(self.gamma * jax.lax.rsqrt(var + self.eps))
 
 
+def gelu(x: Array) -> Array:
+    """Exact GELU ``x Phi(x)``, ``Phi(x) = (1 + erf(x / sqrt 2)) / 2``: PyTorch's ``nn.GELU``
+    formula, as the official code computes it, in float32 at least (a bfloat16 ``x`` is widened
+    for the elementwise arithmetic and the result rounded once, as PyTorch's autocast does).
+
+    Written by hand rather than ``jax.nn.gelu(approximate=False)``, which goes through ``erfc``
+    (an exp and a piecewise rational on XLA:CPU, held as two arrays) and differentiates it into
+    a second exp. Here the slope ``Phi + x phi`` is a closed form, and under differentiation
+    ``x`` is kept and the slope recomputed from it in the backward pass (``jax.checkpoint``), so
+    each activation is one elementwise pass forward and one backward, and nothing but ``x`` is
+    held for it. Against the exact value in float64, on ``|x| <= 10``: value within 1.1e-6,
+    slope within 2.2e-7 (the erfc form: 3.8e-7 and 1.4e-7); the difference is ``1 + erf``
+    cancelling where x is very negative, where GELU itself is near 0.
+    """
+    return _checkpointed_gelu(x)
+
+
+@jax.custom_jvp
+def _gelu(x: Array) -> Array:
+    wide = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    return (wide * _normal_cdf(wide)).astype(x.dtype)
+
+
+def _normal_cdf(x: Array) -> Array:
+    return 0.5 + 0.5 * jax.lax.erf(x * (1.0 / math.sqrt(2.0)))
+
+
+@_gelu.defjvp
+def _gelu_jvp(primals: tuple[Array], tangents: tuple[Array]) -> tuple[Array, Array]:
+    (x,), (dx,) = primals, tangents
+    wide = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    cdf = _normal_cdf(wide)
+    slope = cdf + wide * jnp.exp(-0.5 * wide * wide) * (1.0 / math.sqrt(2.0 * math.pi))
+    return (wide * cdf).astype(x.dtype), (slope * dx.astype(wide.dtype)).astype(dx.dtype)
+
+
+_checkpointed_gelu = jax.checkpoint(_gelu)
+
+
 @pytree.dataclass
 class GELU(_Generic):
     """L = sum Phi(x) with Phi' = GELU (exact erf form). Not convex: GELU' < 0 for x < -0.7518.
@@ -341,7 +380,7 @@ class GELU(_Generic):
         return 0.25 * jnp.sum(x * x + (x * x - 1.0) * erf + x * gauss)
 
     def activation(self, x: Array) -> Array:
-        return jax.nn.gelu(x, approximate=self.approximate)
+        return jax.nn.gelu(x, approximate=True) if self.approximate else gelu(x)
 
 
 def bind(lagrangian: Lagrangian, ndim: int) -> Lagrangian:

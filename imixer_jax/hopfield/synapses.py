@@ -143,10 +143,34 @@ def contract(x: Array, x_axes: str, w: Array, w_axes: str, out_axes: str) -> Arr
     if sorted(free) != sorted(out_axes) or len(set(x_axes + w_axes)) != len(free) + len(summed):
         return jnp.einsum(f"...{x_axes},{w_axes}->...{out_axes}", x, w)
     dtype = jnp.result_type(x, w)
-    dims = ([lead + x_axes.index(a) for a in summed], [w_axes.index(a) for a in summed])
-    y = jax.lax.dot_general(x.astype(dtype), w.astype(dtype), (dims, ((), ())))
+    x, w = x.astype(dtype), w.astype(dtype)
+    k = len(summed)
+    if (
+        x_axes.endswith("".join(summed))
+        and w_axes.startswith("".join(summed))
+        and _one_split_axis_at_most()
+    ):
+        # The contraction as one 2D GEMM [rows, K] @ [K, cols] (free reshapes of row-major
+        # arrays). A multi-axis contraction gives the same forward GEMM, but its weight gradient
+        # contracts over several axes, and XLA:CPU then copies the cotangent transposed before
+        # the GEMM; as a 2D product the weight gradient reads both operands in place.
+        rows, cols = x.reshape(-1, prod(w.shape[:k])), w.reshape(prod(w.shape[:k]), -1)
+        y = jax.lax.dot_general(rows, cols, (((1,), (0,)), ((), ())))
+        y = y.reshape(x.shape[: x.ndim - k] + w.shape[k:])
+    else:
+        dims = ([lead + x_axes.index(a) for a in summed], [w_axes.index(a) for a in summed])
+        y = jax.lax.dot_general(x, w, (dims, ((), ())))
     perm = (*range(lead), *(lead + free.index(a) for a in out_axes))
     return y if perm == tuple(range(y.ndim)) else jnp.transpose(y, perm)
+
+
+def _one_split_axis_at_most() -> bool:
+    """Whether the ambient mesh (if any) has at most one axis of size > 1. Over two, the leading
+    axes of a state may be split over different mesh axes (batch and tokens), and merging them
+    into GEMM rows makes XLA's SPMD partitioner gather them: iMixer-S/16 on a (4, 4) v5e mesh
+    held 20.4 GiB of temporaries per chip that way, against 6.2 GiB with the axes kept."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return mesh.empty or sum(size > 1 for size in mesh.shape.values()) <= 1
 
 
 @pytree.dataclass
