@@ -3,7 +3,7 @@
     python -m benchmarks.step --model imixer_s16 --batch 16 [--img_size 224]
         [--num_classes 1000] [--dtype float32|bfloat16] [--scan_blocks] [--remat none|block|...]
         [--data synthetic] [--steps 10] [--warmup 2] [--matmul_size 2048] [--compare_torch]
-        [--json]
+        [--profile_steps 0] [--json]
 
 What is timed is ``training.make_train_step`` of the config ``config.base_config(model, ...)``
 (the official recipe: AdamW, mixup/cutmix on device, drop path, per-call power iteration), with
@@ -24,12 +24,14 @@ forward matmul).
 ``--remat`` recomputes part of the forward in the backward pass: those extra FLOPs are not
 counted (the MFU is that of useful work). ``--compare_torch`` also times a plain PyTorch
 implementation of the official model (eager, fp32 or bf16 autocast, AdamW, same shapes) in the
-same process; it needs the optional extra ``torch``.
+same process; it needs the optional extra ``torch``. ``--profile_steps N`` profiles N more steps
+(``jax.profiler``) and reports the ops that take the time (``profile_ops``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 
@@ -102,12 +104,55 @@ def benchmark_config(
     return config
 
 
+def profile_ops(run: Callable[[], object], steps: int, top: int = 15) -> list[dict]:
+    """Where the time of ``run`` (one train step) goes: ``steps`` calls under
+    ``jax.profiler.trace``, the trace's complete events grouped by name without the numeric
+    suffix XLA gives each instance (``ynn_fusion.192`` -> ``ynn_fusion``: the matmuls on
+    XLA:CPU), Python frames and the executor's own spans left out. Returns the ``top`` groups,
+    ``{'op', 'ms_per_step', 'share'}`` with ``share`` of the summed op time. Read it as a guide:
+    ops that run concurrently (XLA:CPU runs independent thunks side by side) both count in
+    full, and library calls that finish on their own threads (Eigen's dots) count only their
+    launch."""
+    import collections
+    import glob
+    import gzip
+    import re
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as trace_dir:
+        jax.block_until_ready(run())
+        with jax.profiler.trace(trace_dir):
+            for _ in range(steps):
+                jax.block_until_ready(run())
+        (path,) = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
+        with gzip.open(path) as f:
+            events = json.load(f)["traceEvents"]
+    spans: collections.Counter = collections.Counter()
+    for e in events:
+        name = e.get("name", "")
+        if e.get("ph") != "X" or name.startswith(("$", "ThunkExecutor", "PjitFunction")):
+            continue
+        spans[re.sub(r"\.\d+$", "", name)] += e["dur"]  # microseconds
+    total = sum(spans.values()) or 1.0
+    return [
+        {"op": op, "ms_per_step": us / 1e3 / steps, "share": us / total}
+        for op, us in spans.most_common(top)
+    ]
+
+
 def benchmark(
-    model: str, *, steps: int = 10, warmup: int = 2, matmul_size: int = 2048, **config_args
+    model: str,
+    *,
+    steps: int = 10,
+    warmup: int = 2,
+    matmul_size: int = 2048,
+    profile_steps: int = 0,
+    **config_args,
 ) -> dict:
     """Time the trainer's train step of ``model`` in the config ``benchmark_config(model,
     **config_args)`` (``batch``, ``img_size``, ..., and Mixer arguments such as
-    ``scan_blocks=True``); returns the report dict (keys as printed by the CLI)."""
+    ``scan_blocks=True``); returns the report dict (keys as printed by the CLI).
+    ``profile_steps`` > 0: also ``profile`` (``profile_ops`` over that many further steps)."""
     from imixer_jax import training
     from imixer_jax.training import sharding
 
@@ -115,6 +160,8 @@ def benchmark(
     batch, img_size = config.batch_size, config.model.img_size
     num_classes = config.model.num_classes
     _check_counts(batch, steps, warmup)
+    if profile_steps < 0:
+        raise ValueError(f"need --profile_steps >= 0; got {profile_steps}")
     run = training.prepare(config)  # one-line ConfigError for anything invalid, before compiling
     state = training.init_state(run)
     train_step = training.make_train_step(run.step_settings)
@@ -137,6 +184,7 @@ def benchmark(
         return metrics
 
     seconds = time_calls(step, warmup, steps)
+    profile = profile_ops(step, profile_steps) if profile_steps else None
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     train_flops = 3.0 * forward_flops_per_image(model, **config.model.to_dict())
     achieved = train_flops * batch * steps / seconds / 1e12
@@ -167,6 +215,7 @@ def benchmark(
         "device_kind": device.device_kind,
         "device_count": jax.device_count(),
         "jax_version": jax.__version__,
+        **({"profile": profile} if profile else {}),
     }
 
 
@@ -200,6 +249,12 @@ _MATMUL_SIZE = flags.DEFINE_integer(
 )
 _COMPARE_TORCH = flags.DEFINE_bool(
     "compare_torch", False, "Also time eager PyTorch (extra torch).", flag_values=FLAGS
+)
+_PROFILE_STEPS = flags.DEFINE_integer(
+    "profile_steps",
+    0,
+    "Also profile this many further steps and report the ops that take the time.",
+    flag_values=FLAGS,
 )
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object.", flag_values=FLAGS)
 flags.mark_flags_as_required(["model", "batch"], flag_values=FLAGS)
@@ -238,6 +293,7 @@ def main() -> None:
             steps=_STEPS.value,
             warmup=_WARMUP.value,
             matmul_size=_MATMUL_SIZE.value,
+            profile_steps=_PROFILE_STEPS.value,
             **layout,
         )
     except ValueError as e:  # config.ConfigError included
@@ -256,6 +312,11 @@ def main() -> None:
         print(json.dumps(report))
         return
     for key, value in report.items():
+        if key == "profile":
+            print(f"{key:>22}: ms per step, share of the op time")
+            for row in value:
+                print(f"{row['ms_per_step']:>22.1f}  {row['share']:6.1%}  {row['op']}")
+            continue
         print(f"{key:>22}: {value:.4g}" if isinstance(value, float) else f"{key:>22}: {value}")
 
 

@@ -4,6 +4,7 @@ and one-line CLI errors (the analytic FLOP formula is tested in test_models.py).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -40,6 +41,7 @@ def test_benchmark_times_the_trainers_step(tmp_path, layout):
         steps=1,
         warmup=1,
         matmul_size=64,
+        profile_steps=1,
         n_power=2,
         **TINY,
         **layout,
@@ -52,6 +54,12 @@ def test_benchmark_times_the_trainers_step(tmp_path, layout):
     assert report["images_per_s"] == pytest.approx(4 / report["step_s"])
     assert report["scan_blocks"] == bool(layout) and report["device_kind"]
     assert report["peak_memory_bytes"] is None or report["peak_memory_bytes"] > 0
+    # The profile: op groups by time, their shares of the summed op time.
+    profile = report["profile"]
+    assert profile and all(row["ms_per_step"] > 0 for row in profile)
+    assert [row["share"] for row in profile] == sorted((r["share"] for r in profile), reverse=True)
+    assert sum(row["share"] for row in profile) <= 1.0 + 1e-9
+    assert not any(row["op"].startswith("$") or re.search(r"\.\d+$", row["op"]) for row in profile)
 
 
 def test_benchmark_rejects_bad_arguments():
