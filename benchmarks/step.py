@@ -30,8 +30,13 @@ same process; it needs the optional extra ``torch``. ``--profile_steps N`` profi
 
 from __future__ import annotations
 
+import collections
+import glob
+import gzip
 import json
 import os
+import re
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -113,21 +118,14 @@ def profile_ops(run: Callable[[], object], steps: int, top: int = 15) -> list[di
     ops that run concurrently (XLA:CPU runs independent thunks side by side) both count in
     full, and library calls that finish on their own threads (Eigen's dots) count only their
     launch."""
-    import collections
-    import glob
-    import gzip
-    import re
-    import tempfile
-
     with tempfile.TemporaryDirectory() as trace_dir:
-        jax.block_until_ready(run())
         with jax.profiler.trace(trace_dir):
             for _ in range(steps):
                 jax.block_until_ready(run())
         (path,) = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
         with gzip.open(path) as f:
             events = json.load(f)["traceEvents"]
-    spans: collections.Counter = collections.Counter()
+    spans = collections.Counter()
     for e in events:
         name = e.get("name", "")
         if e.get("ph") != "X" or name.startswith(("$", "ThunkExecutor", "PjitFunction")):

@@ -337,8 +337,13 @@ def gelu(x: Array) -> Array:
 
 @jax.custom_jvp
 def _gelu(x: Array) -> Array:
-    wide = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    wide = _widen(x)
     return (wide * _normal_cdf(wide)).astype(x.dtype)
+
+
+def _widen(x: Array) -> Array:
+    """``x`` in float32 at least (float64 stays float64)."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def _normal_cdf(x: Array) -> Array:
@@ -348,7 +353,7 @@ def _normal_cdf(x: Array) -> Array:
 @_gelu.defjvp
 def _gelu_jvp(primals: tuple[Array], tangents: tuple[Array]) -> tuple[Array, Array]:
     (x,), (dx,) = primals, tangents
-    wide = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    wide = _widen(x)
     cdf = _normal_cdf(wide)
     slope = cdf + wide * jnp.exp(-0.5 * wide * wide) * (1.0 / math.sqrt(2.0 * math.pi))
     return (wide * cdf).astype(x.dtype), (slope * dx.astype(wide.dtype)).astype(dx.dtype)
